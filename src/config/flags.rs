@@ -1,0 +1,227 @@
+//! Command-line flags and their environment variables, in one place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Environment variable names (each flag can also be set from its variable).
+pub mod env {
+    pub const CONFIG: &str = "RINGMESH_CONFIG";
+    pub const SHARDS: &str = "RINGMESH_SHARDS";
+    pub const CA_CERT: &str = "RINGMESH_CA_CERT";
+    pub const CA_KEY: &str = "RINGMESH_CA_KEY";
+    pub const LOG: &str = "RUST_LOG";
+}
+
+/// Ports the node proxy opens inside each pod's network namespace (fixed, as in ztunnel).
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub const HBONE_PORT: u16 = 15008;
+/// The packet mark on every proxy socket (ztunnel's 1337); capture rules skip it.
+pub const DEFAULT_MARK: u32 = 0x539;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringmesh",
+    version,
+    about = "ringmesh: a thread-per-core, ztunnel-compatible node proxy for Istio ambient mode",
+    long_about = "ringmesh: a thread-per-core, ztunnel-compatible node proxy for Istio ambient mode.\n\n\
+        `ringmesh node` runs the node proxy (ztunnel's role): for every enrolled pod it opens \
+        listeners inside the pod's network namespace (15001 outbound, 15006 inbound plaintext, \
+        15008 inbound HBONE) on every shard, and carries captured traffic between pods in HBONE \
+        (mutual TLS 1.3 + HTTP/2 CONNECT) with SPIFFE identities."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node proxy.
+    Node(NodeArgs),
+    /// Manage the built-in CA's root.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Generate a root certificate and key (PEM) for `ringmesh node --ca-cert/--ca-key`, so that
+    /// several node proxies trust each other.
+    Init {
+        /// Where to write the root certificate.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write the root key (mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+/// Whether inbound connections to the app keep the client's source IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OrigSrc {
+    /// Spoof the source when IP_TRANSPARENT can be set (needs istio-cni's capture rules:
+    /// connmark 0x111 + `ip rule fwmark 0x111 lookup 100`).
+    Auto,
+    /// Always spoof; fail the connection if IP_TRANSPARENT cannot be set.
+    On,
+    /// Never spoof: the app sees the proxy's address (the pod IP).
+    Off,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// ztunnel local config (LOCAL_XDS YAML: workloads, services, policies). Re-read on SIGHUP
+    /// and when it changes; a bad new file is rejected and the old config keeps serving.
+    #[arg(long, env = env::CONFIG)]
+    pub config: PathBuf,
+
+    /// Enrol a local pod: UID is the workload uid in the config, NETNS_PATH its network
+    /// namespace (e.g. /var/run/netns/NAME). Repeatable.
+    #[arg(long = "pod", value_name = "UID=NETNS_PATH", value_parser = parse_pod)]
+    pub pods: Vec<PodArg>,
+
+    /// Number of shards (threads, each with its own runtime and listeners). Default: one per
+    /// CPU this process may run on.
+    #[arg(long, env = env::SHARDS)]
+    pub shards: Option<usize>,
+
+    /// Pin shard N to the N-th allowed CPU.
+    #[arg(long)]
+    pub pin_cores: bool,
+
+    /// Root certificate of the built-in CA (PEM). Without it a root is generated at start.
+    #[arg(long, env = env::CA_CERT, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Root key of the built-in CA (PEM, PKCS#8).
+    #[arg(long, env = env::CA_KEY, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+
+    /// Lifetime of workload certificates; each is rotated at half of it.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+
+    /// Keep the client's source IP on inbound connections to the app.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub orig_src: OrigSrc,
+
+    /// SO_MARK on every proxy socket (capture rules skip marked packets).
+    #[arg(long, default_value_t = DEFAULT_MARK)]
+    pub mark: u32,
+
+    /// HTTP/2 stream flow-control window (bytes).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub h2_stream_window: u32,
+
+    /// HTTP/2 connection flow-control window (bytes).
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub h2_connection_window: u32,
+
+    /// HTTP/2 maximum frame size (bytes).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub h2_frame_size: u32,
+
+    /// Streams per pooled HBONE connection before another is opened.
+    #[arg(long, default_value_t = 100)]
+    pub pool_max_streams: usize,
+
+    /// An HBONE connection unused this long is released.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub pool_idle_timeout: Duration,
+
+    /// HTTP/2 PING interval on HBONE connections.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// An HBONE connection whose PING is unanswered this long is dropped.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub ping_timeout: Duration,
+
+    /// Timeout of TCP connects (to peers' 15008 and to apps).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How often the config file is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub config_poll: Duration,
+}
+
+/// `--pod UID=NETNS_PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodArg {
+    pub uid: String,
+    pub netns: PathBuf,
+}
+
+fn parse_pod(s: &str) -> Result<PodArg, String> {
+    match s.rsplit_once('=') {
+        Some((uid, path)) if !uid.is_empty() && !path.is_empty() => Ok(PodArg {
+            uid: uid.to_string(),
+            netns: PathBuf::from(path),
+        }),
+        _ => Err(format!(
+            "{s:?}: expected UID=NETNS_PATH, e.g. cluster1//v1/Pod/default/web=/var/run/netns/web"
+        )),
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `24h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 500ms, 10s, 5m or 24h"))?;
+    let mul = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs(n * mul))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn pods() {
+        let p = parse_pod("cluster1//v1/Pod/default/a=/var/run/netns/a").unwrap();
+        assert_eq!(p.uid, "cluster1//v1/Pod/default/a");
+        assert_eq!(p.netns, PathBuf::from("/var/run/netns/a"));
+        assert!(parse_pod("nopath").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        let cli = Cli::try_parse_from([
+            "ringmesh", "node", "--config", "c.yaml", "--pod", "u=/p", "--shards", "2",
+        ])
+        .unwrap();
+        let Command::Node(n) = cli.command else {
+            panic!()
+        };
+        assert_eq!(n.shards, Some(2));
+        assert_eq!(n.pods.len(), 1);
+        assert_eq!(n.h2_stream_window, 4 * 1024 * 1024);
+    }
+}

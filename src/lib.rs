@@ -1,0 +1,37 @@
+//! ringmesh: a thread-per-core, ztunnel-compatible node proxy for Istio ambient mode.
+//!
+//! ```text
+//!              control thread (never touches data-plane sockets)
+//! config file ──► config ──► state::Snapshot (immutable, versioned) ──ArcSwap──► shards
+//! built-in CA ──► identity::store (certs + rustls configs) ─────────────ArcSwap──► shards
+//! --pod / ZDS ──► inpod: setns into the pod, N SO_REUSEPORT listeners ──mailbox──► shards
+//!
+//!              shard = one OS thread, one single-threaded runtime, no locks on the data path
+//! pod socket ──► proxy::outbound ──► route ──► pool (per shard) ──► tls ──► h2 CONNECT ──► wire
+//! wire ──► tls ──► h2 ──► proxy::inbound ──► policy::evaluate ──► pod socket
+//! ```
+//!
+//! | thread        | count            | owns                                                   |
+//! |---------------|------------------|--------------------------------------------------------|
+//! | main/control  | 1                | config reload, CA + rotation, publishing snapshots     |
+//! | `shard-N`     | 1 per core       | per pod: listeners 15001, 15006, 15008; pool; conns    |
+//!
+//! Layering (arrows only upward, checked by `tests/layering.rs`): pure cores (`state`,
+//! `policy`, `tls`, `hbone`, `config`) ← drivers (`io`) ← flows (`proxy`, `inpod`) ← wiring
+//! (`app`); `runtime` is the platform layer; `telemetry` is passive.
+
+#![deny(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod hbone;
+pub mod identity;
+pub mod inpod;
+pub mod io;
+pub mod lab;
+pub mod policy;
+pub mod proxy;
+pub mod runtime;
+pub mod state;
+pub mod telemetry;
+pub mod tls;

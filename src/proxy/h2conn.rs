@@ -1,0 +1,175 @@
+//! HBONE connections over TLS: the client side (dial, handshake, check the server's SPIFFE
+//! identity, HTTP/2 with ztunnel's settings, PING keepalive) and the server side's HTTP/2
+//! setup. Uses rustls (aws-lc-rs) and the h2 crate.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::hbone::H2Settings;
+use crate::identity::Identity;
+use crate::tls;
+
+/// Errors establishing an HBONE connection, aimed at the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HBONE to {addr} refused: {source}")]
+    Identity {
+        addr: std::net::SocketAddr,
+        source: tls::PeerError,
+    },
+    #[error("HTTP/2 handshake with {addr} failed: {source}")]
+    H2 {
+        addr: std::net::SocketAddr,
+        source: h2::Error,
+    },
+    #[error("{0}")]
+    Connect(String),
+}
+
+/// A client HBONE connection: the request handle plus liveness and use tracking.
+pub struct ClientConn {
+    pub sender: SendRequest<Bytes>,
+    pub peer: Identity,
+    pub streams: Rc<Cell<usize>>,
+    pub dead: Rc<Cell<bool>>,
+    pub last_used: Cell<Instant>,
+    driver: tokio::task::AbortHandle,
+}
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        // The h2 connection closes gracefully once no handles remain; make sure the driver
+        // task also ends if it was stuck.
+        if self.streams.get() == 0 {
+            self.driver.abort();
+        }
+    }
+}
+
+/// Runs the TLS client handshake on a connected socket, checks the server's identity, and
+/// starts HTTP/2 with `settings`. The connection driver and PING task run as local tasks.
+pub async fn dial(
+    tcp: TcpStream,
+    cfg: Arc<ClientConfig>,
+    expected: &[Identity],
+    settings: &H2Settings,
+) -> Result<ClientConn, DialError> {
+    let addr = tcp
+        .peer_addr()
+        .map_err(|e| DialError::Connect(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(tls::dummy_server_name(), tcp)
+        .await
+        .map_err(|source| DialError::Tls { addr, source })?;
+    let peer = tls::verify_peer(tls.get_ref().1.peer_certificates(), expected)
+        .map_err(|source| DialError::Identity { addr, source })?;
+    let (sender, mut conn) = client_builder(settings)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(|source| DialError::H2 { addr, source })?;
+    let dead = Rc::new(Cell::new(false));
+    let ping = conn.ping_pong();
+    let d = dead.clone();
+    let driver = tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("HBONE connection to {addr} ended: {e}");
+        }
+        d.set(true);
+    });
+    if let Some(ping) = ping {
+        spawn_keepalive(ping, settings, dead.clone(), driver.abort_handle(), addr);
+    }
+    Ok(ClientConn {
+        sender,
+        peer,
+        streams: Rc::new(Cell::new(0)),
+        dead,
+        last_used: Cell::new(Instant::now()),
+        driver: driver.abort_handle(),
+    })
+}
+
+/// HTTP/2 client settings as ztunnel sets them.
+pub fn client_builder(s: &H2Settings) -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(s.stream_window)
+        .initial_connection_window_size(s.connection_window)
+        .max_frame_size(s.frame_size)
+        .max_header_list_size(s.max_header_list_size)
+        .max_send_buffer_size(s.stream_window as usize)
+        .initial_max_send_streams(s.client_max_streams)
+        .enable_push(false);
+    b
+}
+
+/// HTTP/2 server settings as ztunnel sets them.
+pub fn server_builder(s: &H2Settings) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(s.stream_window)
+        .initial_connection_window_size(s.connection_window)
+        .max_frame_size(s.frame_size)
+        .max_header_list_size(s.max_header_list_size)
+        .max_send_buffer_size(s.stream_window as usize)
+        .max_concurrent_streams(s.server_max_streams);
+    b
+}
+
+/// Sends a PING every `ping_interval`; if a PONG takes longer than `ping_timeout`, marks the
+/// connection dead and stops its driver.
+pub fn spawn_keepalive(
+    mut ping: h2::PingPong,
+    s: &H2Settings,
+    dead: Rc<Cell<bool>>,
+    driver: tokio::task::AbortHandle,
+    addr: std::net::SocketAddr,
+) {
+    let (interval, timeout) = (s.ping_interval, s.ping_timeout);
+    tokio::task::spawn_local(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            if dead.get() {
+                return;
+            }
+            match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        "HBONE connection to {addr}: no PING reply in {timeout:?}, dropping it"
+                    );
+                    dead.set(true);
+                    driver.abort();
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Server-side HTTP/2 handshake with ztunnel's settings; returns the connection to accept
+/// streams from.
+pub async fn serve_handshake<T>(
+    io: T,
+    s: &H2Settings,
+) -> Result<h2::server::Connection<T, Bytes>, h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    server_builder(s).handshake(io).await
+}
+
+/// How long the TLS handshake may take on either side.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

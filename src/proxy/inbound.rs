@@ -1,0 +1,230 @@
+//! The inbound HBONE flow (15008): TLS (the pod's own certificate, client certificate
+//! required) → HTTP/2 → per CONNECT stream: validate, authorize, connect to the app in the
+//! pod, answer 200 only then, and copy.
+//!
+//! Responses as ztunnel gives them: 400 (not CONNECT, bad authority, authority not this pod),
+//! 401 (denied by policy), 503 (unknown workload, proxy port, app refused).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{Request, Response, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{Pod, ShardCtx, connect_in, h2conn, log_complete};
+use crate::config::flags::OrigSrc;
+use crate::hbone::{self, Reject};
+use crate::identity::Identity;
+use crate::io::{self, Counters};
+use crate::policy::{ConnFacts, evaluate};
+use crate::tls;
+
+/// Accept loop of one pod's HBONE listener on this shard.
+pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
+    loop {
+        match l.accept().await {
+            Ok((s, peer)) => {
+                tokio::task::spawn_local(handle_conn(ctx.clone(), pod.clone(), s, peer));
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.uid, "HBONE accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Serves one HBONE connection: TLS, HTTP/2, then a task per CONNECT stream.
+pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
+    let _ = s.set_nodelay(true);
+    let local = match s.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let snap = ctx.state.load_full();
+    let Some(w) = snap.workload_by_uid(&pod.uid) else {
+        tracing::warn!(pod = %pod.uid, %peer, "HBONE connection for a pod that is not in the config: closing");
+        return;
+    };
+    let id = w.identity();
+    drop(snap);
+    let Some(cert) = ctx.certs.load().get(&id).cloned() else {
+        tracing::warn!(pod = %pod.uid, %peer, "no certificate yet for {id}: closing HBONE connection");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server.clone());
+    let tls = match tokio::time::timeout(h2conn::HANDSHAKE_TIMEOUT, acceptor.accept(s)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!(pod = %pod.uid, %peer, "HBONE TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(pod = %pod.uid, %peer, "HBONE TLS handshake timed out");
+            return;
+        }
+    };
+    let peer_id = tls::peer_identity(tls.get_ref().1.peer_certificates()).ok();
+    let mut conn = match h2conn::serve_handshake(tls, &ctx.cfg.h2).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(pod = %pod.uid, %peer, "HBONE HTTP/2 handshake failed: {e}");
+            return;
+        }
+    };
+    let peer_id = Rc::new(peer_id);
+    while let Some(next) = conn.accept().await {
+        match next {
+            Ok((req, respond)) => {
+                tokio::task::spawn_local(handle_stream(
+                    ctx.clone(),
+                    pod.clone(),
+                    req,
+                    respond,
+                    peer,
+                    local,
+                    peer_id.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::debug!(pod = %pod.uid, %peer, "HBONE connection ended: {e}");
+                break;
+            }
+        }
+    }
+}
+
+async fn handle_stream(
+    ctx: Rc<ShardCtx>,
+    pod: Arc<Pod>,
+    req: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    peer_id: Rc<Option<Identity>>,
+) {
+    let started = Instant::now();
+    let counters = Rc::new(Counters::default());
+    let src_id = (*peer_id).as_ref().map(|i| i.to_string());
+    let hbone_addr = req.uri().authority().map(|a| a.as_str().to_string());
+    let result = admit(&ctx, &pod, &req, peer, local, &peer_id).await;
+    let (dst, dst_uid, dst_id, upstream) = match result {
+        Ok(ok) => ok,
+        Err(reject) => {
+            let _ = respond.send_response(status_only(reject.status()), true);
+            let dst = hbone_addr
+                .as_deref()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(local);
+            log_complete(
+                "inbound",
+                peer,
+                src_id.as_deref(),
+                dst,
+                Some(dst),
+                None,
+                &counters,
+                started,
+                Some(&reject.to_string()),
+            );
+            return;
+        }
+    };
+    let send = match respond.send_response(status_only(StatusCode::OK), false) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, "HBONE client went away before 200: {e}");
+            return;
+        }
+    };
+    let facts = ConnFacts {
+        src: peer,
+        dst,
+        src_identity: (*peer_id).clone(),
+    };
+    let reg = ctx.conns.register(&dst_uid, facts);
+    let copy = io::copy_h2(upstream, send, req.into_body(), counters.clone());
+    let err = tokio::select! {
+        r = copy => r.err().map(|e| e.to_string()),
+        _ = reg.kill.notified() => Some("connection closed due to policy change".to_string()),
+    };
+    drop(reg);
+    log_complete(
+        "inbound",
+        peer,
+        src_id.as_deref(),
+        SocketAddr::new(local.ip(), local.port()),
+        Some(dst),
+        Some(&dst_id),
+        &counters,
+        started,
+        err.as_deref(),
+    );
+}
+
+/// Validates, authorizes and connects; returns (destination, workload uid, its identity, the
+/// app connection).
+async fn admit(
+    ctx: &ShardCtx,
+    pod: &Pod,
+    req: &Request<h2::RecvStream>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    peer_id: &Option<Identity>,
+) -> Result<(SocketAddr, String, String, TcpStream), Reject> {
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let dst = hbone::parse_connect(req.method(), authority)?;
+    let local_ip = hbone::normalize(local.ip());
+    hbone::check_destination(dst, local_ip, &ctx.cfg.proxy_ports)?;
+    let dst = SocketAddr::new(hbone::normalize(dst.ip()), dst.port());
+    let snap = ctx.state.load_full();
+    let w = snap
+        .workload_by_uid(&pod.uid)
+        .ok_or_else(|| Reject::Unavailable(format!("no workload {} in config", pod.uid)))?;
+    let facts = ConnFacts {
+        src: SocketAddr::new(hbone::normalize(peer.ip()), peer.port()),
+        dst,
+        src_identity: peer_id.clone(),
+    };
+    let d = evaluate(snap.policies_for(w), &facts);
+    if !d.is_allow() {
+        return Err(Reject::Unauthorized(format!("connection rejected: {d}")));
+    }
+    let (uid, id) = (w.uid.clone(), w.identity().to_string());
+    drop(snap);
+    let spoof = spoof_source(ctx, facts.src.ip(), dst.ip());
+    let up = connect_in(
+        &pod.netns,
+        dst,
+        ctx.cfg.mark,
+        spoof,
+        ctx.cfg.connect_timeout,
+    )
+    .await
+    .map_err(Reject::Unavailable)?;
+    crate::runtime::sockopt::tune_app_conn(&up);
+    Ok((dst, uid, id, up))
+}
+
+/// The source IP to keep on the app connection, if any (never when source == destination).
+pub fn spoof_source(
+    ctx: &ShardCtx,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+) -> Option<std::net::IpAddr> {
+    match ctx.cfg.orig_src {
+        OrigSrc::Off => None,
+        _ if src == dst => None,
+        OrigSrc::On | OrigSrc::Auto => Some(src),
+    }
+}
+
+fn status_only(status: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
+    *r.status_mut() = status;
+    r
+}

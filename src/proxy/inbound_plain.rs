@@ -1,0 +1,103 @@
+//! The inbound plaintext flow (15006): traffic from outside the mesh, redirected by the
+//! pod's capture rules. Authorized with no identity (so a policy requiring one blocks it);
+//! a denial closes the connection.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::inbound::spoof_source;
+use super::{Pod, ShardCtx, connect_in, log_complete};
+use crate::hbone;
+use crate::io::{self, Counters};
+use crate::policy::{ConnFacts, evaluate};
+use crate::runtime::sockopt;
+
+/// Accept loop of one pod's plaintext listener on this shard.
+pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
+    loop {
+        match l.accept().await {
+            Ok((s, peer)) => {
+                tokio::task::spawn_local(handle(ctx.clone(), pod.clone(), s, peer));
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.uid, "plaintext accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let counters = Rc::new(Counters::default());
+    sockopt::tune_app_conn(&s);
+    let peer = SocketAddr::new(hbone::normalize(peer.ip()), peer.port());
+    let dst = match sockopt::original_dst(&s) {
+        Ok(d) => SocketAddr::new(hbone::normalize(d.ip()), d.port()),
+        Err(_) => return,
+    };
+    let fail = |e: String| {
+        log_complete(
+            "inbound",
+            peer,
+            None,
+            dst,
+            None,
+            None,
+            &counters,
+            started,
+            Some(&e),
+        )
+    };
+    if ctx.cfg.proxy_ports.contains(&dst.port()) {
+        return fail(format!("{dst} is the proxy's own port: dropped"));
+    }
+    let snap = ctx.state.load_full();
+    let Some(w) = snap.workload_by_uid(&pod.uid).cloned() else {
+        return fail(format!("pod {} is not in the config", pod.uid));
+    };
+    let facts = ConnFacts {
+        src: peer,
+        dst,
+        src_identity: None,
+    };
+    let d = evaluate(snap.policies_for(&w), &facts);
+    drop(snap);
+    if !d.is_allow() {
+        return fail(format!("connection rejected: {d}"));
+    }
+    let spoof = spoof_source(&ctx, peer.ip(), dst.ip());
+    let up = match connect_in(
+        &pod.netns,
+        dst,
+        ctx.cfg.mark,
+        spoof,
+        ctx.cfg.connect_timeout,
+    )
+    .await
+    {
+        Ok(u) => u,
+        Err(e) => return fail(e),
+    };
+    let reg = ctx.conns.register(&w.uid, facts);
+    let err = tokio::select! {
+        r = io::copy_tcp(s, up, counters.clone()) => r.err().map(|e| e.to_string()),
+        _ = reg.kill.notified() => Some("connection closed due to policy change".to_string()),
+    };
+    drop(reg);
+    log_complete(
+        "inbound",
+        peer,
+        None,
+        dst,
+        None,
+        Some(&w.identity().to_string()),
+        &counters,
+        started,
+        err.as_deref(),
+    );
+}

@@ -1,0 +1,259 @@
+//! The traffic flows of the node proxy, one file per flow, and the per-shard context they
+//! share.
+//!
+//! - `outbound.rs`: 15001, app → (HBONE | plaintext passthrough)
+//! - `inbound.rs`: 15008, HBONE → app, with authorization
+//! - `inbound_plain.rs`: 15006, plaintext → app, with authorization (no identity)
+//! - `pool.rs`: the per-shard HBONE connection pool; `h2conn.rs`: HBONE connections
+//! - `conns.rs`: live inbound connections, re-checked when policies change
+//!
+//! Everything here runs on one shard's thread: state is `Rc`/`RefCell`, never locked. Config
+//! comes from the published snapshots (`ArcSwap`), read without locks.
+
+pub mod conns;
+pub mod h2conn;
+pub mod inbound;
+pub mod inbound_plain;
+pub mod outbound;
+pub mod pool;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::config::flags::{self, OrigSrc};
+use crate::hbone::H2Settings;
+use crate::identity::store::CertHandle;
+use crate::inpod::Netns;
+use crate::io::Counters;
+use crate::state::StateHandle;
+
+/// Settings of the flows, fixed at start.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub mark: u32,
+    pub orig_src: OrigSrc,
+    pub h2: H2Settings,
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    /// The port peers' HBONE listeners are on (15008).
+    pub hbone_port: u16,
+    /// Ports that are the proxy's own: never a valid destination.
+    pub proxy_ports: Vec<u16>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            mark: flags::DEFAULT_MARK,
+            orig_src: OrigSrc::Auto,
+            h2: H2Settings::default(),
+            connect_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(300),
+            hbone_port: flags::HBONE_PORT,
+            proxy_ports: vec![
+                flags::OUTBOUND_PORT,
+                flags::INBOUND_PLAINTEXT_PORT,
+                flags::HBONE_PORT,
+            ],
+        }
+    }
+}
+
+/// An enrolled pod: its uid (the workload uid in config) and its network namespace.
+#[derive(Debug)]
+pub struct Pod {
+    pub uid: String,
+    pub netns: Arc<Netns>,
+}
+
+/// One shard's listeners for one pod, made inside the pod's netns by the control thread.
+#[derive(Debug)]
+pub struct PodListeners {
+    pub pod: Arc<Pod>,
+    pub outbound: std::net::TcpListener,
+    pub inbound_plain: std::net::TcpListener,
+    pub hbone: std::net::TcpListener,
+}
+
+/// The context of one shard: read-only config handles plus shard-local state.
+pub struct ShardCtx {
+    pub id: usize,
+    pub cfg: Arc<ProxyConfig>,
+    pub state: StateHandle,
+    pub certs: CertHandle,
+    pub pool: pool::Pool,
+    pub conns: conns::Registry,
+    pods: RefCell<HashMap<String, Vec<JoinHandle<()>>>>,
+    rr: RefCell<HashMap<String, usize>>,
+}
+
+impl ShardCtx {
+    pub fn new(id: usize, cfg: Arc<ProxyConfig>, state: StateHandle, certs: CertHandle) -> Self {
+        ShardCtx {
+            id,
+            cfg,
+            state,
+            certs,
+            pool: pool::Pool::default(),
+            conns: conns::Registry::default(),
+            pods: RefCell::default(),
+            rr: RefCell::default(),
+        }
+    }
+
+    /// Starts serving a pod's listeners on this shard (replacing an earlier set).
+    pub fn add_pod(self: &Rc<Self>, l: PodListeners) {
+        let mut tasks = Vec::with_capacity(3);
+        let to_tokio = |s: std::net::TcpListener| tokio::net::TcpListener::from_std(s);
+        match (
+            to_tokio(l.outbound),
+            to_tokio(l.inbound_plain),
+            to_tokio(l.hbone),
+        ) {
+            (Ok(o), Ok(p), Ok(h)) => {
+                tasks.push(tokio::task::spawn_local(outbound::serve(
+                    self.clone(),
+                    l.pod.clone(),
+                    o,
+                )));
+                tasks.push(tokio::task::spawn_local(inbound_plain::serve(
+                    self.clone(),
+                    l.pod.clone(),
+                    p,
+                )));
+                tasks.push(tokio::task::spawn_local(inbound::serve(
+                    self.clone(),
+                    l.pod.clone(),
+                    h,
+                )));
+            }
+            (o, p, h) => {
+                let e = [o.err(), p.err(), h.err()].into_iter().flatten().next();
+                tracing::error!(shard = self.id, pod = %l.pod.uid, "cannot register listeners: {e:?}");
+                return;
+            }
+        }
+        if let Some(old) = self.pods.borrow_mut().insert(l.pod.uid.clone(), tasks) {
+            old.iter().for_each(|t| t.abort());
+        }
+        tracing::debug!(shard = self.id, pod = %l.pod.uid, "pod listeners up");
+    }
+
+    /// Stops accepting for a pod (its listeners close); live connections continue.
+    pub fn remove_pod(&self, uid: &str) {
+        if let Some(tasks) = self.pods.borrow_mut().remove(uid) {
+            tasks.iter().for_each(|t| t.abort());
+        }
+    }
+
+    /// Number of pods this shard serves.
+    pub fn pod_count(&self) -> usize {
+        self.pods.borrow().len()
+    }
+
+    /// Re-checks live inbound connections whenever the config version changes.
+    pub fn watch_config(self: &Rc<Self>, mut rx: tokio::sync::watch::Receiver<u64>) {
+        let ctx = self.clone();
+        tokio::task::spawn_local(async move {
+            while rx.changed().await.is_ok() {
+                let snap = ctx.state.load_full();
+                let closed = ctx.conns.recheck(&snap);
+                if closed > 0 {
+                    tracing::info!(
+                        shard = ctx.id,
+                        closed,
+                        version = snap.version,
+                        "closed connections now denied by policy"
+                    );
+                }
+            }
+        });
+        let ctx = self.clone();
+        tokio::task::spawn_local(async move {
+            let every = (ctx.cfg.pool_idle_timeout / 4).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                ctx.pool.evict_idle(ctx.cfg.pool_idle_timeout);
+            }
+        });
+    }
+
+    /// The next round-robin index for a service.
+    pub fn next_rr(&self, key: &str) -> usize {
+        let mut rr = self.rr.borrow_mut();
+        let c = rr.entry(key.to_string()).or_insert(self.id);
+        *c = c.wrapping_add(1);
+        *c
+    }
+}
+
+/// One access-log line per connection, with ztunnel's field names (target `access`).
+#[allow(clippy::too_many_arguments)]
+pub fn log_complete(
+    direction: &'static str,
+    src_addr: SocketAddr,
+    src_id: Option<&str>,
+    dst_addr: SocketAddr,
+    hbone_addr: Option<SocketAddr>,
+    dst_id: Option<&str>,
+    counters: &Counters,
+    started: std::time::Instant,
+    error: Option<&str>,
+) {
+    let duration = format!("{}ms", started.elapsed().as_millis());
+    let hbone = hbone_addr.map(|a| a.to_string());
+    match error {
+        None => tracing::info!(
+            target: "access",
+            direction,
+            src.addr = %src_addr,
+            src.identity = src_id,
+            dst.addr = %dst_addr,
+            dst.hbone_addr = hbone.as_deref(),
+            dst.identity = dst_id,
+            bytes_sent = counters.sent.get(),
+            bytes_recv = counters.received.get(),
+            duration,
+            "connection complete"
+        ),
+        Some(e) => tracing::error!(
+            target: "access",
+            direction,
+            src.addr = %src_addr,
+            src.identity = src_id,
+            dst.addr = %dst_addr,
+            dst.hbone_addr = hbone.as_deref(),
+            dst.identity = dst_id,
+            bytes_sent = counters.sent.get(),
+            bytes_recv = counters.received.get(),
+            duration,
+            error = e,
+            "connection complete"
+        ),
+    }
+}
+
+/// Connects a socket made in a pod's netns, with a timeout.
+pub async fn connect_in(
+    netns: &Netns,
+    dst: SocketAddr,
+    mark: u32,
+    transparent_src: Option<std::net::IpAddr>,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, String> {
+    let std = netns
+        .connect_socket(dst, mark, transparent_src)
+        .map_err(|e| e.to_string())?;
+    let sock = tokio::net::TcpSocket::from_std_stream(std);
+    match tokio::time::timeout(timeout, sock.connect(dst)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("connect to {dst} failed: {e}")),
+        Err(_) => Err(format!("connect to {dst} timed out after {timeout:?}")),
+    }
+}

@@ -1,0 +1,357 @@
+//! The outbound flow (15001): a pod's captured connection → route → HBONE or passthrough.
+//!
+//! Routing (`route`, pure, over a snapshot): a service VIP picks an endpoint round-robin and
+//! maps the port; a pod IP goes to that pod; a destination with a waypoint goes to the
+//! waypoint; an HBONE (captured) destination is reached over HBONE at pod:15008; anything
+//! else is plaintext passthrough to the original destination.
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::pool::PoolKey;
+use super::{Pod, ShardCtx, connect_in, h2conn, log_complete};
+use crate::hbone::{self, ConnectHeaders};
+use crate::identity::Identity;
+use crate::io::{self, Counters};
+use crate::runtime::sockopt;
+use crate::state::{GatewayAddress, GatewayDestination, Protocol, Snapshot, Workload};
+
+/// Where a connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Plain TCP to the destination, no mTLS.
+    Passthrough { dst: SocketAddr },
+    /// HBONE to `next_hop` (a pod's or a waypoint's 15008) asking for `authority`.
+    Hbone {
+        next_hop: SocketAddr,
+        authority: SocketAddr,
+        expected: Vec<Identity>,
+        service_host: Option<String>,
+    },
+}
+
+/// Why a connection could not be routed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{0} is the proxy's own port: refusing a call to itself")]
+    SelfCall(SocketAddr),
+    #[error("service {0} has no healthy endpoints")]
+    NoHealthyUpstream(String),
+    #[error("service {svc} has no target port for port {port}")]
+    NoTargetPort { svc: String, port: u16 },
+    #[error("workload {0} has no address of the right family")]
+    NoAddress(String),
+    #[error("waypoint {0} cannot be resolved")]
+    NoWaypoint(String),
+}
+
+/// Routes `orig` (the destination the app dialled) from workload `src`. `rr` supplies the
+/// round-robin index for a service (called once, only for services).
+pub fn route(
+    snap: &Snapshot,
+    src: &Workload,
+    orig: SocketAddr,
+    hbone_port: u16,
+    proxy_ports: &[u16],
+    rr: impl FnOnce(&str) -> usize,
+) -> Result<Route, RouteError> {
+    if proxy_ports.contains(&orig.port())
+        && (orig.ip().is_loopback() || src.workload_ips.contains(&orig.ip()))
+    {
+        return Err(RouteError::SelfCall(orig));
+    }
+    if let Some(svc) = snap.service_by_vip(orig.ip()) {
+        if let Some(wp) = &svc.waypoint {
+            return waypoint(snap, wp, orig, Some(svc.hostname.clone()), rr);
+        }
+        let eps = snap.endpoints(svc);
+        if eps.is_empty() {
+            return Err(RouteError::NoHealthyUpstream(svc.key()));
+        }
+        let ep = &eps[rr(&svc.key()) % eps.len()];
+        let port =
+            svc.target_port(&ep.ports, orig.port())
+                .ok_or_else(|| RouteError::NoTargetPort {
+                    svc: svc.key(),
+                    port: orig.port(),
+                })?;
+        let ip = pick_ip(&ep.workload, orig.ip())?;
+        let dst = SocketAddr::new(ip, port);
+        return Ok(match ep.workload.protocol {
+            Protocol::HBONE => {
+                let mut expected = vec![ep.workload.identity()];
+                expected.extend(svc.san_identities());
+                Route::Hbone {
+                    next_hop: SocketAddr::new(ip, hbone_port),
+                    authority: dst,
+                    expected,
+                    service_host: Some(svc.hostname.clone()),
+                }
+            }
+            Protocol::TCP => Route::Passthrough { dst },
+        });
+    }
+    if let Some(w) = snap.workload_by_ip(orig.ip()) {
+        if let Some(wp) = &w.waypoint {
+            let is_self = src.uid == w.uid;
+            if !is_self && !is_waypoint_of(snap, src, wp) {
+                return waypoint(snap, wp, orig, None, |_| 0);
+            }
+        }
+        return Ok(match w.protocol {
+            Protocol::HBONE => Route::Hbone {
+                next_hop: SocketAddr::new(orig.ip(), hbone_port),
+                authority: orig,
+                expected: vec![w.identity()],
+                service_host: None,
+            },
+            Protocol::TCP => Route::Passthrough { dst: orig },
+        });
+    }
+    Ok(Route::Passthrough { dst: orig })
+}
+
+fn pick_ip(w: &Workload, like: IpAddr) -> Result<IpAddr, RouteError> {
+    w.workload_ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == like.is_ipv4())
+        .or(w.workload_ips.first())
+        .copied()
+        .ok_or_else(|| RouteError::NoAddress(w.uid.clone()))
+}
+
+fn is_waypoint_of(snap: &Snapshot, src: &Workload, wp: &GatewayAddress) -> bool {
+    match &wp.destination {
+        GatewayDestination::Address(a) => src.workload_ips.contains(&a.address),
+        GatewayDestination::Hostname {
+            namespace,
+            hostname,
+        } => snap
+            .service_by_key(&format!("{namespace}/{hostname}"))
+            .is_some_and(|svc| {
+                snap.endpoints(svc)
+                    .iter()
+                    .any(|e| e.workload.uid == src.uid)
+            }),
+    }
+}
+
+fn waypoint(
+    snap: &Snapshot,
+    wp: &GatewayAddress,
+    orig: SocketAddr,
+    service_host: Option<String>,
+    rr: impl FnOnce(&str) -> usize,
+) -> Result<Route, RouteError> {
+    let (ip, mut expected) = match &wp.destination {
+        GatewayDestination::Address(a) => {
+            let w = snap
+                .workload_by_ip(a.address)
+                .ok_or_else(|| RouteError::NoWaypoint(a.to_string()))?;
+            (a.address, vec![w.identity()])
+        }
+        GatewayDestination::Hostname {
+            namespace,
+            hostname,
+        } => {
+            let key = format!("{namespace}/{hostname}");
+            let svc = snap
+                .service_by_key(&key)
+                .ok_or_else(|| RouteError::NoWaypoint(key.clone()))?;
+            let eps = snap.endpoints(svc);
+            if eps.is_empty() {
+                return Err(RouteError::NoWaypoint(key));
+            }
+            let ep = &eps[rr(&key) % eps.len()];
+            let mut ids = vec![ep.workload.identity()];
+            ids.extend(svc.san_identities());
+            (pick_ip(&ep.workload, orig.ip())?, ids)
+        }
+    };
+    expected.dedup();
+    Ok(Route::Hbone {
+        next_hop: SocketAddr::new(ip, wp.hbone_mtls_port),
+        authority: orig,
+        expected,
+        service_host,
+    })
+}
+
+/// Accept loop of one pod's outbound listener on this shard.
+pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
+    loop {
+        match l.accept().await {
+            Ok((s, peer)) => {
+                tokio::task::spawn_local(handle(ctx.clone(), pod.clone(), s, peer));
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.uid, "outbound accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let counters = Rc::new(Counters::default());
+    sockopt::tune_app_conn(&s);
+    let orig = match sockopt::original_dst(&s) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(pod = %pod.uid, "outbound: no original destination: {e}");
+            return;
+        }
+    };
+    let snap = ctx.state.load_full();
+    let Some(src) = snap.workload_by_uid(&pod.uid).cloned() else {
+        log_complete(
+            "outbound",
+            peer,
+            None,
+            orig,
+            None,
+            None,
+            &counters,
+            started,
+            Some(&format!(
+                "pod {} is not in the config: refusing its traffic",
+                pod.uid
+            )),
+        );
+        return;
+    };
+    let r = route(
+        &snap,
+        &src,
+        orig,
+        ctx.cfg.hbone_port,
+        &ctx.cfg.proxy_ports,
+        |k| ctx.next_rr(k),
+    );
+    drop(snap);
+    let result = match &r {
+        Err(e) => Err(e.to_string()),
+        Ok(Route::Passthrough { dst }) => passthrough(&ctx, &pod, s, *dst, &counters).await,
+        Ok(Route::Hbone {
+            next_hop,
+            authority,
+            expected,
+            service_host,
+        }) => {
+            hbone_out(
+                &ctx,
+                &pod,
+                &src,
+                s,
+                peer,
+                *next_hop,
+                *authority,
+                expected,
+                service_host.clone(),
+                &counters,
+            )
+            .await
+        }
+    };
+    let (dst, hbone_addr, dst_id) = match &r {
+        Ok(Route::Hbone {
+            next_hop,
+            authority,
+            expected,
+            ..
+        }) => (
+            *next_hop,
+            Some(*authority),
+            expected.first().map(|i| i.to_string()),
+        ),
+        Ok(Route::Passthrough { dst }) => (*dst, None, None),
+        Err(_) => (orig, None, None),
+    };
+    let src_id = matches!(r, Ok(Route::Hbone { .. })).then(|| src.identity().to_string());
+    log_complete(
+        "outbound",
+        peer,
+        src_id.as_deref(),
+        dst,
+        hbone_addr,
+        dst_id.as_deref(),
+        &counters,
+        started,
+        result.err().as_deref(),
+    );
+}
+
+async fn passthrough(
+    ctx: &ShardCtx,
+    pod: &Pod,
+    s: TcpStream,
+    dst: SocketAddr,
+    counters: &Rc<Counters>,
+) -> Result<(), String> {
+    let up = connect_in(&pod.netns, dst, ctx.cfg.mark, None, ctx.cfg.connect_timeout).await?;
+    io::copy_tcp(s, up, counters.clone())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn hbone_out(
+    ctx: &ShardCtx,
+    pod: &Pod,
+    src: &Workload,
+    s: TcpStream,
+    peer: SocketAddr,
+    next_hop: SocketAddr,
+    authority: SocketAddr,
+    expected: &[Identity],
+    service_host: Option<String>,
+    counters: &Rc<Counters>,
+) -> Result<(), String> {
+    let src_id = src.identity();
+    let cert = ctx
+        .certs
+        .load()
+        .get(&src_id)
+        .cloned()
+        .ok_or_else(|| format!("no certificate yet for {src_id}"))?;
+    let key = PoolKey {
+        src: src_id,
+        dst: expected.to_vec(),
+        addr: next_hop,
+        src_pod: pod.uid.clone(),
+    };
+    let headers = ConnectHeaders {
+        client: peer,
+        service_host,
+        baggage: hbone::baggage(src),
+        traceparent: hbone::traceparent(rand::random(), rand::random()),
+    };
+    let req = hbone::connect_request(authority, &headers);
+    let cfg = &ctx.cfg;
+    let stream = ctx
+        .pool
+        .stream(&key, cfg.h2.client_max_streams, req, || async {
+            let tcp = connect_in(&pod.netns, next_hop, cfg.mark, None, cfg.connect_timeout)
+                .await
+                .map_err(|e| {
+                    h2conn::DialError::Connect(format!(
+                        "{e} (is HBONE port {} reachable?)",
+                        next_hop.port()
+                    ))
+                })?;
+            h2conn::dial(tcp, cert.client.clone(), expected, &cfg.h2).await
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    io::copy_h2(s, stream.send, stream.recv, counters.clone())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,148 @@
+//! The platform layer: shards (one OS thread, one core, one single-threaded runtime each) and
+//! the socket options of the data path. The one seam all data-path socket I/O goes through, so
+//! that another I/O engine (io_uring) can replace the epoll one without touching the flows.
+//!
+//! Owns: shard threads, CPU pinning, the mailbox that hands work to a shard, and socket
+//! options (SO_MARK, SO_ORIGINAL_DST, IP_TRANSPARENT, keepalive). Must not know about flows,
+//! config or policy: a shard runs whatever commands its owner sends with its own context `C`.
+//!
+//! Engine: `epoll` (tokio's current-thread runtime). The io_uring engine is a later step.
+
+pub mod sockopt;
+
+use std::io;
+use std::rc::Rc;
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc;
+
+/// Work for a shard: runs on the shard's thread, inside its runtime (so it may spawn local
+/// tasks), with the shard's context.
+pub type Command<C> = Box<dyn FnOnce(&Rc<C>) + Send>;
+
+/// A running shard: its mailbox and thread.
+pub struct Shard<C> {
+    pub id: usize,
+    tx: mpsc::UnboundedSender<Command<C>>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl<C> Shard<C> {
+    /// Sends work to the shard. Fails only if the shard has stopped.
+    pub fn send(&self, cmd: Command<C>) -> Result<(), ShardGone> {
+        self.tx.send(cmd).map_err(|_| ShardGone(self.id))
+    }
+
+    /// Stops the shard (its tasks are dropped) and waits for its thread.
+    pub fn stop(mut self) {
+        let (tx, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("shard {0} has stopped")]
+pub struct ShardGone(pub usize);
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&i| set.is_set(i).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Starts `n` shards. Each builds its context with `init(shard_id)` on its own thread, then
+/// runs commands from its mailbox until stopped. With `pin`, shard i runs only on the i-th
+/// allowed CPU.
+pub fn spawn_shards<C: 'static>(
+    n: usize,
+    pin: bool,
+    init: impl Fn(usize) -> C + Send + Sync + 'static,
+) -> io::Result<Vec<Shard<C>>> {
+    let init = std::sync::Arc::new(init);
+    let cpus = allowed_cpus();
+    let mut shards = Vec::with_capacity(n);
+    for id in 0..n {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Command<C>>();
+        let init = init.clone();
+        let cpu = if pin && !cpus.is_empty() {
+            Some(cpus[id % cpus.len()])
+        } else {
+            None
+        };
+        let join = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin_to(cpu);
+                }
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(shard = id, "cannot build shard runtime: {e}");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    let ctx = Rc::new(init(id));
+                    while let Some(cmd) = rx.recv().await {
+                        cmd(&ctx);
+                    }
+                });
+            })?;
+        shards.push(Shard {
+            id,
+            tx,
+            join: Some(join),
+        });
+    }
+    Ok(shards)
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok()
+        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+    {
+        tracing::warn!(cpu, "cannot pin shard: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc as std_mpsc;
+
+    #[test]
+    fn shards_run_commands_on_their_own_threads() {
+        let shards = spawn_shards(2, false, |id| id * 10).unwrap();
+        let (tx, rx) = std_mpsc::channel();
+        for s in &shards {
+            let tx = tx.clone();
+            s.send(Box::new(move |ctx: &Rc<usize>| {
+                let name = std::thread::current().name().unwrap().to_string();
+                tx.send((**ctx, name)).unwrap();
+            }))
+            .unwrap();
+        }
+        let mut got: Vec<_> = (0..2).map(|_| rx.recv().unwrap()).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![(0, "shard-0".to_string()), (10, "shard-1".to_string())]
+        );
+        for s in shards {
+            s.stop();
+        }
+    }
+}

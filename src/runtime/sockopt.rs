@@ -1,0 +1,48 @@
+//! Socket options of the data path, in one place.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+
+/// The original destination of a redirected connection: SO_ORIGINAL_DST (then the IPv6
+/// form), falling back to the local address (TPROXY, or no redirect at all).
+pub fn original_dst(s: &tokio::net::TcpStream) -> io::Result<SocketAddr> {
+    let sock = SockRef::from(s);
+    let local = s.local_addr()?;
+    let orig = if local.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6().or_else(|_| sock.original_dst_v4())
+    };
+    Ok(orig
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| match a {
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+                None => a,
+            },
+            v4 => v4,
+        })
+        .unwrap_or(local))
+}
+
+/// TCP_NODELAY and ztunnel's keepalive (180 s idle, 180 s interval, 9 probes) on an
+/// app-facing connection.
+pub fn tune_app_conn(s: &tokio::net::TcpStream) {
+    let _ = s.set_nodelay(true);
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(180))
+        .with_interval(Duration::from_secs(180))
+        .with_retries(9);
+    let _ = SockRef::from(s).set_tcp_keepalive(&ka);
+}
+
+/// Sets the receive and send buffer sizes (best effort; the kernel caps them).
+pub fn set_buffers(s: &tokio::net::TcpStream, bytes: usize) {
+    let r = SockRef::from(s);
+    let _ = r.set_recv_buffer_size(bytes);
+    let _ = r.set_send_buffer_size(bytes);
+}

@@ -1,0 +1,260 @@
+//! TLS for HBONE: rustls configs built from workload certificates, and SPIFFE peer checks.
+//!
+//! Owns: the wire contract of ztunnel's TLS (TLS 1.3 only, AES-GCM suites, ALPN `h2`, client
+//! certificate required, no SNI, no resumption), the server-side trust-domain check, and
+//! reading SPIFFE identities out of certificates. Pure: no sockets, no clock reads beyond what
+//! rustls does during a handshake.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::identity::Identity;
+use crate::identity::ca::IssuedCert;
+
+/// ALPN protocol HBONE speaks.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Errors of peer verification after a handshake, aimed at the operator.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PeerError {
+    #[error("peer presented no certificate")]
+    NoCertificate,
+    #[error("peer certificate has no SPIFFE identity")]
+    NoIdentity,
+    #[error("peer presented {got}, expected {}", expected.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" or "))]
+    WrongIdentity {
+        got: String,
+        expected: Vec<Identity>,
+    },
+}
+
+/// The crypto provider HBONE uses: aws-lc-rs, restricted to the TLS 1.3 AES-GCM suites
+/// ztunnel offers.
+pub fn provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites = vec![
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+    ];
+    Arc::new(p)
+}
+
+/// The server config of one workload identity: presents its certificate, requires a client
+/// certificate that chains to `roots` and carries a SPIFFE id of the same trust domain.
+pub fn server_config(cert: &IssuedCert, roots: Arc<RootCertStore>) -> Arc<ServerConfig> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .expect("a root store with one anchor always builds a client verifier");
+    let verifier = Arc::new(TrustDomainVerifier {
+        inner,
+        trust_domain: cert.identity.trust_domain.clone(),
+    });
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 with AES-GCM suites is a valid protocol set")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())
+        .expect("a certificate we just issued matches its key");
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Arc::new(cfg)
+}
+
+/// The client config of one workload identity: presents its certificate, sends no SNI, keeps
+/// no session, and accepts any server chaining to `roots`. The server's SPIFFE identity is
+/// checked with [`verify_peer`] right after the handshake, before a byte of payload is sent.
+pub fn client_config(cert: &IssuedCert, roots: Arc<RootCertStore>) -> Arc<ClientConfig> {
+    let provider = provider();
+    let verifier = Arc::new(ChainVerifier {
+        roots,
+        algs: provider.signature_verification_algorithms,
+    });
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 with AES-GCM suites is a valid protocol set")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
+        .expect("a certificate we just issued matches its key");
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    cfg.enable_sni = false;
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Arc::new(cfg)
+}
+
+/// The server name rustls is given: a dummy, as ztunnel does; identity is checked by SAN.
+pub fn dummy_server_name() -> ServerName<'static> {
+    ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
+}
+
+/// The SPIFFE identities (URI SANs) of a certificate, in order.
+pub fn identities_of(cert: &CertificateDer<'_>) -> Vec<Identity> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => u.parse().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The peer's identity: the first SPIFFE URI SAN of its leaf certificate.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, PeerError> {
+    let leaf = certs
+        .and_then(|c| c.first())
+        .ok_or(PeerError::NoCertificate)?;
+    identities_of(leaf)
+        .into_iter()
+        .next()
+        .ok_or(PeerError::NoIdentity)
+}
+
+/// Checks that the peer's leaf carries one of `expected` (any one suffices, as in ztunnel).
+pub fn verify_peer(
+    certs: Option<&[CertificateDer<'_>]>,
+    expected: &[Identity],
+) -> Result<Identity, PeerError> {
+    let leaf = certs
+        .and_then(|c| c.first())
+        .ok_or(PeerError::NoCertificate)?;
+    let ids = identities_of(leaf);
+    if let Some(hit) = ids.iter().find(|i| expected.contains(i)) {
+        return Ok(hit.clone());
+    }
+    match ids.first() {
+        None => Err(PeerError::NoIdentity),
+        Some(got) => Err(PeerError::WrongIdentity {
+            got: got.to_string(),
+            expected: expected.to_vec(),
+        }),
+    }
+}
+
+/// Client-certificate verifier: WebPKI chain check, then the SPIFFE trust domain must equal
+/// ours (ztunnel's `TrustDomainVerifier`).
+#[derive(Debug)]
+struct TrustDomainVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for TrustDomainVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if identities_of(end_entity)
+            .iter()
+            .any(|i| i.trust_domain == self.trust_domain)
+        {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "client certificate has no SPIFFE identity in trust domain {}",
+                self.trust_domain
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Server-certificate verifier: the chain must reach our roots with serverAuth; names are not
+/// checked here (there is no SNI), the SPIFFE identity is checked by [`verify_peer`].
+#[derive(Debug)]
+struct ChainVerifier {
+    roots: Arc<RootCertStore>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ChainVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests;
