@@ -1,1 +1,327 @@
-//! placeholder
+//! The lab: a local "cluster" made of network namespaces, for tests, the demo and benchmarks.
+//!
+//! Owns: creating nodes (a netns each, with a bridge for its pods), pods (a netns each, a veth
+//! to their node, an address from 198.18.0.0/15), a fabric netns joining the nodes, and in
+//! captured pods the capture rules istio-cni installs (nftables REDIRECT to 15001/15006, skip
+//! mark 0x539, connmark 0x111 + `ip rule` for replies to spoofed sources). Nothing is added
+//! to the root namespace; everything is removed on `cleanup` or drop, also after a failure.
+//! Shells out to `ip` (iproute2) and `nft` (nftables).
+
+pub mod capture;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Errors of lab commands: the command and what it printed.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("`{cmd}` failed: {stderr}")]
+    Command { cmd: String, stderr: String },
+    #[error("cannot run `{cmd}`: {source} (is it installed? the lab needs iproute2 and nftables)")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("the lab needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to create network namespaces")]
+    NotRoot,
+    #[error("lab topology: {0}")]
+    Topology(String),
+}
+
+/// A node: its netns and pod subnet.
+#[derive(Debug, Clone)]
+pub struct LabNode {
+    pub name: String,
+    pub netns: String,
+    pub index: u8,
+    pub fabric_ip: Ipv4Addr,
+}
+
+/// A pod: its netns, node and address.
+#[derive(Debug, Clone)]
+pub struct LabPod {
+    pub name: String,
+    pub netns: String,
+    pub node: usize,
+    pub ip: Ipv4Addr,
+    pub captured: bool,
+}
+
+impl LabPod {
+    /// Path of the pod's netns, as `--pod` and ZDS want it.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.netns))
+    }
+}
+
+/// A set of namespaces that is removed whole when dropped.
+#[derive(Debug)]
+pub struct Lab {
+    pub prefix: String,
+    pub nodes: Vec<LabNode>,
+    pub pods: Vec<LabPod>,
+    fabric: Option<String>,
+    namespaces: Vec<String>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command; its stderr becomes the error.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String, LabError> {
+    run_input(cmd, args, None)
+}
+
+/// Runs a command with `input` on stdin.
+pub fn run_input(cmd: &str, args: &[&str], input: Option<&str>) -> Result<String, LabError> {
+    use std::io::Write;
+    let line = format!("{cmd} {}", args.join(" "));
+    let mut c = Command::new(cmd);
+    c.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        });
+    let mut child = c.spawn().map_err(|source| LabError::Spawn {
+        cmd: line.clone(),
+        source,
+    })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|source| LabError::Spawn {
+        cmd: line.clone(),
+        source,
+    })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LabError::Command {
+            cmd: line,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Whether this process may build a lab.
+pub fn check_privileges() -> Result<(), LabError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(LabError::NotRoot)
+    }
+}
+
+impl Lab {
+    /// An empty lab whose namespaces are named `<prefix>-…` (a unique prefix is made when
+    /// `prefix` is empty).
+    pub fn new(prefix: &str) -> Result<Lab, LabError> {
+        check_privileges()?;
+        let prefix = if prefix.is_empty() {
+            format!(
+                "rm{:x}x{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            )
+        } else {
+            prefix.to_string()
+        };
+        Ok(Lab {
+            prefix,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            fabric: None,
+            namespaces: Vec::new(),
+        })
+    }
+
+    fn add_netns(&mut self, suffix: &str) -> Result<String, LabError> {
+        let name = format!("{}-{suffix}", self.prefix);
+        // A leftover of an earlier crashed run with the same name goes first.
+        let _ = run("ip", &["netns", "del", &name]);
+        run("ip", &["netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        run("ip", &["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    fn sysctl(&self, netns: &str, kv: &str) -> Result<(), LabError> {
+        run("ip", &["netns", "exec", netns, "sysctl", "-qw", kv]).map(|_| ())
+    }
+
+    /// Adds a node: a netns with bridge `br0` at 198.18.<n>.1/24 and forwarding on, joined to
+    /// the other nodes through the fabric netns (198.19.255.<n>).
+    pub fn add_node(&mut self, name: &str) -> Result<usize, LabError> {
+        let index = self.nodes.len() as u8 + 1;
+        if index > 200 {
+            return Err(LabError::Topology("at most 200 nodes".into()));
+        }
+        let fabric = match &self.fabric {
+            Some(f) => f.clone(),
+            None => {
+                let f = self.add_netns("fabric")?;
+                run("ip", &["-n", &f, "link", "add", "br0", "type", "bridge"])?;
+                run("ip", &["-n", &f, "link", "set", "br0", "up"])?;
+                self.fabric = Some(f.clone());
+                f
+            }
+        };
+        let ns = self.add_netns(name)?;
+        self.sysctl(&ns, "net.ipv4.ip_forward=1")?;
+        run("ip", &["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
+        let gw = format!("198.18.{index}.1/24");
+        run("ip", &["-n", &ns, "addr", "add", &gw, "dev", "br0"])?;
+        run("ip", &["-n", &ns, "link", "set", "br0", "up"])?;
+        // Uplink to the fabric.
+        let port = format!("n{index}");
+        run(
+            "ip",
+            &[
+                "-n", &ns, "link", "add", "up0", "type", "veth", "peer", "name", &port, "netns",
+                &fabric,
+            ],
+        )?;
+        run(
+            "ip",
+            &["-n", &fabric, "link", "set", &port, "master", "br0"],
+        )?;
+        run("ip", &["-n", &fabric, "link", "set", &port, "up"])?;
+        let fabric_ip = Ipv4Addr::new(198, 19, 255, index);
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{fabric_ip}/24"),
+                "dev",
+                "up0",
+            ],
+        )?;
+        run("ip", &["-n", &ns, "link", "set", "up0", "up"])?;
+        // Routes between this node and every other node's pod subnet.
+        for other in &self.nodes {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "route",
+                    "add",
+                    &format!("198.18.{}.0/24", other.index),
+                    "via",
+                    &other.fabric_ip.to_string(),
+                ],
+            )?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &other.netns,
+                    "route",
+                    "add",
+                    &format!("198.18.{index}.0/24"),
+                    "via",
+                    &fabric_ip.to_string(),
+                ],
+            )?;
+        }
+        self.nodes.push(LabNode {
+            name: name.to_string(),
+            netns: ns,
+            index,
+            fabric_ip,
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Adds a pod on `node`: a netns with `eth0` at 198.18.<node>.<k>/24, default route via
+    /// the node, and (if `captured`) istio-cni's capture rules.
+    pub fn add_pod(&mut self, node: usize, name: &str, captured: bool) -> Result<LabPod, LabError> {
+        let n = self
+            .nodes
+            .get(node)
+            .ok_or_else(|| LabError::Topology(format!("no node {node}")))?
+            .clone();
+        let k = self.pods.iter().filter(|p| p.node == node).count() as u8 + 2;
+        if k > 250 {
+            return Err(LabError::Topology("at most 248 pods per node".into()));
+        }
+        let ns = self.add_netns(name)?;
+        let ip = Ipv4Addr::new(198, 18, n.index, k);
+        let host_end = format!("p{k}");
+        run(
+            "ip",
+            &[
+                "-n", &n.netns, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ],
+        )?;
+        run(
+            "ip",
+            &["-n", &n.netns, "link", "set", &host_end, "master", "br0"],
+        )?;
+        run("ip", &["-n", &n.netns, "link", "set", &host_end, "up"])?;
+        run(
+            "ip",
+            &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        )?;
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.18.{}.1", n.index),
+            ],
+        )?;
+        if captured {
+            capture::install(&ns)?;
+        }
+        let pod = LabPod {
+            name: name.to_string(),
+            netns: ns,
+            node,
+            ip,
+            captured,
+        };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    pub fn pod(&self, name: &str) -> Option<&LabPod> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// Removes every namespace of this lab (their interfaces, rules and sockets go with them).
+    pub fn cleanup(&mut self) -> Result<(), LabError> {
+        let mut first_err = None;
+        for ns in self.namespaces.drain(..).rev() {
+            if let Err(e) = run("ip", &["netns", "del", &ns]) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.cleanup();
+    }
+}
+
+/// Names of all network namespaces (for leak checks).
+pub fn list_netns() -> Vec<String> {
+    run("ip", &["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
