@@ -1,0 +1,321 @@
+//! HBONE in-process, on loopback: our server and our client against each other, and each
+//! against the plain `h2` crate (over tokio-rustls) as an independent peer.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use ringmesh::config::flags::OrigSrc;
+use ringmesh::identity::Identity;
+use ringmesh::identity::ca::Ca;
+use ringmesh::identity::store::CertManager;
+use ringmesh::inpod::Netns;
+use ringmesh::proxy::pool::{PoolKey, StreamError};
+use ringmesh::proxy::{Pod, ProxyConfig, ShardCtx, h2conn, inbound};
+
+const CFG: &str = r#"
+workloads:
+- {uid: srv, name: srv, namespace: default, serviceAccount: server, workloadIps: ["127.0.0.1"], protocol: HBONE, services: {}}
+- {uid: cli, name: cli, namespace: default, serviceAccount: client, workloadIps: ["127.0.0.2"], protocol: HBONE, services: {}}
+policies:
+- {name: deny-7, namespace: default, scope: Namespace, action: Deny, dryRun: false, rules: [[[{destinationPorts: [7]}]]]}
+"#;
+
+struct Env {
+    ctx: Rc<ShardCtx>,
+    certs: CertManager,
+}
+
+fn env(max_streams: usize) -> Env {
+    let snap = ringmesh::config::snapshot_from_str("t.yaml", CFG, 1).unwrap();
+    let ca = Ca::generate(SystemTime::now()).unwrap();
+    let mut certs = CertManager::new(ca, Duration::from_secs(3600)).unwrap();
+    let ids: BTreeSet<_> = ["srv", "cli"]
+        .iter()
+        .map(|u| snap.identity_of(u).unwrap())
+        .collect();
+    certs.reconcile(&ids, SystemTime::now()).unwrap();
+    let mut cfg = ProxyConfig {
+        orig_src: OrigSrc::Off,
+        mark: 0,
+        ..ProxyConfig::default()
+    };
+    cfg.h2.client_max_streams = max_streams;
+    let ctx = Rc::new(ShardCtx::new(
+        0,
+        Arc::new(cfg),
+        Arc::new(ArcSwap::from_pointee(snap)),
+        certs.handle(),
+    ));
+    Env { ctx, certs }
+}
+
+fn id(sa: &str) -> Identity {
+    Identity::new("cluster.local", "default", sa)
+}
+
+/// An echo app on loopback; returns its address.
+async fn echo_app() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::task::spawn_local(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::task::spawn_local(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    a
+}
+
+/// Our HBONE server (the inbound flow) for pod "srv" on 127.0.0.1; returns its address.
+async fn our_server(ctx: &Rc<ShardCtx>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let pod = Arc::new(Pod {
+        uid: "srv".into(),
+        netns: Arc::new(Netns::current()),
+    });
+    tokio::task::spawn_local(inbound::serve(ctx.clone(), pod, l));
+    a
+}
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+/// Opens a stream with our pooled client.
+async fn our_stream(
+    e: &Env,
+    server: SocketAddr,
+    authority: &str,
+    expected: Identity,
+) -> Result<ringmesh::proxy::pool::Stream, StreamError> {
+    let cert = e.certs.handle().load().get(&id("client")).unwrap().clone();
+    let key = PoolKey {
+        src: id("client"),
+        dst: vec![expected.clone()],
+        addr: server,
+        src_pod: "cli".into(),
+    };
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri(authority)
+        .body(())
+        .unwrap();
+    let h2s = e.ctx.cfg.h2.clone();
+    e.ctx
+        .pool
+        .stream(&key, e.ctx.cfg.h2.client_max_streams, req, || async move {
+            let tcp = TcpStream::connect(server).await.unwrap();
+            h2conn::dial(tcp, cert.client.clone(), &[expected], &h2s).await
+        })
+        .await
+}
+
+async fn roundtrip(s: &mut ringmesh::proxy::pool::Stream, msg: &[u8]) -> Vec<u8> {
+    s.send
+        .send_data(Bytes::copy_from_slice(msg), false)
+        .unwrap();
+    let got = s.recv.data().await.unwrap().unwrap();
+    let _ = s.recv.flow_control().release_capacity(got.len());
+    got.to_vec()
+}
+
+#[test]
+fn ours_to_ours_pools_streams() {
+    run(async {
+        let e = env(2);
+        let app = echo_app().await;
+        let server = our_server(&e.ctx).await;
+        let auth = format!("127.0.0.1:{}", app.port());
+        let mut a = our_stream(&e, server, &auth, id("server")).await.unwrap();
+        let mut b = our_stream(&e, server, &auth, id("server")).await.unwrap();
+        assert_eq!(roundtrip(&mut a, b"one").await, b"one");
+        assert_eq!(roundtrip(&mut b, b"two").await, b"two");
+        assert_eq!(e.ctx.pool.len(), 1, "two streams share one connection");
+        // A third stream exceeds max_streams=2: a second connection.
+        let mut c = our_stream(&e, server, &auth, id("server")).await.unwrap();
+        assert_eq!(roundtrip(&mut c, b"three").await, b"three");
+        assert_eq!(e.ctx.pool.len(), 2);
+        // Denied port → 401, bad authority → 400, dead app port → 503.
+        let denied = our_stream(&e, server, "127.0.0.1:7", id("server")).await;
+        assert!(matches!(denied, Err(StreamError::Status { status, .. }) if status == 401));
+        let wrong_ip = our_stream(
+            &e,
+            server,
+            &format!("127.0.0.9:{}", app.port()),
+            id("server"),
+        )
+        .await;
+        assert!(matches!(wrong_ip, Err(StreamError::Status { status, .. }) if status == 400));
+        let dead = our_stream(&e, server, "127.0.0.1:1", id("server")).await;
+        assert!(matches!(dead, Err(StreamError::Status { status, .. }) if status == 503));
+        // A wrong expected identity is refused before any CONNECT is sent.
+        let wrong = our_stream(&e, server, &auth, id("someone-else")).await;
+        let msg = wrong.err().unwrap().to_string();
+        assert!(msg.contains("presented spiffe://cluster.local/ns/default/sa/server, expected spiffe://cluster.local/ns/default/sa/someone-else"), "{msg}");
+        // Half-close: END_STREAM reaches the app as EOF and the app's EOF comes back.
+        a.send.send_data(Bytes::new(), true).unwrap();
+        while let Some(d) = a.recv.data().await {
+            assert!(d.unwrap().is_empty(), "no data after the echo");
+        }
+    });
+}
+
+/// The plain h2 crate as client against our server.
+#[test]
+fn h2_crate_client_to_our_server() {
+    run(async {
+        let e = env(100);
+        let app = echo_app().await;
+        let server = our_server(&e.ctx).await;
+        let cert = e.certs.handle().load().get(&id("client")).unwrap().clone();
+        let tcp = TcpStream::connect(server).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cert.client.clone())
+            .connect(ringmesh::tls::dummy_server_name(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (h2, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+        });
+        let send = |req: http::Request<()>| {
+            let h2 = h2.clone();
+            async move {
+                let mut h2 = h2.ready().await.unwrap();
+                let (resp, s) = h2.send_request(req, false).unwrap();
+                (resp.await.unwrap(), s)
+            }
+        };
+        let connect = |a: String| {
+            http::Request::builder()
+                .method("CONNECT")
+                .uri(a)
+                .body(())
+                .unwrap()
+        };
+        let (resp, mut s) = send(connect(format!("127.0.0.1:{}", app.port()))).await;
+        assert_eq!(resp.status(), 200);
+        s.send_data(Bytes::from_static(b"hello"), true).unwrap();
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(d) = body.data().await {
+            got.extend_from_slice(&d.unwrap());
+        }
+        assert_eq!(got, b"hello", "echo then EOF after our END_STREAM");
+        let get = http::Request::builder()
+            .uri(format!("http://127.0.0.1:{}/", app.port()))
+            .body(())
+            .unwrap();
+        assert_eq!(send(get).await.0.status(), 400);
+        assert_eq!(send(connect("not-an-ip:80".into())).await.0.status(), 400);
+        assert_eq!(send(connect("127.0.0.1:7".into())).await.0.status(), 401);
+        assert_eq!(
+            send(connect("127.0.0.1:15008".into())).await.0.status(),
+            503
+        );
+        // The server still serves after the bad requests.
+        let (resp, _s) = send(connect(format!("127.0.0.1:{}", app.port()))).await;
+        assert_eq!(resp.status(), 200);
+    });
+}
+
+/// Our client against a plain h2 crate server (mTLS via our server config).
+#[test]
+fn our_client_to_h2_crate_server() {
+    run(async {
+        let e = env(100);
+        let srv_cert = e.certs.handle().load().get(&id("server")).unwrap().clone();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::task::spawn_local(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let tls = tokio_rustls::TlsAcceptor::from(srv_cert.server.clone())
+                .accept(tcp)
+                .await
+                .unwrap();
+            let mut conn = h2::server::handshake(tls).await.unwrap();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                tokio::task::spawn_local(async move {
+                    assert_eq!(req.method(), http::Method::CONNECT);
+                    assert!(
+                        req.headers().contains_key("forwarded") || req.uri().authority().is_some()
+                    );
+                    let status = if req.uri().authority().unwrap().port_u16() == Some(503) {
+                        503
+                    } else {
+                        200
+                    };
+                    let resp = http::Response::builder().status(status).body(()).unwrap();
+                    let mut send = respond.send_response(resp, status != 200).unwrap();
+                    if status != 200 {
+                        return;
+                    }
+                    let mut body = req.into_body();
+                    while let Some(Ok(d)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(d.len());
+                        send.send_data(d, false).unwrap();
+                    }
+                    let _ = send.send_data(Bytes::new(), true);
+                });
+            }
+        });
+        let mut s = our_stream(&e, addr, "198.18.0.9:80", id("server"))
+            .await
+            .unwrap();
+        assert_eq!(roundtrip(&mut s, b"via h2 crate").await, b"via h2 crate");
+        let bad = our_stream(&e, addr, "198.18.0.9:503", id("server")).await;
+        assert!(matches!(bad, Err(StreamError::Status { status, .. }) if status == 503));
+    });
+}
+
+/// A byte stream through our client and server, with the copy loop on both ends.
+#[test]
+fn copy_loop_carries_a_megabyte_each_way() {
+    run(async {
+        let e = env(100);
+        let app = echo_app().await;
+        let server = our_server(&e.ctx).await;
+        let s = our_stream(
+            &e,
+            server,
+            &format!("127.0.0.1:{}", app.port()),
+            id("server"),
+        )
+        .await
+        .unwrap();
+        let (mut local, remote) = tokio::io::duplex(64 * 1024);
+        let counters = Rc::new(ringmesh::io::Counters::default());
+        let c2 = counters.clone();
+        let ringmesh::proxy::pool::Stream { send, recv, .. } = s;
+        tokio::task::spawn_local(async move {
+            ringmesh::io::copy_h2(remote, send, recv, c2).await.unwrap();
+        });
+        let data: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let (mut rd, mut wr) = tokio::io::split(&mut local);
+        let writer = async {
+            wr.write_all(&data).await.unwrap();
+            wr.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let reader = rd.read_to_end(&mut back);
+        let (_, n) = tokio::join!(writer, reader);
+        assert_eq!(n.unwrap(), data.len());
+        assert_eq!(back, data);
+        assert_eq!(counters.sent.get(), data.len() as u64);
+    });
+}
