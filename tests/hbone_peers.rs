@@ -34,9 +34,13 @@ struct Env {
 }
 
 fn env(max_streams: usize) -> Env {
+    env_ttl(max_streams, Duration::from_secs(3600))
+}
+
+fn env_ttl(max_streams: usize, ttl: Duration) -> Env {
     let snap = ringmesh::config::snapshot_from_str("t.yaml", CFG, 1).unwrap();
     let ca = Ca::generate(SystemTime::now()).unwrap();
-    let mut certs = CertManager::new(ca, Duration::from_secs(3600)).unwrap();
+    let mut certs = CertManager::new(ca, ttl).unwrap();
     let ids: BTreeSet<_> = ["srv", "cli"]
         .iter()
         .map(|u| snap.identity_of(u).unwrap())
@@ -103,12 +107,22 @@ async fn our_stream(
     authority: &str,
     expected: Identity,
 ) -> Result<ringmesh::proxy::pool::Stream, StreamError> {
+    our_stream_from(e, "cli", server, authority, expected).await
+}
+
+async fn our_stream_from(
+    e: &Env,
+    src_pod: &str,
+    server: SocketAddr,
+    authority: &str,
+    expected: Identity,
+) -> Result<ringmesh::proxy::pool::Stream, StreamError> {
     let cert = e.certs.handle().load().get(&id("client")).unwrap().clone();
     let key = PoolKey {
         src: id("client"),
         dst: vec![expected.clone()],
         addr: server,
-        src_pod: "cli".into(),
+        src_pod: src_pod.into(),
     };
     let req = http::Request::builder()
         .method("CONNECT")
@@ -317,5 +331,48 @@ fn copy_loop_carries_a_megabyte_each_way() {
         assert_eq!(n.unwrap(), data.len());
         assert_eq!(back, data);
         assert_eq!(counters.sent.get(), data.len() as u64);
+    });
+}
+
+/// Certificates rotate at half-life without touching live connections.
+#[test]
+fn rotation_keeps_live_connections() {
+    run(async {
+        let mut e = env_ttl(100, Duration::from_secs(60));
+        let app = echo_app().await;
+        let server = our_server(&e.ctx).await;
+        let auth = format!("127.0.0.1:{}", app.port());
+        let mut live = our_stream(&e, server, &auth, id("server")).await.unwrap();
+        assert_eq!(roundtrip(&mut live, b"before").await, b"before");
+        let gen_before = e
+            .certs
+            .handle()
+            .load()
+            .get(&id("server"))
+            .unwrap()
+            .generation;
+        let ids: BTreeSet<_> = [id("server"), id("client")].into();
+        let later = SystemTime::now() + Duration::from_secs(31);
+        assert_eq!(
+            e.certs.reconcile(&ids, later).unwrap(),
+            2,
+            "both rotated past half-life"
+        );
+        let gen_after = e
+            .certs
+            .handle()
+            .load()
+            .get(&id("server"))
+            .unwrap()
+            .generation;
+        assert!(gen_after > gen_before);
+        // The live stream keeps working on its old certificates…
+        assert_eq!(roundtrip(&mut live, b"after").await, b"after");
+        // …and a new connection handshakes with the new ones.
+        let mut fresh = our_stream_from(&e, "other-pod", server, &auth, id("server"))
+            .await
+            .unwrap();
+        assert_eq!(roundtrip(&mut fresh, b"new").await, b"new");
+        assert_eq!(e.ctx.pool.len(), 2);
     });
 }

@@ -153,7 +153,7 @@ fn netns_two_node_mesh() {
 
     // DENY policy: the connection is closed, no greeting.
     assert!(echo_from(&ca_ns, addr("198.18.2.2:9999")).is_err());
-    assert!(node_a.log_text().contains("401"), "node a logs the 401");
+    node_a.wait_log("answered 401 Unauthorized", Duration::from_secs(5));
 
     // Wrong server identity: refused by the client side.
     let e = echo_from(&ca_ns, addr("198.18.2.3:8080")).unwrap_err();
@@ -189,6 +189,10 @@ fn netns_two_node_mesh() {
     std::fs::write(&cfg_b, "workloads: [ {uid: broken").unwrap();
     node_b.wait_log("config rejected", Duration::from_secs(5));
     assert!(echo_from(&ca_ns, addr("198.18.2.2:8080")).is_ok());
+    // SIGHUP re-reads it too (and rejects it again).
+    node_b.signal(nix::sys::signal::Signal::SIGHUP);
+    node_b.wait_log("why=\"SIGHUP\"", Duration::from_secs(5));
+    assert!(node_b.alive());
 
     // A live connection that a new policy denies is closed.
     let mut live = connect_from(&ca_ns, addr("198.18.2.2:8080")).unwrap();

@@ -7,11 +7,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::runtime::net::Stream as TcpStream;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::hbone::H2Settings;
 use crate::identity::Identity;

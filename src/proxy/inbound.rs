@@ -10,10 +10,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Request, Response, StatusCode};
-use tokio::net::{TcpListener, TcpStream};
 
 use super::{Pod, ShardCtx, connect_in, h2conn, log_complete};
 use crate::config::flags::OrigSrc;

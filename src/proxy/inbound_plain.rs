@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::{TcpListener, TcpStream};
+use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 
 use super::inbound::spoof_source;
 use super::{Pod, ShardCtx, connect_in, log_complete};

@@ -31,6 +31,7 @@ use crate::hbone::H2Settings;
 use crate::identity::store::CertHandle;
 use crate::inpod::Netns;
 use crate::io::Counters;
+use crate::runtime::net;
 use crate::state::StateHandle;
 
 /// Settings of the flows, fixed at start.
@@ -110,7 +111,7 @@ impl ShardCtx {
     /// Starts serving a pod's listeners on this shard (replacing an earlier set).
     pub fn add_pod(self: &Rc<Self>, l: PodListeners) {
         let mut tasks = Vec::with_capacity(3);
-        let to_tokio = |s: std::net::TcpListener| tokio::net::TcpListener::from_std(s);
+        let to_tokio = net::listener_from_std;
         match (
             to_tokio(l.outbound),
             to_tokio(l.inbound_plain),
@@ -246,14 +247,9 @@ pub async fn connect_in(
     mark: u32,
     transparent_src: Option<std::net::IpAddr>,
     timeout: Duration,
-) -> Result<tokio::net::TcpStream, String> {
-    let std = netns
+) -> Result<net::Stream, String> {
+    let sock = netns
         .connect_socket(dst, mark, transparent_src)
         .map_err(|e| e.to_string())?;
-    let sock = tokio::net::TcpSocket::from_std_stream(std);
-    match tokio::time::timeout(timeout, sock.connect(dst)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(format!("connect to {dst} failed: {e}")),
-        Err(_) => Err(format!("connect to {dst} timed out after {timeout:?}")),
-    }
+    net::connect(sock, dst, timeout).await
 }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::{TcpListener, TcpStream};
+use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 
 use super::pool::PoolKey;
 use super::{Pod, ShardCtx, connect_in, h2conn, log_complete};

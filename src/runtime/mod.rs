@@ -8,6 +8,7 @@
 //!
 //! Engine: `epoll` (tokio's current-thread runtime). The io_uring engine is a later step.
 
+pub mod net;
 pub mod sockopt;
 
 use std::io;
