@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc: per-thread free lists suit shard threads; the system allocator mmaps and faults
+/// in every large copy buffer (seen in `perf` as page faults on the bulk path).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use ringmesh::config::flags::{CaCommand, Cli, Command};
 
 fn main() -> std::process::ExitCode {

@@ -150,6 +150,16 @@ impl Lab {
         run("ip", &["netns", "exec", netns, "sysctl", "-qw", kv]).map(|_| ())
     }
 
+    /// Bridged frames skip netfilter in the lab's own bridges (no kube-proxy here), so each
+    /// packet is not run through the rules twice.
+    fn quiet_bridge(&self, netns: &str) -> Result<(), LabError> {
+        for k in ["iptables", "ip6tables", "arptables"] {
+            // Absent when br_netfilter is not built in: nothing to turn off then.
+            let _ = self.sysctl(netns, &format!("net.bridge.bridge-nf-call-{k}=0"));
+        }
+        Ok(())
+    }
+
     /// Adds a node: a netns with bridge `br0` at 198.18.<n>.1/24 and forwarding on, joined to
     /// the other nodes through the fabric netns (198.19.255.<n>).
     pub fn add_node(&mut self, name: &str) -> Result<usize, LabError> {
@@ -161,6 +171,7 @@ impl Lab {
             Some(f) => f.clone(),
             None => {
                 let f = self.add_netns("fabric")?;
+                self.quiet_bridge(&f)?;
                 run("ip", &["-n", &f, "link", "add", "br0", "type", "bridge"])?;
                 run("ip", &["-n", &f, "link", "set", "br0", "up"])?;
                 self.fabric = Some(f.clone());
@@ -169,6 +180,7 @@ impl Lab {
         };
         let ns = self.add_netns(name)?;
         self.sysctl(&ns, "net.ipv4.ip_forward=1")?;
+        self.quiet_bridge(&ns)?;
         run("ip", &["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
         let gw = format!("198.18.{index}.1/24");
         run("ip", &["-n", &ns, "addr", "add", &gw, "dev", "br0"])?;

@@ -71,7 +71,7 @@ pub async fn dial(
         .peer_addr()
         .map_err(|e| DialError::Connect(e.to_string()))?;
     let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(tls::dummy_server_name(), tcp)
+        .connect(tls::dummy_server_name(), buffered(tcp))
         .await
         .map_err(|source| DialError::Tls { addr, source })?;
     let peer = tls::verify_peer(tls.get_ref().1.peer_certificates(), expected)
@@ -100,6 +100,15 @@ pub async fn dial(
         last_used: Cell::new(Instant::now()),
         driver: driver.abort_handle(),
     })
+}
+
+/// Size of the read buffer under TLS. rustls reads at most a record (≤ 16 KiB, in 4 KiB
+/// steps) per call; a large buffer below it turns that into one big `recv` per many records.
+pub const TLS_READ_BUFFER: usize = 256 * 1024;
+
+/// Wraps a socket in the read buffer TLS sits on.
+pub fn buffered<T: AsyncRead + AsyncWrite>(io: T) -> tokio::io::BufReader<T> {
+    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, io)
 }
 
 /// HTTP/2 client settings as ztunnel sets them.

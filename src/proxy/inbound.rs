@@ -57,7 +57,12 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(cert.server.clone());
-    let tls = match tokio::time::timeout(h2conn::HANDSHAKE_TIMEOUT, acceptor.accept(s)).await {
+    let tls = match tokio::time::timeout(
+        h2conn::HANDSHAKE_TIMEOUT,
+        acceptor.accept(h2conn::buffered(s)),
+    )
+    .await
+    {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             tracing::warn!(pod = %pod.uid, %peer, "HBONE TLS handshake failed: {e}");

@@ -1,0 +1,175 @@
+//! Single-stream bulk throughput through the node proxy vs the same transfer without it,
+//! measured in one run, interleaved (raw, mesh, raw, mesh, …) so machine drift hits both.
+//!
+//! Run as root: `cargo bench --bench l4_throughput` (env: `BENCH_BYTES`, default 1 GiB;
+//! `BENCH_ROUNDS`, default 3; `BENCH_SHARDS`, default one per core).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn env_u64(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+/// A sink that reads to EOF and answers the byte count.
+fn serve_discard(ns: &ringmesh::inpod::Netns, port: u16) {
+    let l = ns
+        .run(|| TcpListener::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0u64;
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                let _ = s.write_all(format!("{total}\n").as_bytes());
+            });
+        }
+    });
+}
+
+/// Sends `len` bytes; returns Gb/s (the sink's count must match).
+fn send(ns: &ringmesh::inpod::Netns, dst: SocketAddr, len: u64) -> f64 {
+    let mut s = connect_from(ns, dst).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    let buf = vec![0x5au8; 256 * 1024];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < len {
+        let n = ((len - sent) as usize).min(buf.len());
+        s.write_all(&buf[..n]).expect("send");
+        sent += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut ans = String::new();
+    s.read_to_string(&mut ans).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(
+        ans.trim(),
+        len.to_string(),
+        "sink received a different byte count"
+    );
+    len as f64 * 8.0 / secs / 1e9
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+const CFG: &str = r#"
+workloads:
+- {uid: client-a, name: client-a, namespace: default, serviceAccount: client, workloadIps: ["198.18.1.2"], protocol: HBONE, services: {}}
+- {uid: server-a, name: server-a, namespace: default, serviceAccount: server, workloadIps: ["198.18.1.3"], protocol: HBONE, services: {}}
+- {uid: server-b, name: server-b, namespace: default, serviceAccount: server, workloadIps: ["198.18.2.2"], protocol: HBONE, services: {}}
+"#;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let Some(mut lab) = lab_or_skip("l4_throughput") else {
+        return;
+    };
+    let bytes = env_u64("BENCH_BYTES", 1 << 30);
+    let rounds = env_u64("BENCH_ROUNDS", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_cert, ca_key) = ca_files(dir.path());
+    let a = lab.add_node("a").unwrap();
+    let b = lab.add_node("b").unwrap();
+    let client_a = lab.add_pod(a, "client-a", true).unwrap();
+    let server_a = lab.add_pod(a, "server-a", true).unwrap();
+    let server_b = lab.add_pod(b, "server-b", true).unwrap();
+    let raw_client = lab.add_pod(a, "raw-client-a", false).unwrap();
+    let raw_server_a = lab.add_pod(a, "raw-server-a", false).unwrap();
+    let raw_server_b = lab.add_pod(b, "raw-server-b", false).unwrap();
+    let cfg = dir.path().join("cfg.yaml");
+    std::fs::write(&cfg, CFG).unwrap();
+    let args = |pods: &[&ringmesh::lab::LabPod]| {
+        let mut v: Vec<String> = vec![
+            "--config".into(),
+            cfg.display().to_string(),
+            "--ca-cert".into(),
+            ca_cert.display().to_string(),
+            "--ca-key".into(),
+            ca_key.display().to_string(),
+        ];
+        if let Ok(s) = std::env::var("BENCH_SHARDS") {
+            v.push("--shards".into());
+            v.push(s);
+        }
+        for p in pods {
+            v.push("--pod".into());
+            v.push(format!("{}={}", p.name, p.netns_path().display()));
+        }
+        v
+    };
+    let _na = NodeProc::start(
+        &lab.nodes[a].netns,
+        &args(&[&client_a, &server_a]),
+        dir.path().join("a.log"),
+    );
+    let _nb = NodeProc::start(
+        &lab.nodes[b].netns,
+        &args(&[&server_b]),
+        dir.path().join("b.log"),
+    );
+    for p in [&client_a, &server_a, &server_b] {
+        wait_listening(&p.netns, 15008);
+    }
+    for p in [&server_a, &server_b, &raw_server_a, &raw_server_b] {
+        serve_discard(&ns(p), 9000);
+    }
+    let (mesh_ns, raw_ns) = (ns(&client_a), ns(&raw_client));
+    let dst = |p: &ringmesh::lab::LabPod| SocketAddr::new(p.ip.into(), 9000);
+    // Warm-up: handshakes and pools.
+    send(&mesh_ns, dst(&server_a), 16 << 20);
+    send(&mesh_ns, dst(&server_b), 16 << 20);
+    let cases = [
+        ("same node", &raw_server_a, &server_a),
+        ("cross node", &raw_server_b, &server_b),
+    ];
+    println!(
+        "l4_throughput: 1 stream, {} MiB per transfer, {rounds} interleaved rounds, median Gb/s",
+        bytes >> 20
+    );
+    println!("| path | raw (no mesh) Gb/s | ringmesh Gb/s | ringmesh / raw |");
+    println!("|---|---|---|---|");
+    for (name, raw_dst, mesh_dst) in cases {
+        let (mut raw, mut mesh) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            raw.push(send(&raw_ns, dst(raw_dst), bytes));
+            mesh.push(send(&mesh_ns, dst(mesh_dst), bytes));
+        }
+        let (r, m) = (median(raw.clone()), median(mesh.clone()));
+        println!(
+            "| {name} | {r:.2} (runs {}) | {m:.2} (runs {}) | {:.2} |",
+            fmt(&raw),
+            fmt(&mesh),
+            m / r
+        );
+    }
+}
+
+fn fmt(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
