@@ -25,17 +25,11 @@ use crate::tls;
 
 /// Accept loop of one pod's HBONE listener on this shard.
 pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
-    loop {
-        match l.accept().await {
-            Ok((s, peer)) => {
-                tokio::task::spawn_local(handle_conn(ctx.clone(), pod.clone(), s, peer));
-            }
-            Err(e) => {
-                tracing::warn!(pod = %pod.uid, "HBONE accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    }
+    let p = pod.clone();
+    super::accept_loop(pod, l, "HBONE", move |s, peer| {
+        handle_conn(ctx.clone(), p.clone(), s, peer)
+    })
+    .await
 }
 
 /// Serves one HBONE connection: TLS, HTTP/2, then a task per CONNECT stream.

@@ -240,6 +240,26 @@ pub fn log_complete(
     }
 }
 
+/// Accepts on one of a pod's listeners until the task is aborted, running `handle` as a local
+/// task per connection. Accept errors (e.g. out of fds) are logged and retried after a pause.
+pub async fn accept_loop<F, Fut>(pod: Arc<Pod>, l: net::Listener, what: &'static str, handle: F)
+where
+    F: Fn(net::Stream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    loop {
+        match l.accept().await {
+            Ok((s, peer)) => {
+                tokio::task::spawn_local(handle(s, peer));
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.uid, "{what} accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// Connects a socket made in a pod's netns, with a timeout.
 pub async fn connect_in(
     netns: &Netns,

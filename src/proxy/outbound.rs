@@ -183,17 +183,11 @@ fn waypoint(
 
 /// Accept loop of one pod's outbound listener on this shard.
 pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
-    loop {
-        match l.accept().await {
-            Ok((s, peer)) => {
-                tokio::task::spawn_local(handle(ctx.clone(), pod.clone(), s, peer));
-            }
-            Err(e) => {
-                tracing::warn!(pod = %pod.uid, "outbound accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    }
+    let p = pod.clone();
+    super::accept_loop(pod, l, "outbound", move |s, peer| {
+        handle(ctx.clone(), p.clone(), s, peer)
+    })
+    .await
 }
 
 async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
