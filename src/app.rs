@@ -1,25 +1,31 @@
 //! Start-up and shutdown order of `ringmesh node`: config → CA and certificates → shards →
-//! pod listeners → the control loop (reload on SIGHUP or file change, certificate rotation,
-//! shutdown on SIGTERM/SIGINT).
+//! admin endpoints → pods (`--pod`, then ZDS) → the control loop (reload on SIGHUP or file
+//! change, certificate rotation, ZDS requests, shutdown on SIGTERM/SIGINT/quitquitquit).
 //!
 //! The control thread is the only writer of the published snapshots; shards only read them.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::admin::{self, AdminState, Endpoints, PodInfo, PodStatus};
 use crate::config::{self, flags::NodeArgs, flags::OrigSrc};
 use crate::hbone::H2Settings;
 use crate::identity::ca::Ca;
 use crate::identity::store::CertManager;
 use crate::inpod::Netns;
+use crate::inpod::zds::Action;
+use crate::inpod::zds_client::{self, ZdsEvent};
 use crate::proxy::{Pod, PodListeners, ProxyConfig, ShardCtx};
 use crate::runtime::{self, Shard};
 use crate::state::{Snapshot, StateHandle};
+use crate::telemetry::metrics::Metrics;
 
 /// Errors that stop `ringmesh node` from starting.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,19 @@ pub enum StartError {
     Shards(std::io::Error),
     #[error("cannot start the control loop: {0}")]
     Control(std::io::Error),
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Where a pod came from: `--pod` pods stay for the process's life; ZDS pods follow ZDS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Flag,
+    Zds,
 }
 
 /// The running node proxy, as the control thread sees it.
@@ -44,12 +63,14 @@ pub struct Node {
     state: StateHandle,
     certs: CertManager,
     shards: Vec<Shard<ShardCtx>>,
-    pods: HashMap<String, Arc<Pod>>,
+    pods: HashMap<String, (Arc<Pod>, Source)>,
     version_tx: tokio::sync::watch::Sender<u64>,
     config_stamp: Option<(SystemTime, u64)>,
+    admin: Arc<AdminState>,
+    metrics: Arc<Metrics>,
 }
 
-/// Runs the node proxy until SIGTERM/SIGINT.
+/// Runs the node proxy until SIGTERM/SIGINT or `POST /quitquitquit`.
 pub fn run(args: NodeArgs) -> Result<(), StartError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -57,7 +78,16 @@ pub fn run(args: NodeArgs) -> Result<(), StartError> {
         .map_err(StartError::Control)?;
     rt.block_on(async move {
         let mut node = Node::start(args)?;
-        node.control_loop().await;
+        node.serve_admin().await?;
+        let zds = node.zds_socket();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Some(path) = &zds {
+            node.admin.set_pending("workload proxy manager", true);
+            zds_client::spawn(path.clone(), tx.clone(), node.args.zds_max_backoff)
+                .map_err(StartError::Control)?;
+        }
+        node.control_loop(rx).await;
+        drop(tx);
         node.shutdown();
         Ok(())
     })
@@ -85,74 +115,196 @@ impl Node {
         };
         let certs = CertManager::new(ca, args.cert_ttl)?;
         let state: StateHandle = Arc::new(ArcSwap::from_pointee(snap));
-        let mut pods = HashMap::new();
-        for p in &args.pods {
-            let netns = Netns::open(&p.netns)?;
-            pods.insert(
-                p.uid.clone(),
-                Arc::new(Pod {
-                    uid: p.uid.clone(),
-                    netns: Arc::new(netns),
-                }),
-            );
-        }
         let n = args
             .shards
             .unwrap_or_else(|| runtime::allowed_cpus().len())
             .max(1);
         let cfg = Arc::new(proxy_config(&args));
-        tracing::info!(
-            shards = n,
-            orig_src = ?cfg.orig_src,
-            "starting shards (engine: epoll)"
-        );
+        tracing::info!(shards = n, orig_src = ?cfg.orig_src, "starting shards (engine: epoll)");
+        let metrics = Arc::new(Metrics::default());
+        *metrics.engine.lock().unwrap_or_else(|e| e.into_inner()) = "epoll".into();
         let (version_tx, version_rx) = tokio::sync::watch::channel(1u64);
+        let shard_metrics: Vec<_> = (0..n).map(|_| metrics.shard()).collect();
         let (st, ce) = (state.clone(), certs.handle());
         let shards = runtime::spawn_shards(n, args.pin_cores, move |id| {
-            ShardCtx::new(id, cfg.clone(), st.clone(), ce.clone())
+            ShardCtx::new(
+                id,
+                cfg.clone(),
+                st.clone(),
+                ce.clone(),
+                shard_metrics[id].clone(),
+            )
         })
         .map_err(StartError::Shards)?;
         for s in &shards {
             let rx = version_rx.clone();
             let _ = s.send(Box::new(move |ctx| ctx.watch_config(rx)));
         }
+        let admin = Arc::new(AdminState {
+            state: state.clone(),
+            certs: certs.handle(),
+            metrics: metrics.clone(),
+            pods: Default::default(),
+            pending: Default::default(),
+            config: effective_config(&args, n),
+            quit: tokio::sync::Notify::new(),
+        });
         let mut node = Node {
             args,
             state,
             certs,
             shards,
-            pods,
+            pods: HashMap::new(),
             version_tx,
             config_stamp,
+            admin,
+            metrics,
         };
-        node.reconcile_certs();
-        let pods: Vec<_> = node.pods.values().cloned().collect();
-        for pod in pods {
-            node.open_listeners(&pod)?;
+        for p in node.args.pods.clone() {
+            let netns = Netns::open(&p.netns)?;
+            let pod = Arc::new(Pod::new(&p.uid, Arc::new(netns)));
+            node.add_pod(pod, Source::Flag)?;
         }
         Ok(node)
     }
 
-    /// Opens the pod's three listeners once per shard, inside the pod's netns, and hands each
-    /// shard its set.
-    fn open_listeners(&self, pod: &Arc<Pod>) -> Result<(), StartError> {
+    async fn serve_admin(&self) -> Result<(), StartError> {
+        for (addr, which, what) in [
+            (self.args.readiness_addr, Endpoints::Readiness, "readiness"),
+            (self.args.stats_addr, Endpoints::Stats, "metrics"),
+            (self.args.admin_addr, Endpoints::Admin, "admin"),
+        ] {
+            let l = admin::bind(addr)
+                .await
+                .map_err(|source| StartError::Admin { addr, what, source })?;
+            tokio::spawn(admin::serve(l, self.admin.clone(), which));
+        }
+        Ok(())
+    }
+
+    fn zds_socket(&self) -> Option<PathBuf> {
+        if self.args.no_zds {
+            return None;
+        }
+        match (&self.args.zds_socket, self.args.pods.is_empty()) {
+            (Some(p), _) => Some(p.clone()),
+            (None, true) => Some(PathBuf::from(config::flags::DEFAULT_ZDS_SOCKET)),
+            (None, false) => None,
+        }
+    }
+
+    /// Opens the pod's three listeners once per shard, inside the pod's netns, hands each
+    /// shard its set, and makes sure its identity has a certificate.
+    fn add_pod(&mut self, pod: Arc<Pod>, source: Source) -> Result<(), StartError> {
         let mark = self.args.mark;
-        for shard in &self.shards {
-            let l = PodListeners {
+        let mut sets = Vec::with_capacity(self.shards.len());
+        for _ in &self.shards {
+            sets.push(PodListeners {
                 pod: pod.clone(),
                 outbound: pod.netns.listener(config::flags::OUTBOUND_PORT, mark)?,
                 inbound_plain: pod
                     .netns
                     .listener(config::flags::INBOUND_PLAINTEXT_PORT, mark)?,
                 hbone: pod.netns.listener(config::flags::HBONE_PORT, mark)?,
-            };
+            });
+        }
+        for (shard, l) in self.shards.iter().zip(sets) {
             let _ = shard.send(Box::new(move |ctx| ctx.add_pod(l)));
         }
         tracing::info!(pod = %pod.uid, netns = %pod.netns.path.display(), shards = self.shards.len(), "pod enrolled: listeners 15001/15006/15008 open");
-        if self.state.load().workload_by_uid(&pod.uid).is_none() {
+        if pod.workload(&self.state.load()).is_none() {
             tracing::warn!(pod = %pod.uid, "enrolled pod is not in the config yet: its traffic is refused until it is");
         }
+        let info = pod.info.clone().unwrap_or_default();
+        self.admin
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                pod.uid.clone(),
+                PodStatus {
+                    state: "Up",
+                    info: PodInfo {
+                        name: info.name,
+                        namespace: info.namespace,
+                        service_account: info.service_account,
+                    },
+                    netns: pod.netns.path.display().to_string(),
+                },
+            );
+        self.pods.insert(pod.uid.clone(), (pod, source));
+        self.metrics
+            .active_pods
+            .store(self.pods.len() as u64, Ordering::Relaxed);
+        self.reconcile_certs();
         Ok(())
+    }
+
+    /// Closes a pod's listeners on every shard (live connections finish on their own).
+    fn remove_pod(&mut self, uid: &str) {
+        if self.pods.remove(uid).is_none() {
+            return;
+        }
+        for shard in &self.shards {
+            let uid = uid.to_string();
+            let _ = shard.send(Box::new(move |ctx| ctx.remove_pod(&uid)));
+        }
+        self.admin
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+        self.metrics
+            .active_pods
+            .store(self.pods.len() as u64, Ordering::Relaxed);
+        tracing::info!(pod = %uid, "pod removed: its listeners are closed");
+        self.reconcile_certs();
+    }
+
+    /// Carries out one ZDS request; `Err` becomes the NACK reason.
+    fn zds_request(&mut self, action: Action, netns: Option<File>) -> Result<(), String> {
+        match action {
+            Action::Add { uid, info } => {
+                let file = netns.ok_or("add without a netns fd")?;
+                let ns = Netns::from_file(
+                    file,
+                    Path::new(&format!("zds:{}/{}", info.namespace, info.name)),
+                )
+                .map_err(|e| e.to_string())?;
+                if let Some((old, _)) = self.pods.get(&uid) {
+                    if old.netns.id == ns.id {
+                        return Ok(());
+                    }
+                    self.remove_pod(&uid);
+                }
+                let pod = Arc::new(Pod {
+                    uid: uid.clone(),
+                    info: Some(info),
+                    netns: Arc::new(ns),
+                });
+                self.add_pod(pod, Source::Zds).map_err(|e| e.to_string())
+            }
+            Action::Keep { .. } => Ok(()),
+            Action::Del { uid } => {
+                self.remove_pod(&uid);
+                Ok(())
+            }
+            Action::Reconcile { keep } => {
+                let stale: Vec<String> = self
+                    .pods
+                    .iter()
+                    .filter(|(uid, (_, src))| *src == Source::Zds && !keep.contains(*uid))
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
+                for uid in stale {
+                    tracing::info!(pod = %uid, "not in the ZDS snapshot: draining");
+                    self.remove_pod(&uid);
+                }
+                self.admin.set_pending("workload proxy manager", false);
+                tracing::info!(pods = self.pods.len(), "ZDS snapshot complete");
+                Ok(())
+            }
+        }
     }
 
     /// Makes sure every enrolled pod's identity has a current certificate.
@@ -160,8 +312,8 @@ impl Node {
         let snap = self.state.load();
         let wanted: BTreeSet<_> = self
             .pods
-            .keys()
-            .filter_map(|uid| snap.identity_of(uid))
+            .values()
+            .filter_map(|(p, _)| p.workload(&snap).map(|w| w.identity()))
             .collect();
         match self.certs.reconcile(&wanted, SystemTime::now()) {
             Ok(0) => {}
@@ -197,7 +349,7 @@ impl Node {
         let _ = self.version_tx.send(v);
     }
 
-    async fn control_loop(&mut self) {
+    async fn control_loop(&mut self, mut zds: tokio::sync::mpsc::UnboundedReceiver<ZdsEvent>) {
         let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::hangup()),
             signal(SignalKind::terminate()),
@@ -207,6 +359,7 @@ impl Node {
             return;
         };
         let mut poll = tokio::time::interval(self.args.config_poll);
+        let admin = self.admin.clone();
         loop {
             let rotate_in = self
                 .certs
@@ -218,6 +371,7 @@ impl Node {
                 _ = hup.recv() => self.reload("SIGHUP"),
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
+                _ = admin.quit.notified() => { tracing::info!("quitquitquit: shutting down"); return; }
                 _ = poll.tick() => {
                     let now = stamp(&self.args.config);
                     if now.is_some() && now != self.config_stamp {
@@ -226,6 +380,14 @@ impl Node {
                     }
                 }
                 _ = tokio::time::sleep(rotate_in) => self.reconcile_certs(),
+                Some(ev) = zds.recv() => match ev {
+                    ZdsEvent::Connected => self.admin.set_pending("workload proxy manager", true),
+                    ZdsEvent::Disconnected(_) => self.admin.set_pending("workload proxy manager", true),
+                    ZdsEvent::Request { action, netns, reply } => {
+                        let r = self.zds_request(action, netns);
+                        let _ = reply.send(r);
+                    }
+                },
             }
         }
     }
@@ -241,6 +403,26 @@ impl Node {
 fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(p).ok()?;
     Some((m.modified().ok()?, m.len()))
+}
+
+fn effective_config(args: &NodeArgs, shards: usize) -> serde_json::Value {
+    serde_json::json!({
+        "configFile": args.config.display().to_string(),
+        "shards": shards,
+        "pinCores": args.pin_cores,
+        "ioEngine": "epoll",
+        "packetMark": args.mark,
+        "origSrc": format!("{:?}", args.orig_src),
+        "certTtlSeconds": args.cert_ttl.as_secs(),
+        "http2StreamWindowSize": args.h2_stream_window,
+        "http2ConnectionWindowSize": args.h2_connection_window,
+        "http2FrameSize": args.h2_frame_size,
+        "poolMaxStreamsPerConnection": args.pool_max_streams,
+        "poolUnusedReleaseTimeoutSeconds": args.pool_idle_timeout.as_secs(),
+        "adminAddr": args.admin_addr.to_string(),
+        "statsAddr": args.stats_addr.to_string(),
+        "readinessAddr": args.readiness_addr.to_string(),
+    })
 }
 
 /// The flow settings from the flags; `--orig-src auto` becomes on or off by whether this

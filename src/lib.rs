@@ -22,15 +22,18 @@
 
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod hbone;
 pub mod identity;
+#[allow(unsafe_code)] // fd passing (SCM_RIGHTS); each block has a SAFETY comment
 pub mod inpod;
 pub mod io;
 pub mod lab;
 pub mod policy;
 pub mod proxy;
+#[allow(unsafe_code)] // the platform layer (io_uring engine); each block has a SAFETY comment
 pub mod runtime;
 pub mod state;
 pub mod telemetry;

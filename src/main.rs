@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
     ringmesh::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Node(args) => ringmesh::app::run(args).map_err(|e| e.to_string()),
+        Command::Node(args) => ringmesh::app::run(*args).map_err(|e| e.to_string()),
         Command::Ca(CaCommand::Init { cert, key }) => {
             ringmesh::app::ca_init(&cert, &key).map_err(|e| e.to_string())
         }

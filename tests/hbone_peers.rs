@@ -57,6 +57,7 @@ fn env_ttl(max_streams: usize, ttl: Duration) -> Env {
         Arc::new(cfg),
         Arc::new(ArcSwap::from_pointee(snap)),
         certs.handle(),
+        Arc::new(ringmesh::telemetry::metrics::ShardMetrics::default()),
     ));
     Env { ctx, certs }
 }
@@ -84,10 +85,7 @@ async fn echo_app() -> SocketAddr {
 async fn our_server(ctx: &Rc<ShardCtx>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = l.local_addr().unwrap();
-    let pod = Arc::new(Pod {
-        uid: "srv".into(),
-        netns: Arc::new(Netns::current()),
-    });
+    let pod = Arc::new(Pod::new("srv", Arc::new(Netns::current())));
     tokio::task::spawn_local(inbound::serve(ctx.clone(), pod, l));
     a
 }

@@ -1,5 +1,6 @@
 //! Command-line flags and their environment variables, in one place.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,12 +13,15 @@ pub mod env {
     pub const CA_CERT: &str = "RINGMESH_CA_CERT";
     pub const CA_KEY: &str = "RINGMESH_CA_KEY";
     pub const LOG: &str = "RUST_LOG";
+    pub const ZDS_SOCKET: &str = "INPOD_UDS";
 }
 
 /// Ports the node proxy opens inside each pod's network namespace (fixed, as in ztunnel).
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 pub const HBONE_PORT: u16 = 15008;
+/// istio-cni's default ZDS socket.
+pub const DEFAULT_ZDS_SOCKET: &str = "/var/run/ztunnel/ztunnel.sock";
 /// The packet mark on every proxy socket (ztunnel's 1337); capture rules skip it.
 pub const DEFAULT_MARK: u32 = 0x539;
 
@@ -40,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node proxy.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Manage the built-in CA's root.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -144,6 +148,32 @@ pub struct NodeArgs {
     /// Timeout of TCP connects (to peers' 15008 and to apps).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// istio-cni's ZDS socket to enrol pods from (SOCK_SEQPACKET; the node proxy connects).
+    /// Default: /var/run/ztunnel/ztunnel.sock when no --pod is given; with --pod, ZDS is
+    /// used only if this is set.
+    #[arg(long, env = env::ZDS_SOCKET)]
+    pub zds_socket: Option<PathBuf>,
+
+    /// Do not use ZDS even without --pod.
+    #[arg(long, conflicts_with = "zds_socket")]
+    pub no_zds: bool,
+
+    /// Longest pause between ZDS reconnection attempts (backoff starts at 10ms, doubling).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub zds_max_backoff: Duration,
+
+    /// Admin API (config_dump, quitquitquit); keep it on localhost.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+
+    /// Prometheus metrics (/metrics, /stats/prometheus).
+    #[arg(long, default_value = "[::]:15020")]
+    pub stats_addr: SocketAddr,
+
+    /// Readiness (/healthz/ready).
+    #[arg(long, default_value = "[::]:15021")]
+    pub readiness_addr: SocketAddr,
 
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]

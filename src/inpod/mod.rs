@@ -6,6 +6,10 @@
 //! the netns it was created in; the calling thread switches in with setns(2) and straight
 //! back. ZDS enrolment (istio-cni's protocol) will live here too.
 
+pub mod seqpacket;
+pub mod zds;
+pub mod zds_client;
+
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -60,8 +64,7 @@ impl Netns {
             path: p.clone(),
             source,
         })?;
-        // nsfs files live on device 0:4 (nsfs) and are not regular files or directories.
-        if meta.is_dir() || meta.is_file() && meta.len() > 0 {
+        if meta.is_dir() || meta.len() > 0 || !is_netns(&file) {
             return Err(NetnsError::NotNetns { path: p });
         }
         Ok(Netns {
@@ -157,6 +160,16 @@ impl Netns {
             source,
         })
     }
+}
+
+/// Whether `f` is a network namespace (`ioctl(NS_GET_NSTYPE)` answers CLONE_NEWNET).
+fn is_netns(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703; // _IO(0xb7, 0x3)
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor, which `f`
+    // keeps open for the duration of the call.
+    let t = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE) };
+    t == libc::CLONE_NEWNET
 }
 
 /// Errors making a socket inside a pod.

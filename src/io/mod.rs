@@ -9,22 +9,51 @@ use std::cell::Cell;
 use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::telemetry::metrics::TcpCounters;
+
 const SMALL: usize = 16 * 1024;
 const LARGE: usize = 256 * 1024;
 const GROW_AFTER: u64 = 1024 * 1024;
 
-/// Live byte counters of one connection (readable while it runs, e.g. by metrics).
+/// Live byte counters of one connection, also fed to its metrics as bytes move.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Bytes from the local socket towards the remote side.
     pub sent: Cell<u64>,
     /// Bytes from the remote side towards the local socket.
     pub received: Cell<u64>,
+    metrics: Option<(Arc<TcpCounters>, bool)>,
+}
+
+impl Counters {
+    /// Counters that also feed Istio's byte metrics. `local_is_client`: the local socket is
+    /// the connection's client (outbound), so its bytes are request bytes (Istio `received`).
+    pub fn with_metrics(m: Arc<TcpCounters>, local_is_client: bool) -> Counters {
+        Counters {
+            metrics: Some((m, local_is_client)),
+            ..Default::default()
+        }
+    }
+
+    pub fn add_sent(&self, n: u64) {
+        self.sent.set(self.sent.get() + n);
+        if let Some((m, client)) = &self.metrics {
+            TcpCounters::add(if *client { &m.received } else { &m.sent }, n);
+        }
+    }
+
+    pub fn add_received(&self, n: u64) {
+        self.received.set(self.received.get() + n);
+        if let Some((m, client)) = &self.metrics {
+            TcpCounters::add(if *client { &m.sent } else { &m.received }, n);
+        }
+    }
 }
 
 /// Errors while copying; resets and broken pipes at the end of a connection are not errors.
@@ -69,7 +98,7 @@ where
                 return Ok(());
             }
             let mut chunk = buf.split().freeze();
-            counters.sent.set(counters.sent.get() + n as u64);
+            counters.add_sent(n as u64);
             while !chunk.is_empty() {
                 send.reserve_capacity(chunk.len());
                 let cap = match poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -95,7 +124,7 @@ where
                 Err(e) if is_benign(&e) => return Ok(()),
                 Err(e) => return Err(CopyError::Io(e)),
             }
-            counters.received.set(counters.received.get() + n as u64);
+            counters.add_received(n as u64);
             let _ = recv.flow_control().release_capacity(n);
         }
         let _ = wr.shutdown().await;
@@ -114,11 +143,9 @@ where
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
     let c = counters.clone();
-    let fwd = pump(&mut ar, &mut bw, move |n| c.sent.set(c.sent.get() + n));
+    let fwd = pump(&mut ar, &mut bw, move |n| c.add_sent(n));
     let c = counters.clone();
-    let back = pump(&mut br, &mut aw, move |n| {
-        c.received.set(c.received.get() + n)
-    });
+    let back = pump(&mut br, &mut aw, move |n| c.add_received(n));
     let (x, y) = tokio::join!(fwd, back);
     x.and(y)
 }

@@ -15,12 +15,13 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Request, Response, StatusCode};
 
-use super::{Pod, ShardCtx, connect_in, h2conn, log_complete};
+use super::{ConnMetrics, Pod, ShardCtx, connect_in, h2conn, log_complete};
 use crate::config::flags::OrigSrc;
 use crate::hbone::{self, Reject};
 use crate::identity::Identity;
-use crate::io::{self, Counters};
+use crate::io;
 use crate::policy::{ConnFacts, evaluate};
+use crate::telemetry::metrics::{DstService, Peer, TcpLabels};
 use crate::tls;
 
 /// Accept loop of one pod's HBONE listener on this shard.
@@ -40,7 +41,7 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
         Err(_) => return,
     };
     let snap = ctx.state.load_full();
-    let Some(w) = snap.workload_by_uid(&pod.uid) else {
+    let Some(w) = pod.workload(&snap) else {
         tracing::warn!(pod = %pod.uid, %peer, "HBONE connection for a pod that is not in the config: closing");
         return;
     };
@@ -107,13 +108,32 @@ async fn handle_stream(
     peer_id: Rc<Option<Identity>>,
 ) {
     let started = Instant::now();
-    let counters = Rc::new(Counters::default());
     let src_id = (*peer_id).as_ref().map(|i| i.to_string());
     let hbone_addr = req.uri().authority().map(|a| a.as_str().to_string());
+    let service_host = forwarded_host(&req);
     let result = admit(&ctx, &pod, &req, peer, local, &peer_id).await;
+    let flags = match &result {
+        Ok(_) => "-",
+        Err(Reject::Unauthorized(_)) => "DENY",
+        Err(_) => "CONNECT",
+    };
+    let metrics = ConnMetrics::open(
+        &ctx,
+        labels(
+            &ctx,
+            &pod,
+            peer,
+            src_id.clone(),
+            true,
+            flags,
+            service_host.as_deref(),
+        ),
+    );
+    let counters = metrics.counters(false);
     let (dst, dst_uid, dst_id, upstream) = match result {
         Ok(ok) => ok,
         Err(reject) => {
+            metrics.failed();
             let _ = respond.send_response(status_only(reject.status()), true);
             let dst = hbone_addr
                 .as_deref()
@@ -165,6 +185,50 @@ async fn handle_stream(
     );
 }
 
+/// The `host=` of the `forwarded` header: the service the client dialled.
+fn forwarded_host<B>(req: &Request<B>) -> Option<String> {
+    let f = req.headers().get("forwarded")?.to_str().ok()?;
+    f.split(';')
+        .find_map(|p| p.trim().strip_prefix("host="))
+        .map(|h| h.trim_matches('"').to_string())
+}
+
+/// Istio's labels for an inbound connection (reporter=destination).
+pub fn labels(
+    ctx: &ShardCtx,
+    pod: &Pod,
+    peer: SocketAddr,
+    src_principal: Option<String>,
+    mtls: bool,
+    flags: &str,
+    service_host: Option<&str>,
+) -> TcpLabels {
+    let snap = ctx.state.load();
+    let dst = pod.workload(&snap);
+    let src = snap.workload_by_ip(hbone::normalize(peer.ip()));
+    let svc =
+        service_host.and_then(|h| snap.service_by_hostname(h, dst.map(|w| w.namespace.as_str())));
+    let svc_labels = svc.map(|s| DstService {
+        hostname: &s.hostname,
+        namespace: &s.namespace,
+        name: &s.name,
+    });
+    TcpLabels::new(
+        "destination",
+        &Peer {
+            workload: src.map(|w| w.as_ref()),
+            principal: src_principal,
+        },
+        &Peer {
+            workload: dst.map(|w| w.as_ref()),
+            principal: dst.map(|w| w.identity().to_string()),
+        },
+        svc_labels.as_ref(),
+        mtls,
+        flags,
+    )
+}
+
 /// Validates, authorizes and connects; returns (destination, workload uid, its identity, the
 /// app connection).
 async fn admit(
@@ -181,8 +245,8 @@ async fn admit(
     hbone::check_destination(dst, local_ip, &ctx.cfg.proxy_ports)?;
     let dst = SocketAddr::new(hbone::normalize(dst.ip()), dst.port());
     let snap = ctx.state.load_full();
-    let w = snap
-        .workload_by_uid(&pod.uid)
+    let w = pod
+        .workload(&snap)
         .ok_or_else(|| Reject::Unavailable(format!("no workload {} in config", pod.uid)))?;
     let facts = ConnFacts {
         src: SocketAddr::new(hbone::normalize(peer.ip()), peer.port()),

@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 
-use super::inbound::spoof_source;
-use super::{Pod, ShardCtx, connect_in, log_complete};
+use super::inbound::{labels, spoof_source};
+use super::{ConnMetrics, Pod, ShardCtx, connect_in, log_complete};
 use crate::hbone;
-use crate::io::{self, Counters};
+use crate::io;
 use crate::policy::{ConnFacts, evaluate};
 use crate::runtime::sockopt;
 
@@ -27,14 +27,18 @@ pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
 
 async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    let counters = Rc::new(Counters::default());
     sockopt::tune_app_conn(&s);
     let peer = SocketAddr::new(hbone::normalize(peer.ip()), peer.port());
     let dst = match sockopt::original_dst(&s) {
         Ok(d) => SocketAddr::new(hbone::normalize(d.ip()), d.port()),
         Err(_) => return,
     };
-    let fail = |e: String| {
+    let metrics_for =
+        |flags: &str| ConnMetrics::open(&ctx, labels(&ctx, &pod, peer, None, false, flags, None));
+    let fail = |e: String, flags: &str| {
+        let m = metrics_for(flags);
+        m.failed();
+        let counters = m.counters(false);
         log_complete(
             "inbound",
             peer,
@@ -48,11 +52,11 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         )
     };
     if ctx.cfg.proxy_ports.contains(&dst.port()) {
-        return fail(format!("{dst} is the proxy's own port: dropped"));
+        return fail(format!("{dst} is the proxy's own port: dropped"), "CONNECT");
     }
     let snap = ctx.state.load_full();
-    let Some(w) = snap.workload_by_uid(&pod.uid).cloned() else {
-        return fail(format!("pod {} is not in the config", pod.uid));
+    let Some(w) = pod.workload(&snap).cloned() else {
+        return fail(format!("pod {} is not in the config", pod.uid), "CONNECT");
     };
     let facts = ConnFacts {
         src: peer,
@@ -62,7 +66,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
     let d = evaluate(snap.policies_for(&w), &facts);
     drop(snap);
     if !d.is_allow() {
-        return fail(format!("connection rejected: {d}"));
+        return fail(format!("connection rejected: {d}"), "DENY");
     }
     let spoof = spoof_source(&ctx, peer.ip(), dst.ip());
     let up = match connect_in(
@@ -75,8 +79,10 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
     .await
     {
         Ok(u) => u,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e, "CONNECT"),
     };
+    let metrics = metrics_for("-");
+    let counters = metrics.counters(false);
     let reg = ctx.conns.register(&w.uid, facts);
     let err = tokio::select! {
         r = io::copy_tcp(s, up, counters.clone()) => r.err().map(|e| e.to_string()),

@@ -30,9 +30,11 @@ use crate::config::flags::{self, OrigSrc};
 use crate::hbone::H2Settings;
 use crate::identity::store::CertHandle;
 use crate::inpod::Netns;
+use crate::inpod::zds::WorkloadInfo;
 use crate::io::Counters;
 use crate::runtime::net;
-use crate::state::StateHandle;
+use crate::state::{Snapshot, StateHandle, Workload};
+use crate::telemetry::metrics::{ShardMetrics, TcpCounters, TcpLabels};
 
 /// Settings of the flows, fixed at start.
 #[derive(Debug, Clone)]
@@ -66,11 +68,33 @@ impl Default for ProxyConfig {
     }
 }
 
-/// An enrolled pod: its uid (the workload uid in config) and its network namespace.
+/// An enrolled pod: its uid, what ZDS said of it (name, namespace, service account), and its
+/// network namespace.
 #[derive(Debug)]
 pub struct Pod {
     pub uid: String,
+    pub info: Option<WorkloadInfo>,
     pub netns: Arc<Netns>,
+}
+
+impl Pod {
+    /// A pod enrolled by `--pod`: its uid is the workload uid in the config.
+    pub fn new(uid: &str, netns: Arc<Netns>) -> Pod {
+        Pod {
+            uid: uid.to_string(),
+            info: None,
+            netns,
+        }
+    }
+
+    /// This pod's workload in `snap`: by uid, else by namespace/name (ZDS pods).
+    pub fn workload<'a>(&self, snap: &'a Snapshot) -> Option<&'a Arc<Workload>> {
+        snap.workload_by_uid(&self.uid).or_else(|| {
+            self.info
+                .as_ref()
+                .and_then(|i| snap.workload_by_name(&i.namespace, &i.name))
+        })
+    }
 }
 
 /// One shard's listeners for one pod, made inside the pod's netns by the control thread.
@@ -90,14 +114,22 @@ pub struct ShardCtx {
     pub certs: CertHandle,
     pub pool: pool::Pool,
     pub conns: conns::Registry,
+    pub metrics: Arc<ShardMetrics>,
     pods: RefCell<HashMap<String, Vec<JoinHandle<()>>>>,
     rr: RefCell<HashMap<String, usize>>,
 }
 
 impl ShardCtx {
-    pub fn new(id: usize, cfg: Arc<ProxyConfig>, state: StateHandle, certs: CertHandle) -> Self {
+    pub fn new(
+        id: usize,
+        cfg: Arc<ProxyConfig>,
+        state: StateHandle,
+        certs: CertHandle,
+        metrics: Arc<ShardMetrics>,
+    ) -> Self {
         ShardCtx {
             id,
+            metrics,
             cfg,
             state,
             certs,
@@ -237,6 +269,31 @@ pub fn log_complete(
             error = e,
             "connection complete"
         ),
+    }
+}
+
+/// A connection's metrics: counted opened when made, closed when dropped.
+pub struct ConnMetrics(pub Arc<TcpCounters>);
+
+impl ConnMetrics {
+    pub fn open(ctx: &ShardCtx, labels: TcpLabels) -> ConnMetrics {
+        ConnMetrics(ctx.metrics.open(labels))
+    }
+
+    /// Byte counters of the connection that feed these metrics.
+    pub fn counters(&self, local_is_client: bool) -> Rc<Counters> {
+        Rc::new(Counters::with_metrics(self.0.clone(), local_is_client))
+    }
+
+    /// Marks the connection failed (it still counts as opened and closed).
+    pub fn failed(&self) {
+        TcpCounters::add(&self.0.failed, 1);
+    }
+}
+
+impl Drop for ConnMetrics {
+    fn drop(&mut self) {
+        TcpCounters::add(&self.0.closed, 1);
     }
 }
 

@@ -13,12 +13,13 @@ use std::time::Instant;
 use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 
 use super::pool::PoolKey;
-use super::{Pod, ShardCtx, connect_in, h2conn, log_complete};
+use super::{ConnMetrics, Pod, ShardCtx, connect_in, h2conn, log_complete};
 use crate::hbone::{self, ConnectHeaders};
 use crate::identity::Identity;
 use crate::io::{self, Counters};
 use crate::runtime::sockopt;
 use crate::state::{GatewayAddress, GatewayDestination, Protocol, Snapshot, Workload};
+use crate::telemetry::metrics::{DstService, Peer, TcpLabels};
 
 /// Where a connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +193,6 @@ pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
 
 async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    let counters = Rc::new(Counters::default());
     sockopt::tune_app_conn(&s);
     let orig = match sockopt::original_dst(&s) {
         Ok(o) => o,
@@ -202,7 +202,9 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         }
     };
     let snap = ctx.state.load_full();
-    let Some(src) = snap.workload_by_uid(&pod.uid).cloned() else {
+    let Some(src) = pod.workload(&snap).cloned() else {
+        let counters = Counters::default();
+        let e = format!("pod {} is not in the config: refusing its traffic", pod.uid);
         log_complete(
             "outbound",
             peer,
@@ -212,10 +214,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
             None,
             &counters,
             started,
-            Some(&format!(
-                "pod {} is not in the config: refusing its traffic",
-                pod.uid
-            )),
+            Some(&e),
         );
         return;
     };
@@ -227,31 +226,6 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         &ctx.cfg.proxy_ports,
         |k| ctx.next_rr(k),
     );
-    drop(snap);
-    let result = match &r {
-        Err(e) => Err(e.to_string()),
-        Ok(Route::Passthrough { dst }) => passthrough(&ctx, &pod, s, *dst, &counters).await,
-        Ok(Route::Hbone {
-            next_hop,
-            authority,
-            expected,
-            service_host,
-        }) => {
-            hbone_out(
-                &ctx,
-                &pod,
-                &src,
-                s,
-                peer,
-                *next_hop,
-                *authority,
-                expected,
-                service_host.clone(),
-                &counters,
-            )
-            .await
-        }
-    };
     let (dst, hbone_addr, dst_id) = match &r {
         Ok(Route::Hbone {
             next_hop,
@@ -266,7 +240,63 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         Ok(Route::Passthrough { dst }) => (*dst, None, None),
         Err(_) => (orig, None, None),
     };
-    let src_id = matches!(r, Ok(Route::Hbone { .. })).then(|| src.identity().to_string());
+    let mtls = hbone_addr.is_some();
+    let src_id = mtls.then(|| src.identity().to_string());
+    let metrics = {
+        let dst_w = snap.workload_by_ip(hbone_addr.unwrap_or(dst).ip());
+        let svc = snap.service_by_vip(orig.ip());
+        let svc_labels = svc.map(|s| DstService {
+            hostname: &s.hostname,
+            namespace: &s.namespace,
+            name: &s.name,
+        });
+        ConnMetrics::open(
+            &ctx,
+            TcpLabels::new(
+                "source",
+                &Peer {
+                    workload: Some(&src),
+                    principal: src_id.clone(),
+                },
+                &Peer {
+                    workload: dst_w.map(|w| w.as_ref()),
+                    principal: dst_id.clone(),
+                },
+                svc_labels.as_ref(),
+                mtls,
+                if r.is_err() { "CONNECT" } else { "-" },
+            ),
+        )
+    };
+    drop(snap);
+    let counters = metrics.counters(true);
+    let result = match r {
+        Err(e) => Err(e.to_string()),
+        Ok(Route::Passthrough { dst }) => passthrough(&ctx, &pod, s, dst, &counters).await,
+        Ok(Route::Hbone {
+            next_hop,
+            authority,
+            expected,
+            service_host,
+        }) => {
+            hbone_out(
+                &ctx,
+                &pod,
+                &src,
+                s,
+                peer,
+                next_hop,
+                authority,
+                &expected,
+                service_host,
+                &counters,
+            )
+            .await
+        }
+    };
+    if result.is_err() && counters.sent.get() + counters.received.get() == 0 {
+        metrics.failed();
+    }
     log_complete(
         "outbound",
         peer,

@@ -42,6 +42,7 @@ pub struct Snapshot {
     pub services: Vec<Arc<Service>>,
     pub policies: Vec<Arc<Authorization>>,
     by_uid: HashMap<String, Arc<Workload>>,
+    by_name: HashMap<(String, String), Arc<Workload>>,
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     by_vip: HashMap<IpAddr, Arc<Service>>,
     by_host: HashMap<String, Arc<Service>>,
@@ -92,6 +93,10 @@ impl Snapshot {
                 }
             }
             let w = Arc::new(w);
+            if !w.name.is_empty() {
+                s.by_name
+                    .insert((w.namespace.clone(), w.name.clone()), w.clone());
+            }
             if s.by_uid.insert(w.uid.clone(), w.clone()).is_some() {
                 errs.push(err("uid", "duplicate uid".into()));
             }
@@ -199,6 +204,12 @@ impl Snapshot {
         self.by_uid.get(uid)
     }
 
+    /// A workload by namespace and name (how ZDS names pods: its uid is the Kubernetes pod
+    /// UID, which need not be the config's workload uid).
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.by_name.get(&(namespace.to_string(), name.to_string()))
+    }
+
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.by_ip.get(&ip)
     }
@@ -210,6 +221,28 @@ impl Snapshot {
     /// A service by `namespace/hostname`.
     pub fn service_by_key(&self, key: &str) -> Option<&Arc<Service>> {
         self.by_host.get(key)
+    }
+
+    /// A service by hostname, preferring one in `namespace` (ztunnel's pick when several
+    /// namespaces define the same hostname).
+    pub fn service_by_hostname(
+        &self,
+        hostname: &str,
+        namespace: Option<&str>,
+    ) -> Option<&Arc<Service>> {
+        if let Some(ns) = namespace
+            && let Some(s) = self.by_host.get(&format!("{ns}/{hostname}"))
+        {
+            return Some(s);
+        }
+        let mut hits = self.services.iter().filter(|s| s.hostname == hostname);
+        let first = hits.next()?;
+        Some(
+            std::iter::once(first)
+                .chain(hits)
+                .find(|s| s.canonical)
+                .unwrap_or(first),
+        )
     }
 
     /// The healthy endpoints of a service, in a stable order.

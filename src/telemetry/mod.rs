@@ -1,6 +1,8 @@
 //! Logging setup: `tracing` to stderr, level from RUST_LOG (default `info`), access lines on
 //! target `access` (ztunnel's scope name). Passive: nothing here touches the data path.
 
+pub mod metrics;
+
 /// Installs the global subscriber once; later calls are no-ops.
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_env(crate::config::flags::env::LOG)
