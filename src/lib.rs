@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod hbone;
 pub mod identity;
 #[allow(unsafe_code)] // fd passing (SCM_RIGHTS); each block has a SAFETY comment

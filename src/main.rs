@@ -1,25 +1,59 @@
-//! `ringmesh`: parse the command line and hand over to `app`. No logic here.
+//! `ringmesh`: parse the command line and hand over to `app`, `demo` or `lab`. No logic here.
 
 use clap::Parser;
+
+use ringmesh::config::flags::{CaCommand, Cli, Command, LabCommand};
 
 /// mimalloc: per-thread free lists suit shard threads; the system allocator mmaps and faults
 /// in every large copy buffer (seen in `perf` as page faults on the bulk path).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use ringmesh::config::flags::{CaCommand, Cli, Command};
-
 fn main() -> std::process::ExitCode {
     ringmesh::telemetry::init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Node(args) => ringmesh::app::run(*args).map_err(|e| e.to_string()),
-        Command::Ca(CaCommand::Init { cert, key }) => {
-            ringmesh::app::ca_init(&cert, &key).map_err(|e| e.to_string())
+    let result: Result<i32, String> = match cli.command {
+        Command::Node(args) => ringmesh::app::run(*args)
+            .map(|_| 0)
+            .map_err(|e| e.to_string()),
+        Command::Ca(CaCommand::Init { cert, key }) => ringmesh::app::ca_init(&cert, &key)
+            .map(|_| 0)
+            .map_err(|e| e.to_string()),
+        Command::Demo(d) => ringmesh::demo::run(&ringmesh::demo::DemoArgs {
+            keep: d.keep,
+            bulk_bytes: d.bulk_bytes,
+            pings: d.pings,
+            json: d.json,
+            state_dir: d.state_dir,
+        })
+        .map(|r| if r.ok { 0 } else { 2 }),
+        Command::Lab(l) => {
+            use ringmesh::lab::cli;
+            let r = match l {
+                LabCommand::Up {
+                    file,
+                    no_proxies,
+                    state_dir,
+                } => cli::up(&file, no_proxies, &state_dir).map(|_| 0),
+                LabCommand::Down { lab, state_dir } => cli::down(&lab, &state_dir).map(|_| 0),
+                LabCommand::Exec {
+                    target,
+                    lab,
+                    state_dir,
+                    cmd,
+                } => cli::exec(&target, lab.as_deref(), &state_dir, &cmd),
+                LabCommand::Status { state_dir } => cli::status(&state_dir).map(|_| 0),
+                LabCommand::Serve {
+                    file,
+                    no_proxies,
+                    state_dir,
+                } => cli::serve(&file, no_proxies, &state_dir).map(|_| 0),
+            };
+            r.map_err(|e| e.to_string())
         }
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("ringmesh: {e}");
             std::process::ExitCode::FAILURE

@@ -48,6 +48,83 @@ pub enum Command {
     /// Manage the built-in CA's root.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Bring up a local ambient mesh in network namespaces, drive traffic along every path,
+    /// print a report, clean up (root).
+    Demo(DemoFlags),
+    /// Local ambient meshes in network namespaces, with the lab playing istio-cni (root).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoFlags {
+    /// Leave the lab and proxies running after the report, until Ctrl-C or `lab down`.
+    #[arg(long)]
+    pub keep: bool,
+    /// Bytes for the bulk-throughput path.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub bulk_bytes: u64,
+    /// Request/response round trips for the latency percentiles.
+    #[arg(long, default_value_t = 2000)]
+    pub pings: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Where labs keep their state (configs, CA, ZDS sockets, logs).
+    #[arg(long, default_value = LAB_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+/// Where labs keep their state by default.
+pub const LAB_STATE_DIR: &str = "/run/ringmesh/lab";
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Create the topology's namespaces and capture rules, serve ZDS per node, write the node
+    /// proxies' config, and (unless --no-proxies) start `ringmesh node` on every node.
+    Up {
+        /// Topology file (see src/lab/demo.yaml for the format).
+        file: PathBuf,
+        /// Leave the nodes without a node proxy (start any ZDS-speaking proxy yourself).
+        #[arg(long)]
+        no_proxies: bool,
+        #[arg(long, default_value = LAB_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Tear a lab down: stop its processes, delete its namespaces and state. Idempotent.
+    Down {
+        /// Topology file or lab name.
+        lab: String,
+        #[arg(long, default_value = LAB_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Run a command inside a pod's or node's network namespace.
+    Exec {
+        /// Pod or node name.
+        target: String,
+        /// The lab (needed only when several are up).
+        #[arg(long)]
+        lab: Option<String>,
+        #[arg(long, default_value = LAB_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show the labs that are up.
+    Status {
+        #[arg(long, default_value = LAB_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// (internal) Hold a lab up until SIGTERM; `lab up` starts this in the background.
+    #[command(hide = true)]
+    Serve {
+        file: PathBuf,
+        #[arg(long)]
+        no_proxies: bool,
+        #[arg(long, default_value = LAB_STATE_DIR)]
+        state_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

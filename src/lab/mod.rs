@@ -7,7 +7,12 @@
 //! to the root namespace; everything is removed on `cleanup` or drop, also after a failure.
 //! Shells out to `ip` (iproute2) and `nft` (nftables).
 
+pub mod apps;
 pub mod capture;
+pub mod cli;
+pub mod run;
+pub mod topology;
+pub mod zds_server;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -50,6 +55,20 @@ impl LabPod {
     /// Path of the pod's netns, as `--pod` and ZDS want it.
     pub fn netns_path(&self) -> PathBuf {
         PathBuf::from(format!("/var/run/netns/{}", self.netns))
+    }
+}
+
+/// The names and addresses of a lab, without ownership of its namespaces.
+#[derive(Debug, Clone)]
+pub struct LabInfo {
+    pub prefix: String,
+    pub nodes: Vec<LabNode>,
+    pub pods: Vec<LabPod>,
+}
+
+impl LabInfo {
+    pub fn pod(&self, name: &str) -> Option<&LabPod> {
+        self.pods.iter().find(|p| p.name == name)
     }
 }
 
@@ -309,6 +328,15 @@ impl Lab {
 
     pub fn pod(&self, name: &str) -> Option<&LabPod> {
         self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// A copy of the lab's names and addresses.
+    pub fn clone_info(&self) -> LabInfo {
+        LabInfo {
+            prefix: self.prefix.clone(),
+            nodes: self.nodes.clone(),
+            pods: self.pods.clone(),
+        }
     }
 
     /// Removes every namespace of this lab (their interfaces, rules and sockets go with them).

@@ -1,0 +1,289 @@
+//! A lab that is up: namespaces, the node proxies' config and CA, one ZDS server per node,
+//! and (optionally) node proxies running in the node namespaces. Everything is torn down on
+//! drop. `ringmesh lab up` keeps one of these alive in a background process; `ringmesh demo`
+//! and the benchmarks hold one in-process.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::topology::Topology;
+use super::zds_server::ZdsServer;
+use super::{Lab, LabError};
+use crate::inpod::Netns;
+
+/// A node proxy process started by the lab (killed on drop).
+pub struct ProxyProc {
+    pub node: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running lab.
+pub struct LabRun {
+    pub topo: Topology,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub proxies: Vec<ProxyProc>,
+    pub zds: Vec<(String, ZdsServer)>,
+    pub lab: Lab,
+}
+
+impl LabRun {
+    /// Builds the namespaces, writes config and CA into `dir`, and serves ZDS per node.
+    /// On any failure, everything made so far is removed.
+    pub fn up(topo: Topology, dir: &Path) -> Result<LabRun, LabError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        // Leftovers of a crashed run with the same name go first.
+        remove_netns_with_prefix(&topo.name);
+        let mut lab = Lab::new(&topo.name)?;
+        for n in &topo.nodes {
+            lab.add_node(&n.name)?;
+        }
+        for p in &topo.pods {
+            let node = topo.node_index(&p.node).expect("validated");
+            lab.add_pod(node, &p.name, p.ambient())?;
+        }
+        let config = dir.join("config.yaml");
+        let cfg = crate::config::to_yaml(&topo.local_config(&lab));
+        std::fs::write(&config, cfg).map_err(|e| io_err(&config, e))?;
+        let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        crate::identity::ca::Ca::generate(std::time::SystemTime::now())
+            .and_then(|ca| ca.save(&ca_cert, &ca_key))
+            .map_err(|e| LabError::Topology(e.to_string()))?;
+        let mut zds = Vec::new();
+        for n in &topo.nodes {
+            let sock = dir.join(format!("{}.sock", n.name));
+            let pods = topo.zds_pods(&n.name, &lab);
+            let server = ZdsServer::start(sock.clone(), pods).map_err(|e| io_err(&sock, e))?;
+            zds.push((n.name.clone(), server));
+        }
+        Ok(LabRun {
+            topo,
+            dir: dir.to_path_buf(),
+            config,
+            ca_cert,
+            ca_key,
+            proxies: Vec::new(),
+            zds,
+            lab,
+        })
+    }
+
+    pub fn zds_socket(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.sock"))
+    }
+
+    pub fn node_netns(&self, node: &str) -> Option<String> {
+        self.lab
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.netns.clone())
+    }
+
+    /// The arguments of `ringmesh node` for a node of this lab.
+    pub fn ringmesh_args(&self, node: &str) -> Vec<String> {
+        vec![
+            "node".into(),
+            "--config".into(),
+            self.config.display().to_string(),
+            "--zds-socket".into(),
+            self.zds_socket(node).display().to_string(),
+            "--zds-max-backoff".into(),
+            "500ms".into(),
+            "--ca-cert".into(),
+            self.ca_cert.display().to_string(),
+            "--ca-key".into(),
+            self.ca_key.display().to_string(),
+        ]
+    }
+
+    /// Starts `program args…` in a node's netns, logging to `<dir>/<node>.<tag>.log`.
+    pub fn start_in_node(
+        &mut self,
+        node: &str,
+        tag: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), LabError> {
+        let netns = self
+            .node_netns(node)
+            .ok_or_else(|| LabError::Topology(format!("no node {node}")))?;
+        let log = self.dir.join(format!("{node}.{tag}.log"));
+        let f = std::fs::File::create(&log).map_err(|e| io_err(&log, e))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &netns])
+            .arg(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().map_err(|e| io_err(&log, e))?)
+            .stderr(f)
+            .spawn()
+            .map_err(|source| LabError::Spawn {
+                cmd: program.display().to_string(),
+                source,
+            })?;
+        self.proxies.push(ProxyProc {
+            node: node.to_string(),
+            child,
+            log,
+        });
+        Ok(())
+    }
+
+    /// Starts `ringmesh node` (this executable) on every node.
+    pub fn start_ringmesh(&mut self, extra: &[String]) -> Result<(), LabError> {
+        let exe = std::env::current_exe().map_err(|e| LabError::Topology(e.to_string()))?;
+        let nodes: Vec<String> = self.topo.nodes.iter().map(|n| n.name.clone()).collect();
+        for n in nodes {
+            let mut args = self.ringmesh_args(&n);
+            args.extend_from_slice(extra);
+            self.start_in_node(
+                &n,
+                "ringmesh",
+                &exe,
+                &args,
+                &[("RUST_LOG".into(), "info".into())],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every node's ZDS server has delivered its snapshot and every node's
+    /// readiness endpoint (15021) says ready.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + timeout;
+        for (node, zds) in &self.zds {
+            let netns = self.node_netns(node).expect("node exists");
+            let ns = Netns::open(&PathBuf::from(format!("/var/run/netns/{netns}")))
+                .map_err(|e| LabError::Topology(e.to_string()))?;
+            loop {
+                let ready = zds.synced()
+                    && matches!(
+                        http_get(
+                            &ns,
+                            "127.0.0.1:15021".parse().expect("addr"),
+                            "/healthz/ready"
+                        ),
+                        Ok((200, _))
+                    );
+                if ready {
+                    break;
+                }
+                for p in &mut self.proxies {
+                    if let Ok(Some(st)) = p.child.try_wait() {
+                        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                        return Err(LabError::Topology(format!(
+                            "node proxy on {} exited ({st}):\n{log}",
+                            p.node
+                        )));
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(LabError::Topology(format!(
+                        "node {node} not ready after {timeout:?}; ZDS: {:?}",
+                        zds.events.lock().map(|e| e.clone()).unwrap_or_default()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LabRun {
+    fn drop(&mut self) {
+        self.proxies.clear();
+        self.zds.clear();
+        let _ = self.lab.cleanup();
+    }
+}
+
+fn io_err(p: &Path, e: std::io::Error) -> LabError {
+    LabError::Topology(format!("{}: {e}", p.display()))
+}
+
+/// Deletes every netns named `<prefix>-…` (leftovers of an earlier run).
+pub fn remove_netns_with_prefix(prefix: &str) -> usize {
+    let mut n = 0;
+    for ns in super::list_netns() {
+        if ns.starts_with(&format!("{prefix}-")) && super::run("ip", &["netns", "del", &ns]).is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A minimal HTTP/1.0 GET from inside a netns: (status, body).
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = ns
+        .run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .map_err(std::io::Error::other)??;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A lab held for the signal handler.
+pub type Held = std::sync::Arc<std::sync::Mutex<Option<LabRun>>>;
+
+/// Blocks SIGINT/SIGTERM in this thread (and the threads it starts), and starts a thread that
+/// on either signal tears down the held lab and exits. Call before starting other threads.
+pub fn cleanup_on_signal() -> std::io::Result<Held> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().map_err(std::io::Error::other)?;
+    let held: Held = Default::default();
+    let h = held.clone();
+    std::thread::Builder::new()
+        .name("lab-signals".into())
+        .spawn(move || {
+            let sig = set.wait();
+            let run = h.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let had = run.is_some();
+            drop(run);
+            if had {
+                eprintln!("\n{sig:?}: lab torn down");
+            }
+            std::process::exit(0);
+        })?;
+    Ok(held)
+}
