@@ -317,8 +317,8 @@ fn describe(r: &Result<String, String>, mtls: bool) -> String {
 
 fn print_report(r: &Report, secs: f64) {
     println!(
-        "\n  {:<17} {:<45} {}",
-        "path", "what happened", "as the docs say?"
+        "\n  {:<17} {:<45} as the docs say?",
+        "path", "what happened"
     );
     for p in &r.paths {
         println!(
