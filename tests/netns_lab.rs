@@ -1,0 +1,225 @@
+//! `ringmesh lab` and `ringmesh demo` as a user runs them: up/down are idempotent and leave
+//! nothing behind (namespaces, root-namespace rules, routes, nft tables, processes), also
+//! when a step fails half-way; the demo runs and its report says every path behaved. Root.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringmesh");
+
+/// What the root namespace looks like: namespaces of ours, rules, routes, nft tables.
+fn root_state(prefix: &str) -> (Vec<String>, String, String, String) {
+    let ns: Vec<String> = ringmesh::lab::list_netns()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    let out = |args: &[&str]| {
+        String::from_utf8_lossy(
+            &Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .to_string()
+    };
+    (
+        ns,
+        out(&["ip", "rule"]),
+        out(&["ip", "route", "show", "table", "all"]),
+        out(&["nft", "list", "tables"]),
+    )
+}
+
+fn ringmesh(args: &[&str]) -> (bool, String) {
+    let o = Command::new(BIN).args(args).output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+fn topology(name: &str) -> String {
+    ringmesh::lab::topology::DEMO.replace("name: rmdemo", &format!("name: {name}"))
+}
+
+#[test]
+fn netns_lab_up_down_is_idempotent_and_leak_free() {
+    let Some(_) = lab_or_skip("netns_lab_up_down") else {
+        return;
+    };
+    let name = format!("rmt{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("topo.yaml");
+    std::fs::write(&file, topology(&name)).unwrap();
+    let state = dir.path().join("state");
+    let (f, s) = (file.to_str().unwrap(), state.to_str().unwrap());
+    let before = root_state(&name);
+    assert!(before.0.is_empty());
+
+    let (ok, out) = ringmesh(&["lab", "up", f, "--state-dir", s]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("pod legacy-b: 198.18.2.4 (out of mesh)"),
+        "{out}"
+    );
+    let (ok, out) = ringmesh(&["lab", "up", f, "--state-dir", s]);
+    assert!(ok && out.contains("already up"), "{out}");
+    let (ok, out) = ringmesh(&["lab", "status", "--state-dir", s]);
+    assert!(ok && out.contains(&format!("lab {name}: up")), "{out}");
+    assert!(out.contains("8 namespaces"), "{out}");
+    // exec in a pod and in a node; traffic through the proxies.
+    let (ok, out) = ringmesh(&[
+        "lab",
+        "exec",
+        "client-a",
+        "--state-dir",
+        s,
+        "--",
+        "ip",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(ok && out.contains("198.18.1.2/24"), "{out}");
+    let (ok, out) = ringmesh(&[
+        "lab",
+        "exec",
+        "node-a",
+        "--state-dir",
+        s,
+        "--",
+        "curl",
+        "-s",
+        "localhost:15021/healthz/ready",
+    ]);
+    assert!(ok && out.contains("ready"), "{out}");
+    let (ok, out) = ringmesh(&["lab", "exec", "nope", "--state-dir", s, "--", "true"]);
+    assert!(
+        !ok && out.contains("no lab has a pod or node named \"nope\""),
+        "{out}"
+    );
+
+    let (ok, out) = ringmesh(&["lab", "down", f, "--state-dir", s]);
+    assert!(ok, "{out}");
+    let (ok, out) = ringmesh(&["lab", "down", &name, "--state-dir", s]);
+    assert!(ok, "down twice: {out}");
+    assert_eq!(
+        root_state(&name),
+        before,
+        "the root namespace changed or namespaces leaked"
+    );
+    assert!(!state.join(&name).exists());
+    let ps = Command::new("pgrep")
+        .args(["-f", &format!("{}.*{}", BIN, s)])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+}
+
+#[test]
+fn netns_lab_failing_step_leaves_nothing() {
+    let Some(_) = lab_or_skip("netns_lab_failing_step") else {
+        return;
+    };
+    let name = format!("rmf{}", std::process::id() % 100000);
+    let dir = tempfile::tempdir().unwrap();
+    let topo = ringmesh::lab::topology::Topology::parse("t", &topology(&name)).unwrap();
+    let before = root_state(&name);
+    // Make a step after the namespaces exist fail: config.yaml is a directory.
+    let state = dir.path().join(&name);
+    std::fs::create_dir_all(state.join("config.yaml")).unwrap();
+    let err = ringmesh::lab::run::LabRun::up(topo, &state)
+        .err()
+        .expect("up must fail");
+    assert!(err.to_string().contains("config.yaml"), "{err}");
+    assert_eq!(
+        root_state(&name),
+        before,
+        "a failed lab up left something behind"
+    );
+    // A bad topology file is refused before anything is made.
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "name: x\nnodes: [{name: a}]\npods: [{name: p, node: b}]\n",
+    )
+    .unwrap();
+    let (ok, out) = ringmesh(&[
+        "lab",
+        "up",
+        file.to_str().unwrap(),
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("pods[0].node: no node \"b\""), "{out}");
+}
+
+#[test]
+fn netns_demo_report() {
+    let Some(_) = lab_or_skip("netns_demo_report") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let before = root_state("rmdemo");
+    let o = Command::new(BIN)
+        .args([
+            "demo",
+            "--bulk-bytes",
+            "33554432",
+            "--pings",
+            "300",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "demo failed:\n{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("every path behaved as the ambient docs say"),
+        "{out}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["ok"], true);
+    let paths = r["paths"].as_array().unwrap();
+    let names: Vec<&str> = paths.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "same node",
+            "cross node",
+            "service VIP",
+            "out of mesh",
+            "denied by policy"
+        ]
+    );
+    assert!(paths.iter().all(|p| p["ok"] == true), "{r}");
+    assert!(r["throughput_gbps"].as_f64().unwrap() > 0.0);
+    assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(r["bytes_carried"].as_f64().unwrap() >= 33554432.0);
+    assert_eq!(
+        root_state("rmdemo"),
+        before,
+        "the demo left something behind"
+    );
+}
