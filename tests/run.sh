@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
+command -v pgrep >/dev/null 2>&1 || need+=(procps)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "tests/run.sh: installing ${need[*]}"
