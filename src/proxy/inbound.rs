@@ -140,6 +140,7 @@ async fn handle_stream(
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(local);
             log_complete(
+                &ctx,
                 "inbound",
                 peer,
                 src_id.as_deref(),
@@ -173,6 +174,7 @@ async fn handle_stream(
     };
     drop(reg);
     log_complete(
+        &ctx,
         "inbound",
         peer,
         src_id.as_deref(),

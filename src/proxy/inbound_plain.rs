@@ -40,6 +40,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         m.failed();
         let counters = m.counters(false);
         log_complete(
+            &ctx,
             "inbound",
             peer,
             None,
@@ -90,6 +91,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
     };
     drop(reg);
     log_complete(
+        &ctx,
         "inbound",
         peer,
         None,

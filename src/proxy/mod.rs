@@ -229,6 +229,7 @@ impl ShardCtx {
 /// One access-log line per connection, with ztunnel's field names (target `access`).
 #[allow(clippy::too_many_arguments)]
 pub fn log_complete(
+    ctx: &ShardCtx,
     direction: &'static str,
     src_addr: SocketAddr,
     src_id: Option<&str>,
@@ -241,13 +242,25 @@ pub fn log_complete(
 ) {
     let duration = format!("{}ms", started.elapsed().as_millis());
     let hbone = hbone_addr.map(|a| a.to_string());
+    let snap = ctx.state.load();
+    let norm = |a: SocketAddr| crate::hbone::normalize(a.ip());
+    let src_w = snap.workload_by_ip(norm(src_addr));
+    let dst_w = snap.workload_by_ip(norm(hbone_addr.unwrap_or(dst_addr)));
+    let src_workload = src_w.map(|w| w.name.as_str());
+    let src_namespace = src_w.map(|w| w.namespace.as_str());
+    let dst_workload = dst_w.map(|w| w.name.as_str());
+    let dst_namespace = dst_w.map(|w| w.namespace.as_str());
     match error {
         None => tracing::info!(
             target: "access",
             direction,
             src.addr = %src_addr,
+            src.workload = src_workload,
+            src.namespace = src_namespace,
             src.identity = src_id,
             dst.addr = %dst_addr,
+            dst.workload = dst_workload,
+            dst.namespace = dst_namespace,
             dst.hbone_addr = hbone.as_deref(),
             dst.identity = dst_id,
             bytes_sent = counters.sent.get(),
@@ -259,8 +272,12 @@ pub fn log_complete(
             target: "access",
             direction,
             src.addr = %src_addr,
+            src.workload = src_workload,
+            src.namespace = src_namespace,
             src.identity = src_id,
             dst.addr = %dst_addr,
+            dst.workload = dst_workload,
+            dst.namespace = dst_namespace,
             dst.hbone_addr = hbone.as_deref(),
             dst.identity = dst_id,
             bytes_sent = counters.sent.get(),

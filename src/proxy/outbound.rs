@@ -206,6 +206,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         let counters = Counters::default();
         let e = format!("pod {} is not in the config: refusing its traffic", pod.uid);
         log_complete(
+            &ctx,
             "outbound",
             peer,
             None,
@@ -298,6 +299,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         metrics.failed();
     }
     log_complete(
+        &ctx,
         "outbound",
         peer,
         src_id.as_deref(),
