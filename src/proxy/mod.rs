@@ -244,6 +244,10 @@ pub fn log_complete(
     let hbone = hbone_addr.map(|a| a.to_string());
     let snap = ctx.state.load();
     let norm = |a: SocketAddr| crate::hbone::normalize(a.ip());
+    let (src_addr, dst_addr) = (
+        SocketAddr::new(norm(src_addr), src_addr.port()),
+        SocketAddr::new(norm(dst_addr), dst_addr.port()),
+    );
     let src_w = snap.workload_by_ip(norm(src_addr));
     let dst_w = snap.workload_by_ip(norm(hbone_addr.unwrap_or(dst_addr)));
     let src_workload = src_w.map(|w| w.name.as_str());
