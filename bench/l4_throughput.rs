@@ -2,7 +2,8 @@
 //! measured in one run, interleaved (raw, mesh, raw, mesh, …) so machine drift hits both.
 //!
 //! Run as root: `cargo bench --bench l4_throughput` (env: `BENCH_BYTES`, default 1 GiB;
-//! `BENCH_ROUNDS`, default 3; `BENCH_SHARDS`, default one per core).
+//! `BENCH_ROUNDS`, default 3; `BENCH_SHARDS`, default one per core). Under `cargo test` it runs
+//! as a smoke test (64 MiB, one round) so the suite checks the bench still works.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -87,8 +88,10 @@ fn main() {
     let Some(mut lab) = lab_or_skip("l4_throughput") else {
         return;
     };
-    let bytes = env_u64("BENCH_BYTES", 1 << 30);
-    let rounds = env_u64("BENCH_ROUNDS", 3);
+    // Under `cargo test` (no --bench flag) this is a smoke run: small and one round.
+    let full = std::env::args().any(|a| a == "--bench");
+    let bytes = env_u64("BENCH_BYTES", if full { 1 << 30 } else { 64 << 20 });
+    let rounds = env_u64("BENCH_ROUNDS", if full { 3 } else { 1 });
     let dir = tempfile::tempdir().unwrap();
     let (ca_cert, ca_key) = ca_files(dir.path());
     let a = lab.add_node("a").unwrap();
