@@ -67,7 +67,7 @@ fn netns_lab_up_down_is_idempotent_and_leak_free() {
     let (ok, out) = ringmesh(&["lab", "up", f, "--state-dir", s]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("pod legacy-b: 198.18.2.4 (out of mesh)"),
+        out.contains("pod legacy-b: 198.18.2.4 fd00:198:18:2::4 (out of mesh)"),
         "{out}"
     );
     let (ok, out) = ringmesh(&["lab", "up", f, "--state-dir", s]);

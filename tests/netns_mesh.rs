@@ -15,9 +15,9 @@ use ringmesh::identity::ca::Ca;
 
 const NS_CFG: &str = r#"
 workloads:
-- {uid: client-a, name: client-a, namespace: default, serviceAccount: client, trustDomain: cluster.local, workloadIps: ["198.18.1.2"], protocol: HBONE, node: a, services: {}}
+- {uid: client-a, name: client-a, namespace: default, serviceAccount: client, trustDomain: cluster.local, workloadIps: ["198.18.1.2", "fd00:198:18:1::2"], protocol: HBONE, node: a, services: {}}
 - {uid: server-a, name: server-a, namespace: default, serviceAccount: server, trustDomain: cluster.local, workloadIps: ["198.18.1.3"], protocol: HBONE, node: a, services: {"default/echo.default.svc.cluster.local": {80: 8080}}}
-- {uid: server-b, name: server-b, namespace: default, serviceAccount: server, trustDomain: cluster.local, workloadIps: ["198.18.2.2"], protocol: HBONE, node: b, services: {"default/echo.default.svc.cluster.local": {80: 8080}}}
+- {uid: server-b, name: server-b, namespace: default, serviceAccount: server, trustDomain: cluster.local, workloadIps: ["198.18.2.2", "fd00:198:18:2::2"], protocol: HBONE, node: b, services: {"default/echo.default.svc.cluster.local": {80: 8080}}}
 - {uid: imposter-b, name: imposter-b, namespace: default, serviceAccount: IMPOSTER_SA, trustDomain: cluster.local, workloadIps: ["198.18.2.3"], protocol: HBONE, node: b, services: {}}
 - {uid: secure-b, name: secure-b, namespace: secure, serviceAccount: secure, trustDomain: cluster.local, workloadIps: ["198.18.2.4"], protocol: HBONE, node: b, services: {}}
 services:
@@ -130,6 +130,12 @@ fn netns_two_node_mesh() {
     assert_eq!(
         echo_from(&ca_ns, addr("198.18.2.2:8080")).unwrap(),
         "server-b 198.18.1.2"
+    );
+
+    // IPv6, cross node, source kept.
+    assert_eq!(
+        echo_from(&ca_ns, addr("[fd00:198:18:2::2]:8080")).unwrap(),
+        "server-b fd00:198:18:1::2"
     );
 
     // 100 MB cross node arrives intact.

@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::inpod::Netns;
 
+fn ringmesh_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    crate::hbone::normalize(ip)
+}
+
 fn listen_in(ns: &Netns, port: u16) -> std::io::Result<TcpListener> {
-    ns.run(|| TcpListener::bind(("0.0.0.0", port)))
+    ns.run(|| TcpListener::bind(("::", port)))
         .map_err(std::io::Error::other)?
 }
 
@@ -26,7 +30,7 @@ pub fn serve_echo(ns: &Netns, port: u16, name: &str) -> std::io::Result<()> {
                 let _ = s.set_nodelay(true);
                 let peer = s
                     .peer_addr()
-                    .map(|a| a.ip().to_string())
+                    .map(|a| ringmesh_ip(a.ip()).to_string())
                     .unwrap_or_default();
                 if s.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
                     return;

@@ -52,11 +52,8 @@ pub fn install(netns: &str) -> Result<(), LabError> {
         &["netns", "exec", netns, "nft", "-f", "-"],
         Some(RULES),
     )?;
-    run(
-        "ip",
-        &[
-            "-n",
-            netns,
+    for (family, all) in [("-4", "0.0.0.0/0"), ("-6", "::/0")] {
+        let rule = [
             "rule",
             "add",
             "fwmark",
@@ -65,81 +62,48 @@ pub fn install(netns: &str) -> Result<(), LabError> {
             "32764",
             "lookup",
             "100",
-        ],
-    )?;
-    run(
-        "ip",
-        &[
-            "-n",
-            netns,
-            "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            "100",
-        ],
-    )?;
+        ];
+        let route = ["route", "add", "local", all, "dev", "lo", "table", "100"];
+        for args in [&rule[..], &route[..]] {
+            let mut v = vec!["-n", netns, family];
+            v.extend_from_slice(args);
+            run("ip", &v)?;
+        }
+    }
     Ok(())
 }
 
 /// Removes the capture rules from a pod netns (the pod leaves the mesh).
 pub fn remove(netns: &str) -> Result<(), LabError> {
-    let _ = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            netns,
-            "nft",
-            "delete",
-            "table",
-            "inet",
-            "ringmesh-nat",
-        ],
-    );
-    let _ = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            netns,
-            "nft",
-            "delete",
-            "table",
-            "inet",
-            "ringmesh-mangle",
-        ],
-    );
-    let _ = run(
-        "ip",
-        &[
-            "-n",
-            netns,
-            "rule",
-            "del",
-            "fwmark",
-            "0x111/0xfff",
-            "lookup",
-            "100",
-        ],
-    );
-    let _ = run(
-        "ip",
-        &[
-            "-n",
-            netns,
-            "route",
-            "del",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            "100",
-        ],
-    );
+    for table in ["ringmesh-nat", "ringmesh-mangle"] {
+        let _ = run(
+            "ip",
+            &[
+                "netns", "exec", netns, "nft", "delete", "table", "inet", table,
+            ],
+        );
+    }
+    for (family, all) in [("-4", "0.0.0.0/0"), ("-6", "::/0")] {
+        let _ = run(
+            "ip",
+            &[
+                "-n",
+                netns,
+                family,
+                "rule",
+                "del",
+                "fwmark",
+                "0x111/0xfff",
+                "lookup",
+                "100",
+            ],
+        );
+        let _ = run(
+            "ip",
+            &[
+                "-n", netns, family, "route", "del", "local", all, "dev", "lo", "table", "100",
+            ],
+        );
+    }
     Ok(())
 }

@@ -128,9 +128,10 @@ pub fn serve(file: &Path, no_proxies: bool, state: &Path) -> Result<(), LabError
     }
     for p in &run.lab.pods {
         summary.push_str(&format!(
-            "pod {}: {} {}\n",
+            "pod {}: {} {} {}\n",
             p.name,
             p.ip,
+            p.ip6,
             if p.captured {
                 "(ambient)"
             } else {

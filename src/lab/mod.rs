@@ -1,7 +1,8 @@
 //! The lab: a local "cluster" made of network namespaces, for tests, the demo and benchmarks.
 //!
 //! Owns: creating nodes (a netns each, with a bridge for its pods), pods (a netns each, a veth
-//! to their node, an address from 198.18.0.0/15), a fabric netns joining the nodes, and in
+//! to their node, addresses from 198.18.0.0/15 and fd00::/8), a fabric netns joining the
+//! nodes, and in
 //! captured pods the capture rules istio-cni installs (nftables REDIRECT to 15001/15006, skip
 //! mark 0x539, connmark 0x111 + `ip rule` for replies to spoofed sources). Nothing is added
 //! to the root namespace; everything is removed on `cleanup` or drop, also after a failure.
@@ -14,7 +15,7 @@ pub mod run;
 pub mod topology;
 pub mod zds_server;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,6 +49,7 @@ pub struct LabPod {
     pub netns: String,
     pub node: usize,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub captured: bool,
 }
 
@@ -70,6 +72,19 @@ impl LabInfo {
     pub fn pod(&self, name: &str) -> Option<&LabPod> {
         self.pods.iter().find(|p| p.name == name)
     }
+}
+
+/// A pod's or node bridge's IPv6 address: `fd00:198:18:<node>::<host>`.
+pub fn node_ip6(node: u8, host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x198, 0x18, node as u16, 0, 0, 0, host)
+}
+
+fn node_net6(node: u8) -> String {
+    format!("fd00:198:18:{node:x}::/64")
+}
+
+fn fabric_ip6(node: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x198, 0x19, 0xff, 0, 0, 0, node as u16)
 }
 
 /// A set of namespaces that is removed whole when dropped.
@@ -199,10 +214,16 @@ impl Lab {
         };
         let ns = self.add_netns(name)?;
         self.sysctl(&ns, "net.ipv4.ip_forward=1")?;
+        self.sysctl(&ns, "net.ipv6.conf.all.forwarding=1")?;
         self.quiet_bridge(&ns)?;
         run("ip", &["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
         let gw = format!("198.18.{index}.1/24");
         run("ip", &["-n", &ns, "addr", "add", &gw, "dev", "br0"])?;
+        let gw6 = format!("{}/64", node_ip6(index, 1));
+        run(
+            "ip",
+            &["-n", &ns, "addr", "add", &gw6, "dev", "br0", "nodad"],
+        )?;
         run("ip", &["-n", &ns, "link", "set", "br0", "up"])?;
         // Uplink to the fabric.
         let port = format!("n{index}");
@@ -231,6 +252,19 @@ impl Lab {
                 "up0",
             ],
         )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/64", fabric_ip6(index)),
+                "dev",
+                "up0",
+                "nodad",
+            ],
+        )?;
         run("ip", &["-n", &ns, "link", "set", "up0", "up"])?;
         // Routes between this node and every other node's pod subnet.
         for other in &self.nodes {
@@ -256,6 +290,34 @@ impl Lab {
                     &format!("198.18.{index}.0/24"),
                     "via",
                     &fabric_ip.to_string(),
+                ],
+            )?;
+            let (mine, theirs) = (node_net6(index), node_net6(other.index));
+            let (my_hop, their_hop) = (fabric_ip6(index), fabric_ip6(other.index));
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "-6",
+                    "route",
+                    "add",
+                    &theirs,
+                    "via",
+                    &their_hop.to_string(),
+                ],
+            )?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &other.netns,
+                    "-6",
+                    "route",
+                    "add",
+                    &mine,
+                    "via",
+                    &my_hop.to_string(),
                 ],
             )?;
         }
@@ -299,7 +361,34 @@ impl Lab {
             "ip",
             &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
         )?;
+        let ip6 = node_ip6(n.index, k as u16);
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &node_ip6(n.index, 1).to_string(),
+            ],
+        )?;
         run(
             "ip",
             &[
@@ -320,6 +409,7 @@ impl Lab {
             netns: ns,
             node,
             ip,
+            ip6,
             captured,
         };
         self.pods.push(pod.clone());

@@ -161,7 +161,8 @@ impl Topology {
             .pods
             .iter()
             .filter_map(|p| {
-                let ip = lab.pod(&p.name)?.ip;
+                let lp = lab.pod(&p.name)?;
+                let (ip, ip6) = (lp.ip, lp.ip6);
                 let services = self
                     .services
                     .iter()
@@ -169,7 +170,7 @@ impl Topology {
                     .map(|s| (format!("{}/{}", s.namespace, s.hostname()), s.ports.clone()))
                     .collect();
                 let yaml = format!(
-                    "{{workloadIps: [\"{ip}\"], namespace: {ns}, name: {name}}}",
+                    "{{workloadIps: [\"{ip}\", \"{ip6}\"], namespace: {ns}, name: {name}}}",
                     ns = p.namespace,
                     name = p.name
                 );

@@ -122,10 +122,12 @@ pub fn wait_listening(netns: &str, port: u16) {
     panic!("nothing listens on {port} in {netns}");
 }
 
+fn ringmesh_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    ringmesh::hbone::normalize(ip)
+}
+
 fn listen_in(ns: &Netns, port: u16) -> TcpListener {
-    ns.run(|| TcpListener::bind(("0.0.0.0", port)))
-        .unwrap()
-        .unwrap()
+    ns.run(|| TcpListener::bind(("::", port))).unwrap().unwrap()
 }
 
 /// An app that greets with "<name> <peer-ip>\n", then echoes.
@@ -139,7 +141,7 @@ pub fn serve_echo(ns: &Netns, port: u16, name: &str) {
                 let mut s = s;
                 let peer = s
                     .peer_addr()
-                    .map(|a| a.ip().to_string())
+                    .map(|a| ringmesh_ip(a.ip()).to_string())
                     .unwrap_or_default();
                 if s.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
                     return;
