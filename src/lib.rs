@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod benchmark;
 pub mod config;
 pub mod demo;
 pub mod hbone;

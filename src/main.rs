@@ -9,6 +9,39 @@ use ringmesh::config::flags::{CaCommand, Cli, Command, LabCommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn bench(b: ringmesh::config::flags::BenchFlags) -> Result<i32, String> {
+    use ringmesh::benchmark::{self, BenchArgs, Contender, Sizes};
+    let mut contenders = Vec::new();
+    if !b.no_raw {
+        contenders.push(Contender::Raw);
+    }
+    if !b.no_ringmesh {
+        contenders.push(Contender::Ringmesh);
+    }
+    for p in &b.peers {
+        contenders.push(benchmark::parse_peer(p)?);
+    }
+    let mut sizes = if b.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    if let Some(r) = b.rounds {
+        sizes.rounds = r.max(1);
+    }
+    let args = BenchArgs {
+        contenders,
+        sizes,
+        quick: b.quick,
+        json: b.json,
+        out_dir: b.out,
+        state_dir: b.state_dir,
+        ringmesh_args: b.ringmesh_args,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    benchmark::run(&args).map(|_| 0)
+}
+
 fn main() -> std::process::ExitCode {
     ringmesh::telemetry::init();
     let cli = Cli::parse();
@@ -27,6 +60,7 @@ fn main() -> std::process::ExitCode {
             state_dir: d.state_dir,
         })
         .map(|r| if r.ok { 0 } else { 2 }),
+        Command::Bench(b) => bench(b),
         Command::Lab(l) => {
             use ringmesh::lab::cli;
             let r = match l {

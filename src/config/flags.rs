@@ -54,6 +54,41 @@ pub enum Command {
     /// Local ambient meshes in network namespaces, with the lab playing istio-cni (root).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Benchmark raw (no mesh), ringmesh and any --peer node proxy side by side in one run,
+    /// interleaved, in the lab (root).
+    Bench(BenchFlags),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchFlags {
+    /// Small sizes, finishes in about two minutes (for CI).
+    #[arg(long)]
+    pub quick: bool,
+    /// Another ZDS-speaking node proxy, started per node as `sh -c "exec COMMAND"` with
+    /// ZDS_SOCKET, CONFIG (ztunnel local config), CA_CERT, CA_KEY and NODE in its
+    /// environment. Repeatable.
+    #[arg(long = "peer", value_name = "NAME=COMMAND")]
+    pub peers: Vec<String>,
+    /// Leave out the raw (no mesh) baseline.
+    #[arg(long)]
+    pub no_raw: bool,
+    /// Leave out ringmesh itself.
+    #[arg(long)]
+    pub no_ringmesh: bool,
+    /// Extra arguments for `ringmesh node` (e.g. --ringmesh-arg=--shards=1). Repeatable.
+    #[arg(long = "ringmesh-arg", allow_hyphen_values = true)]
+    pub ringmesh_args: Vec<String>,
+    /// Rounds (default 2 with --quick, else 3).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write results.md, latency.svg and throughput.svg into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value = LAB_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -172,16 +172,45 @@ impl LabRun {
         Ok(())
     }
 
+    /// Snapshots delivered so far, per node (to wait for the next proxy's).
+    pub fn snapshot_counts(&self) -> Vec<usize> {
+        self.zds.iter().map(|(_, z)| z.snapshots()).collect()
+    }
+
+    /// Stops every node proxy the lab started.
+    pub fn stop_proxies(&mut self) {
+        self.proxies.clear();
+    }
+
+    /// Turns the ambient pods' capture rules on or off (off = no mesh at all).
+    pub fn set_capture(&self, on: bool) -> Result<(), LabError> {
+        for p in self.lab.pods.iter().filter(|p| p.captured) {
+            super::capture::remove(&p.netns)?;
+            if on {
+                super::capture::install(&p.netns)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every node's ZDS server has delivered its snapshot and every node's
     /// readiness endpoint (15021) says ready.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), LabError> {
+        let after = vec![0; self.zds.len()];
+        self.wait_ready_after(&after, timeout)
+    }
+
+    /// Like `wait_ready`, but each node must have delivered more snapshots than `after`
+    /// (i.e. to a proxy started after `after` was taken).
+    pub fn wait_ready_after(&mut self, after: &[usize], timeout: Duration) -> Result<(), LabError> {
         let deadline = Instant::now() + timeout;
-        for (node, zds) in &self.zds {
+        for (i, (node, zds)) in self.zds.iter().enumerate() {
+            let seen = after.get(i).copied().unwrap_or(0);
             let netns = self.node_netns(node).expect("node exists");
             let ns = Netns::open(&PathBuf::from(format!("/var/run/netns/{netns}")))
                 .map_err(|e| LabError::Topology(e.to_string()))?;
             loop {
-                let ready = zds.synced()
+                let ready = zds.snapshots() > seen
                     && matches!(
                         http_get(
                             &ns,

@@ -246,6 +246,9 @@ impl Topology {
 /// endpoints, one pod out of the mesh, one DENY policy.
 pub const DEMO: &str = include_str!("demo.yaml");
 
+/// The benchmarks' topology: client and server on node-a, a server on node-b.
+pub const BENCH: &str = include_str!("bench.yaml");
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,16 @@ impl ZdsServer {
         })
     }
 
+    /// How many times a node proxy has taken the whole snapshot (one per connection).
+    pub fn snapshots(&self) -> usize {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|e| e.starts_with("snapshot acked"))
+            .count()
+    }
+
     /// Whether a node proxy has taken the whole snapshot at least once.
     pub fn synced(&self) -> bool {
         self.events

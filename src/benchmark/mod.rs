@@ -1,0 +1,495 @@
+//! `ringmesh bench`: the same workloads, in the same lab topology, in one run, against
+//! several contenders, interleaved (raw, ringmesh, peers…, raw, ringmesh, …) so that machine
+//! drift hits all alike. `raw` is the pods with their capture rules off; `ringmesh` is our
+//! node proxy; `--peer NAME=COMMAND` is any ZDS-speaking node proxy started per node.
+//!
+//! A contender whose traffic did not go through HBONE (the servers' port-15008 counters must
+//! carry the bulk bytes) or that never became ready is reported INVALID, never as fast.
+
+pub mod load;
+pub mod report;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::inpod::Netns;
+use crate::lab::run::LabRun;
+use crate::lab::topology::{BENCH, Topology};
+use crate::lab::{apps, run as labrun};
+use report::{BenchReport, ContenderResult, Machine};
+use stats::{Latency, Summary};
+
+/// A contender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contender {
+    Raw,
+    Ringmesh,
+    /// A command started in each node's netns with `ZDS_SOCKET`, `CONFIG` (ztunnel local
+    /// config), `CA_CERT`, `CA_KEY`, `NODE` in its environment.
+    Peer {
+        name: String,
+        command: String,
+    },
+}
+
+impl Contender {
+    pub fn name(&self) -> &str {
+        match self {
+            Contender::Raw => "raw",
+            Contender::Ringmesh => "ringmesh",
+            Contender::Peer { name, .. } => name,
+        }
+    }
+}
+
+/// Parses `--peer NAME=COMMAND`.
+pub fn parse_peer(s: &str) -> Result<Contender, String> {
+    match s.split_once('=') {
+        Some((n, c)) if !n.is_empty() && !c.trim().is_empty() && n != "raw" && n != "ringmesh" => {
+            Ok(Contender::Peer {
+                name: n.to_string(),
+                command: c.to_string(),
+            })
+        }
+        _ => Err(format!(
+            "{s:?}: expected NAME=COMMAND (NAME not raw or ringmesh), e.g. ztunnel='env FAKE_CA=true … ztunnel'"
+        )),
+    }
+}
+
+/// How much of each workload to run.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub rounds: usize,
+    pub bulk_1_bytes: u64,
+    pub bulk_8_bytes_each: u64,
+    pub rr_n: usize,
+    pub fixed_rate: u64,
+    pub fixed_dur: Duration,
+    pub conn_dur: Duration,
+    pub tunnels: usize,
+    pub ready_timeout: Duration,
+}
+
+impl Sizes {
+    pub fn quick() -> Sizes {
+        Sizes {
+            rounds: 2,
+            bulk_1_bytes: 64 << 20,
+            bulk_8_bytes_each: 16 << 20,
+            rr_n: 500,
+            fixed_rate: 1000,
+            fixed_dur: Duration::from_secs(1),
+            conn_dur: Duration::from_secs(1),
+            tunnels: 300,
+            ready_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn full() -> Sizes {
+        Sizes {
+            rounds: 3,
+            bulk_1_bytes: 1 << 30,
+            bulk_8_bytes_each: 256 << 20,
+            rr_n: 5000,
+            fixed_rate: 2000,
+            fixed_dur: Duration::from_secs(3),
+            conn_dur: Duration::from_secs(3),
+            tunnels: 8000,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Options of `ringmesh bench`.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub contenders: Vec<Contender>,
+    pub sizes: Sizes,
+    pub quick: bool,
+    pub json: Option<PathBuf>,
+    pub out_dir: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub ringmesh_args: Vec<String>,
+    pub command: String,
+}
+
+/// One round's measurements of one contender.
+#[derive(Default)]
+struct Round {
+    bulk_1_same: Option<f64>,
+    bulk_1_cross: Option<f64>,
+    bulk_8_same: Option<f64>,
+    bulk_8_cross: Option<f64>,
+    rr_1b: Option<Latency>,
+    rr_1k: Option<Latency>,
+    rr_fixed: Option<Latency>,
+    conn_per_s: Option<f64>,
+    rss_idle: Option<f64>,
+    rss_tunnels: Option<f64>,
+    cpu_per_gb: Option<f64>,
+    cpu_per_1000: Option<f64>,
+}
+
+fn say(s: &str) {
+    eprintln!("bench: {s}");
+}
+
+fn netns(path: &Path) -> Result<Netns, String> {
+    Netns::open(path).map_err(|e| e.to_string())
+}
+
+/// Runs the benchmark; returns the report (also written as JSON/Markdown/SVG if asked).
+pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
+    let topo = Topology::parse("embedded bench topology", BENCH).map_err(|e| e.to_string())?;
+    let held = labrun::cleanup_on_signal().map_err(|e| e.to_string())?;
+    let dir = args.state_dir.join(&topo.name);
+    say("building the lab (2 nodes, client-a + server-a on node-a, server-b on node-b)");
+    let run = LabRun::up(topo, &dir).map_err(|e| e.to_string())?;
+    let pod = |n: &str| run.lab.pod(n).cloned().ok_or(format!("no pod {n}"));
+    let (client, server_a, server_b) = (pod("client-a")?, pod("server-a")?, pod("server-b")?);
+    let client_ns = netns(&client.netns_path())?;
+    for s in [&server_a, &server_b] {
+        let ns = netns(&s.netns_path())?;
+        apps::serve_sink(&ns, 9000).map_err(|e| e.to_string())?;
+        apps::serve_echo(&ns, 8080, &s.name).map_err(|e| e.to_string())?;
+        load::serve_hold(&ns, 9100).map_err(|e| e.to_string())?;
+        hbone_counter(&s.netns, true)?;
+    }
+    let at = |p: &crate::lab::LabPod, port: u16| SocketAddr::new(p.ip.into(), port);
+    let targets = Targets {
+        same_sink: at(&server_a, 9000),
+        cross_sink: at(&server_b, 9000),
+        cross_echo: at(&server_b, 8080),
+        cross_hold: at(&server_b, 9100),
+        server_b_netns: server_b.netns.clone(),
+    };
+    *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
+    let mut rounds: BTreeMap<String, Vec<Round>> = BTreeMap::new();
+    let mut invalid: BTreeMap<String, String> = BTreeMap::new();
+    for r in 0..args.sizes.rounds {
+        for c in &args.contenders {
+            if invalid.contains_key(c.name()) {
+                continue;
+            }
+            say(&format!(
+                "round {}/{}: {}",
+                r + 1,
+                args.sizes.rounds,
+                c.name()
+            ));
+            let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
+            let run = guard.as_mut().ok_or("lab gone")?;
+            let res = one_round(run, c, args, &client_ns, &targets);
+            run.stop_proxies();
+            drop(guard);
+            match res {
+                Ok(round) => rounds.entry(c.name().to_string()).or_default().push(round),
+                Err(e) => {
+                    say(&format!("{} is INVALID: {e}", c.name()));
+                    invalid.insert(c.name().to_string(), e);
+                }
+            }
+        }
+    }
+    drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
+    let mut report = BenchReport {
+        machine: machine(),
+        command: args.command.clone(),
+        order: args
+            .contenders
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect(),
+        quick: args.quick,
+        rounds: args.sizes.rounds,
+        ..Default::default()
+    };
+    for c in &args.contenders {
+        let name = c.name().to_string();
+        let result = match invalid.get(&name) {
+            Some(why) => ContenderResult {
+                valid: false,
+                invalid_reason: Some(why.clone()),
+                ..Default::default()
+            },
+            None => summarize(
+                rounds.get(&name).map(Vec::as_slice).unwrap_or(&[]),
+                args.sizes.tunnels,
+            ),
+        };
+        report.contenders.insert(name, result);
+    }
+    report.derive();
+    write_outputs(&report, args)?;
+    Ok(report)
+}
+
+struct Targets {
+    same_sink: SocketAddr,
+    cross_sink: SocketAddr,
+    cross_echo: SocketAddr,
+    cross_hold: SocketAddr,
+    server_b_netns: String,
+}
+
+/// Adds (or resets / reads) a byte counter of inbound TCP to port 15008 in a pod.
+fn hbone_counter(netns: &str, install: bool) -> Result<u64, String> {
+    let nft = |args: &[&str], input: Option<&str>| {
+        let mut v = vec!["netns", "exec", netns, "nft"];
+        v.extend_from_slice(args);
+        crate::lab::run_input("ip", &v, input).map_err(|e| e.to_string())
+    };
+    if install {
+        nft(
+            &["-f", "-"],
+            Some(
+                "table inet ringmesh-bench {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 15008 counter\n }\n}\n",
+            ),
+        )?;
+        return Ok(0);
+    }
+    let out = nft(&["list", "table", "inet", "ringmesh-bench"], None)?;
+    nft(
+        &["reset", "counters", "table", "inet", "ringmesh-bench"],
+        None,
+    )?;
+    Ok(out
+        .split_whitespace()
+        .skip_while(|w| *w != "bytes")
+        .nth(1)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0))
+}
+
+fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String> {
+    match c {
+        Contender::Raw => run.set_capture(false).map_err(|e| e.to_string()),
+        Contender::Ringmesh | Contender::Peer { .. } => {
+            run.set_capture(true).map_err(|e| e.to_string())?;
+            let before = run.snapshot_counts();
+            match c {
+                Contender::Ringmesh => run.start_ringmesh(&args.ringmesh_args),
+                Contender::Peer { name, command } => {
+                    let nodes: Vec<String> =
+                        run.topo.nodes.iter().map(|n| n.name.clone()).collect();
+                    let mut r = Ok(());
+                    for n in nodes {
+                        let env = vec![
+                            (
+                                "ZDS_SOCKET".into(),
+                                run.zds_socket(&n).display().to_string(),
+                            ),
+                            ("CONFIG".into(), run.config.display().to_string()),
+                            ("CA_CERT".into(), run.ca_cert.display().to_string()),
+                            ("CA_KEY".into(), run.ca_key.display().to_string()),
+                            ("NODE".into(), n.clone()),
+                        ];
+                        let args = vec!["-c".to_string(), format!("exec {command}")];
+                        r = r.and_then(|_| {
+                            run.start_in_node(&n, name, Path::new("/bin/sh"), &args, &env)
+                        });
+                    }
+                    r
+                }
+                Contender::Raw => unreachable!(),
+            }
+            .map_err(|e| e.to_string())?;
+            run.wait_ready_after(&before, args.sizes.ready_timeout)
+                .map_err(|e| format!("never became ready: {e}"))
+        }
+    }
+}
+
+fn proxies_cpu(run: &LabRun) -> f64 {
+    run.proxies
+        .iter()
+        .filter_map(|p| load::cpu_seconds(p.child.id()))
+        .sum()
+}
+
+fn proxies_rss(run: &LabRun) -> f64 {
+    run.proxies
+        .iter()
+        .filter_map(|p| load::rss_bytes(p.child.id()))
+        .sum()
+}
+
+fn one_round(
+    run: &mut LabRun,
+    c: &Contender,
+    args: &BenchArgs,
+    client: &Netns,
+    t: &Targets,
+) -> Result<Round, String> {
+    start(run, c, args)?;
+    let meshed = *c != Contender::Raw;
+    let s = &args.sizes;
+    let mut r = Round::default();
+    // Warm-up (handshakes, pools), then check the path really is HBONE.
+    load::bulk(client, t.cross_sink, 4 << 20, 1)?;
+    hbone_counter(&t.server_b_netns, false)?;
+    if meshed {
+        r.rss_idle = Some(proxies_rss(run));
+    }
+    let cpu0 = proxies_cpu(run);
+    r.bulk_1_cross = Some(load::bulk(client, t.cross_sink, s.bulk_1_bytes, 1)?);
+    let cpu1 = proxies_cpu(run);
+    let carried = hbone_counter(&t.server_b_netns, false)?;
+    if meshed {
+        if (carried as f64) < 0.9 * s.bulk_1_bytes as f64 {
+            return Err(format!(
+                "its traffic did not go through HBONE: server-b's port 15008 carried {carried} bytes of a {}-byte transfer",
+                s.bulk_1_bytes
+            ));
+        }
+        r.cpu_per_gb = Some((cpu1 - cpu0) / (s.bulk_1_bytes as f64 / 1e9));
+    }
+    r.bulk_1_same = Some(load::bulk(client, t.same_sink, s.bulk_1_bytes, 1)?);
+    r.bulk_8_cross = Some(load::bulk(client, t.cross_sink, s.bulk_8_bytes_each, 8)?);
+    r.bulk_8_same = Some(load::bulk(client, t.same_sink, s.bulk_8_bytes_each, 8)?);
+    r.rr_1b = Some(load::rr_closed(client, t.cross_echo, 1, s.rr_n)?);
+    let cpu2 = proxies_cpu(run);
+    r.rr_1k = Some(load::rr_closed(client, t.cross_echo, 1024, s.rr_n)?);
+    if meshed {
+        r.cpu_per_1000 = Some((proxies_cpu(run) - cpu2) / (s.rr_n as f64 / 1000.0));
+    }
+    r.rr_fixed = Some(load::rr_fixed_rate(
+        client,
+        t.cross_echo,
+        1024,
+        s.fixed_rate,
+        s.fixed_dur,
+    )?);
+    r.conn_per_s = Some(load::conn_rate(client, t.cross_echo, s.conn_dur, 4)?);
+    if meshed {
+        let tunnels = load::open_tunnels(client, t.cross_hold, s.tunnels)?;
+        std::thread::sleep(Duration::from_millis(300));
+        r.rss_tunnels = Some(proxies_rss(run));
+        drop(tunnels);
+    }
+    Ok(r)
+}
+
+fn summarize(rounds: &[Round], tunnels: usize) -> ContenderResult {
+    let sum = |f: fn(&Round) -> Option<f64>| {
+        Summary::of(&rounds.iter().filter_map(f).collect::<Vec<_>>())
+    };
+    let merged = |f: fn(&Round) -> Option<&Latency>| {
+        let mut l = Latency::default();
+        let mut any = false;
+        for r in rounds {
+            if let Some(x) = f(r) {
+                l.merge(x);
+                any = true;
+            }
+        }
+        any.then(|| l.percentiles())
+    };
+    let mut c = ContenderResult {
+        valid: !rounds.is_empty(),
+        ..Default::default()
+    };
+    let d = &mut c.detail;
+    d.bulk_1_same_gbps = sum(|r| r.bulk_1_same);
+    d.bulk_1_cross_gbps = sum(|r| r.bulk_1_cross);
+    d.bulk_8_same_gbps = sum(|r| r.bulk_8_same);
+    d.bulk_8_cross_gbps = sum(|r| r.bulk_8_cross);
+    d.rr_1b_us = merged(|r| r.rr_1b.as_ref());
+    d.rr_1k_us = merged(|r| r.rr_1k.as_ref());
+    d.rr_fixed_rate_us = merged(|r| r.rr_fixed.as_ref());
+    d.conn_per_s = sum(|r| r.conn_per_s);
+    d.cpu_s_per_gb = sum(|r| r.cpu_per_gb);
+    d.cpu_s_per_1000_req = sum(|r| r.cpu_per_1000);
+    d.rss_idle_bytes = sum(|r| r.rss_idle).map(|s| s.median);
+    d.rss_with_tunnels_bytes = sum(|r| r.rss_tunnels).map(|s| s.median);
+    d.tunnels = d.rss_with_tunnels_bytes.map(|_| tunnels);
+    c.bulk_1_gbps = d.bulk_1_cross_gbps.map(|s| s.median);
+    c.bulk_8_gbps = d.bulk_8_cross_gbps.map(|s| s.median);
+    c.rr_p50_us = d.rr_1k_us.map(|p| p.p50);
+    c.rr_p99_us = d.rr_1k_us.map(|p| p.p99);
+    c.conn_per_s = d.conn_per_s.map(|s| s.median);
+    c.cpu_s_per_gb = d.cpu_s_per_gb.map(|s| s.median);
+    c.bytes_per_tunnel = d
+        .rss_with_tunnels_bytes
+        .zip(d.rss_idle_bytes)
+        .map(|(w, i)| ((w - i) / tunnels as f64).max(0.0));
+    c
+}
+
+fn machine() -> Machine {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    Machine {
+        cpus: crate::runtime::allowed_cpus().len(),
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().to_string())
+            .unwrap_or_default(),
+        memory_gib: (memory_gib * 10.0).round() / 10.0,
+        cpu_model,
+    }
+}
+
+fn write_outputs(r: &BenchReport, args: &BenchArgs) -> Result<(), String> {
+    let md = r.markdown();
+    println!("\n{md}");
+    if let Some(j) = &args.json {
+        std::fs::write(j, serde_json::to_vec_pretty(r).unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", j.display()))?;
+    }
+    if let Some(dir) = &args.out_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for (f, body) in [
+            ("results.md", md.clone()),
+            ("latency.svg", r.svg_latency()),
+            ("throughput.svg", r.svg_throughput()),
+        ] {
+            std::fs::write(dir.join(f), body).map_err(|e| format!("{f}: {e}"))?;
+        }
+        say(&format!(
+            "wrote results.md, latency.svg, throughput.svg to {}",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse() {
+        assert_eq!(
+            parse_peer("zt=env A=1 ztunnel").unwrap(),
+            Contender::Peer {
+                name: "zt".into(),
+                command: "env A=1 ztunnel".into()
+            }
+        );
+        assert!(parse_peer("raw=x").is_err());
+        assert!(parse_peer("noequals").is_err());
+        assert!(parse_peer("x=  ").is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! `ringmesh bench --quick` as CI runs it: raw and ringmesh side by side, the JSON has the
+//! issue's shape and sane values, and a contender that does not proxy is reported INVALID,
+//! never as fast. Root.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn netns_bench_quick_json_and_invalid_contender() {
+    let Some(_) = lab_or_skip("netns_bench_quick") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = dir.path().join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+        .args([
+            "bench",
+            "--quick",
+            "--rounds",
+            "1",
+            "--peer",
+            "idle=sleep 600",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--out")
+        .arg(&out)
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let c = &v["contenders"];
+    for name in ["raw", "ringmesh"] {
+        assert_eq!(c[name]["valid"], true, "{name}: {v}");
+        for k in [
+            "bulk_1_gbps",
+            "bulk_8_gbps",
+            "rr_p50_us",
+            "rr_p99_us",
+            "conn_per_s",
+        ] {
+            let x = c[name][k].as_f64().unwrap_or(-1.0);
+            assert!(x > 0.0, "{name}.{k} = {x}");
+        }
+        assert!(c[name]["rr_p99_us"].as_f64() >= c[name]["rr_p50_us"].as_f64());
+    }
+    for k in ["bytes_per_tunnel", "cpu_s_per_gb"] {
+        assert!(
+            c["ringmesh"][k].as_f64().unwrap_or(-1.0) >= 0.0,
+            "ringmesh.{k}"
+        );
+        assert!(c["raw"][k].is_null(), "raw has no proxy: {k} must be null");
+    }
+    // The contender that never proxies is INVALID, with the reason, and has no figures.
+    assert_eq!(c["idle"]["valid"], false, "{v}");
+    assert!(
+        c["idle"]["invalid_reason"]
+            .as_str()
+            .unwrap()
+            .contains("never became ready")
+    );
+    assert!(c["idle"]["bulk_1_gbps"].is_null());
+    assert!(stdout.contains("idle (INVALID)"), "{stdout}");
+    assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
+    assert!(v["command"].as_str().unwrap().contains("bench --quick"));
+    for f in ["results.md", "latency.svg", "throughput.svg"] {
+        let body = std::fs::read_to_string(out.join(f)).unwrap();
+        assert!(body.contains("ringmesh"), "{f}");
+    }
+    assert!(
+        !ringmesh::lab::list_netns()
+            .iter()
+            .any(|n| n.starts_with("rmbench-")),
+        "the bench left namespaces behind"
+    );
+}
