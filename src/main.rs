@@ -38,6 +38,7 @@ fn bench(b: ringmesh::config::flags::BenchFlags) -> Result<i32, String> {
         state_dir: b.state_dir,
         ringmesh_args: b.ringmesh_args,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        tuning: b.tuning,
     };
     benchmark::run(&args).map(|_| 0)
 }

@@ -310,7 +310,9 @@ fn copy_loop_carries_a_megabyte_each_way() {
         )
         .await
         .unwrap();
-        let (mut local, remote) = tokio::io::duplex(64 * 1024);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut local = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (remote, _) = l.accept().await.unwrap();
         let counters = Rc::new(ringmesh::io::Counters::default());
         let c2 = counters.clone();
         let ringmesh::proxy::pool::Stream { send, recv, .. } = s;

@@ -115,6 +115,42 @@ pub struct BenchArgs {
     pub state_dir: PathBuf,
     pub ringmesh_args: Vec<String>,
     pub command: String,
+    /// A sysctl profile (`key = value` lines) applied in every lab namespace.
+    pub tuning: Option<PathBuf>,
+}
+
+/// `key = value` sysctl settings.
+pub type Settings = Vec<(String, String)>;
+
+/// Parses a tuning profile: `key = value` lines, `#` comments. Only `net.*` keys are
+/// per-namespace; others are returned separately (they would change the whole machine).
+pub fn parse_profile(text: &str) -> Result<(Settings, Vec<String>), String> {
+    let mut ns = Vec::new();
+    let mut global = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.split('#').next().unwrap_or("").trim();
+        if l.is_empty() {
+            continue;
+        }
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| format!("line {}: expected key = value, got {line:?}", i + 1))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty()
+            || v.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(format!("line {}: bad setting {line:?}", i + 1));
+        }
+        if k.starts_with("net.") {
+            ns.push((k.to_string(), v.to_string()));
+        } else {
+            global.push(k.to_string());
+        }
+    }
+    Ok((ns, global))
 }
 
 /// One round's measurements of one contender.
@@ -167,6 +203,34 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         cross_hold: at(&server_b, 9100),
         server_b_netns: server_b.netns.clone(),
     };
+    if let Some(p) = &args.tuning {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let (settings, global) =
+            parse_profile(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        for g in global {
+            say(&format!(
+                "tuning: {g} is not per-namespace; not applied inside the lab"
+            ));
+        }
+        let all: Vec<String> = crate::lab::list_netns()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{}-", run.lab.prefix)))
+            .collect();
+        for ns in &all {
+            for (k, v) in &settings {
+                crate::lab::run(
+                    "ip",
+                    &["netns", "exec", ns, "sysctl", "-qw", &format!("{k}={v}")],
+                )
+                .map_err(|e| format!("tuning {k}={v} in {ns}: {e}"))?;
+            }
+        }
+        say(&format!(
+            "tuning: {} settings applied in {} namespaces",
+            settings.len(),
+            all.len()
+        ));
+    }
     *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
     let mut rounds: BTreeMap<String, Vec<Round>> = BTreeMap::new();
     let mut invalid: BTreeMap<String, String> = BTreeMap::new();
@@ -478,6 +542,19 @@ fn write_outputs(r: &BenchReport, args: &BenchArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn profiles_parse() {
+        let (ns, global) = parse_profile(
+            "# comment\nnet.core.somaxconn = 4096\n\nnet.ipv4.tcp_rmem = 4096 131072 16777216 # x\nvm.swappiness=0\n",
+        )
+        .unwrap();
+        assert_eq!(ns[0], ("net.core.somaxconn".into(), "4096".into()));
+        assert_eq!(ns[1].1, "4096 131072 16777216");
+        assert_eq!(global, vec!["vm.swappiness".to_string()]);
+        assert!(parse_profile("nonsense").is_err());
+        assert!(parse_profile("a b = c").is_err());
+    }
 
     #[test]
     fn peers_parse() {

@@ -87,6 +87,10 @@ pub struct BenchFlags {
     /// Write results.md, latency.svg and throughput.svg into this directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A tuning profile (sysctl `key = value` lines, e.g. tuning/profile.conf) applied in
+    /// every lab namespace before measuring.
+    #[arg(long)]
+    pub tuning: Option<PathBuf>,
     #[arg(long, default_value = LAB_STATE_DIR)]
     pub state_dir: PathBuf,
 }

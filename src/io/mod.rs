@@ -1,9 +1,10 @@
 //! Copy loops between pod sockets and HBONE streams.
 //!
 //! Owns: moving bytes in both directions with half-close preserved (EOF on one side becomes
-//! FIN / END_STREAM on the other), adaptive read buffers (16 KiB, growing to 256 KiB once a
-//! connection has carried 1 MiB, so idle connections stay small and bulk ones make few
-//! syscalls), zero-copy hand-off of read buffers to h2 (`Bytes`), and byte counting.
+//! FIN / END_STREAM on the other), read buffers allocated only when data is there (an idle
+//! tunnel holds none) and sized adaptively (16 KiB doubling to 256 KiB while reads fill them,
+//! so bulk transfers make few syscalls), zero-copy hand-off of read buffers to h2 (`Bytes`),
+//! and byte counting.
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -11,15 +12,16 @@ use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::runtime::net::Stream;
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf as ReadHalf, OwnedWriteHalf as WriteHalf};
 
 use crate::telemetry::metrics::TcpCounters;
 
 const SMALL: usize = 16 * 1024;
 const LARGE: usize = 256 * 1024;
-const GROW_AFTER: u64 = 1024 * 1024;
 
 /// Live byte counters of one connection, also fed to its metrics as bytes move.
 #[derive(Debug, Default)]
@@ -65,40 +67,29 @@ pub enum CopyError {
     H2(#[from] h2::Error),
 }
 
-/// Copies between a TCP (or any) stream and an HBONE stream until both directions end.
-pub async fn copy_h2<S>(
-    stream: S,
+/// Copies between a socket and an HBONE stream until both directions end.
+pub async fn copy_h2(
+    stream: Stream,
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
     counters: Rc<Counters>,
-) -> Result<(), CopyError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut rd, mut wr) = tokio::io::split(stream);
+) -> Result<(), CopyError> {
+    let (mut rd, mut wr) = stream.into_split();
     let up = async {
-        let mut buf = BytesMut::with_capacity(SMALL);
+        let mut size = ReadSize::default();
         loop {
-            let want = if counters.sent.get() >= GROW_AFTER {
-                LARGE
-            } else {
-                SMALL
-            };
-            if buf.capacity() < want / 2 {
-                buf.reserve(want);
-            }
-            let n = match rd.read_buf(&mut buf).await {
-                Ok(n) => n,
-                Err(e) if is_benign(&e) => 0,
+            let mut buf = match read_fresh(&mut rd, &mut size).await {
+                Ok(b) => b,
+                Err(e) if is_benign(&e) => BytesMut::new(),
                 Err(e) => return Err(CopyError::Io(e)),
             };
-            if n == 0 {
+            if buf.is_empty() {
                 // EOF: half-close the stream (END_STREAM).
                 let _ = send.send_data(Bytes::new(), true);
                 return Ok(());
             }
+            counters.add_sent(buf.len() as u64);
             let mut chunk = buf.split().freeze();
-            counters.add_sent(n as u64);
             while !chunk.is_empty() {
                 send.reserve_capacity(chunk.len());
                 let cap = match poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -135,13 +126,9 @@ where
 }
 
 /// Copies between two sockets (plaintext passthrough and inbound plaintext).
-pub async fn copy_tcp<A, B>(a: A, b: B, counters: Rc<Counters>) -> Result<(), CopyError>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut ar, mut aw) = tokio::io::split(a);
-    let (mut br, mut bw) = tokio::io::split(b);
+pub async fn copy_tcp(a: Stream, b: Stream, counters: Rc<Counters>) -> Result<(), CopyError> {
+    let (mut ar, mut aw) = a.into_split();
+    let (mut br, mut bw) = b.into_split();
     let c = counters.clone();
     let fwd = pump(&mut ar, &mut bw, move |n| c.add_sent(n));
     let c = counters.clone();
@@ -150,33 +137,56 @@ where
     x.and(y)
 }
 
-async fn pump<R, W>(r: &mut R, w: &mut W, count: impl Fn(u64)) -> Result<(), CopyError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; SMALL];
-    let mut total = 0u64;
+async fn pump(r: &mut ReadHalf, w: &mut WriteHalf, count: impl Fn(u64)) -> Result<(), CopyError> {
+    let mut size = ReadSize::default();
     loop {
-        if total >= GROW_AFTER && buf.len() < LARGE {
-            buf.resize(LARGE, 0);
-        }
-        let n = match r.read(&mut buf).await {
-            Ok(n) => n,
-            Err(e) if is_benign(&e) => 0,
+        let buf = match read_fresh(r, &mut size).await {
+            Ok(b) => b,
+            Err(e) if is_benign(&e) => BytesMut::new(),
             Err(e) => return Err(e.into()),
         };
-        if n == 0 {
+        if buf.is_empty() {
             let _ = w.shutdown().await;
             return Ok(());
         }
-        match w.write_all(&buf[..n]).await {
+        match w.write_all(&buf).await {
             Ok(()) => {}
             Err(e) if is_benign(&e) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        total += n as u64;
-        count(n as u64);
+        count(buf.len() as u64);
+    }
+}
+
+/// Adaptive read size: starts at 16 KiB, doubles each time a read fills its buffer, up to
+/// 256 KiB; halves back after reads that use less than a quarter of it.
+#[derive(Debug)]
+struct ReadSize(usize);
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize(SMALL)
+    }
+}
+
+/// Waits until the socket is readable, then reads into a buffer allocated only now: an idle
+/// connection holds no read buffer at all. An empty buffer means EOF.
+async fn read_fresh(r: &mut ReadHalf, size: &mut ReadSize) -> io::Result<BytesMut> {
+    loop {
+        r.readable().await?;
+        let mut buf = BytesMut::with_capacity(size.0);
+        match r.try_read_buf(&mut buf) {
+            Ok(n) => {
+                if n == size.0 && size.0 < LARGE {
+                    size.0 *= 2;
+                } else if n < size.0 / 4 && size.0 > SMALL {
+                    size.0 /= 2;
+                }
+                return Ok(buf);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
