@@ -8,9 +8,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
 
 use common::*;
 
@@ -21,51 +19,9 @@ fn env_u64(k: &str, d: u64) -> u64 {
         .unwrap_or(d)
 }
 
-/// A sink that reads to EOF and answers the byte count.
-fn serve_discard(ns: &ringmesh::inpod::Netns, port: u16) {
-    let l = ns
-        .run(|| TcpListener::bind(("0.0.0.0", port)))
-        .unwrap()
-        .unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut total = 0u64;
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    total += n as u64;
-                }
-                let _ = s.write_all(format!("{total}\n").as_bytes());
-            });
-        }
-    });
-}
-
 /// Sends `len` bytes; returns Gb/s (the sink's count must match).
 fn send(ns: &ringmesh::inpod::Netns, dst: SocketAddr, len: u64) -> f64 {
-    let mut s = connect_from(ns, dst).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    let buf = vec![0x5au8; 256 * 1024];
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while sent < len {
-        let n = ((len - sent) as usize).min(buf.len());
-        s.write_all(&buf[..n]).expect("send");
-        sent += n as u64;
-    }
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut ans = String::new();
-    s.read_to_string(&mut ans).unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!(
-        ans.trim(),
-        len.to_string(),
-        "sink received a different byte count"
-    );
+    let secs = ringmesh::lab::apps::send_bulk(ns, dst, len).expect("bulk transfer");
     len as f64 * 8.0 / secs / 1e9
 }
 
@@ -137,7 +93,7 @@ fn main() {
         wait_listening(&p.netns, 15008);
     }
     for p in [&server_a, &server_b, &raw_server_a, &raw_server_b] {
-        serve_discard(&ns(p), 9000);
+        ringmesh::lab::apps::serve_sink(&ns(p), 9000).expect("sink");
     }
     let (mesh_ns, raw_ns) = (ns(&client_a), ns(&raw_client));
     let dst = |p: &ringmesh::lab::LabPod| SocketAddr::new(p.ip.into(), 9000);

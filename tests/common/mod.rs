@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -122,44 +122,16 @@ pub fn wait_listening(netns: &str, port: u16) {
     panic!("nothing listens on {port} in {netns}");
 }
 
-fn ringmesh_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
-    ringmesh::hbone::normalize(ip)
-}
-
 fn listen_in(ns: &Netns, port: u16) -> TcpListener {
     ns.run(|| TcpListener::bind(("::", port))).unwrap().unwrap()
 }
 
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use ringmesh::lab::apps::{connect_from, echo_from};
+
 /// An app that greets with "<name> <peer-ip>\n", then echoes.
 pub fn serve_echo(ns: &Netns, port: u16, name: &str) {
-    let l = listen_in(ns, port);
-    let name = name.to_string();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let name = name.clone();
-            std::thread::spawn(move || {
-                let mut s = s;
-                let peer = s
-                    .peer_addr()
-                    .map(|a| ringmesh_ip(a.ip()).to_string())
-                    .unwrap_or_default();
-                if s.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 16384];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
+    ringmesh::lab::apps::serve_echo(ns, port, name).expect("echo app");
 }
 
 /// An app that reads to EOF and answers the SHA-256 (hex) and byte count of what it read.
@@ -190,34 +162,6 @@ pub fn serve_sha(ns: &Netns, port: u16) {
 
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Connects from inside a pod (so capture rules apply to it).
-pub fn connect_from(ns: &Netns, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = ns
-        .run(|| TcpStream::connect_timeout(&dst, Duration::from_secs(5)))
-        .unwrap()?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    Ok(s)
-}
-
-/// Connects, reads the greeting, checks an echo; returns the greeting.
-pub fn echo_from(ns: &Netns, dst: SocketAddr) -> Result<String, String> {
-    let mut s = connect_from(ns, dst).map_err(|e| format!("connect {dst}: {e}"))?;
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut greeting = String::new();
-    r.read_line(&mut greeting)
-        .map_err(|e| format!("read greeting from {dst}: {e}"))?;
-    if greeting.is_empty() {
-        return Err(format!("{dst}: connection closed without a greeting"));
-    }
-    s.write_all(b"ping\n").map_err(|e| e.to_string())?;
-    let mut back = String::new();
-    r.read_line(&mut back).map_err(|e| e.to_string())?;
-    if back != "ping\n" {
-        return Err(format!("{dst}: echo returned {back:?}"));
-    }
-    Ok(greeting.trim().to_string())
 }
 
 /// Sends `len` bytes of a deterministic pattern to a checksum sink; returns (ok, seconds).
