@@ -16,7 +16,13 @@ fn netns_bench_quick_json_and_invalid_contender() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let out = dir.path().join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+    // A node proxy that is ready and carries traffic, but not over HBONE: ringmesh with every
+    // workload turned into plain TCP (passthrough out, plaintext in).
+    let bin = env!("CARGO_BIN_EXE_ringmesh");
+    let plain = format!(
+        r#"plain=sh -c 'sed "s/protocol: HBONE/protocol: TCP/" "$CONFIG" > "$CONFIG.$NODE.tcp" && exec {bin} node --config "$CONFIG.$NODE.tcp" --zds-socket "$ZDS_SOCKET" --ca-cert "$CA_CERT" --ca-key "$CA_KEY"'"#
+    );
+    let o = Command::new(bin)
         .args([
             "bench",
             "--quick",
@@ -24,6 +30,8 @@ fn netns_bench_quick_json_and_invalid_contender() {
             "1",
             "--peer",
             "idle=sleep 600",
+            "--peer",
+            &plain,
             "--json",
         ])
         .arg(&json)
@@ -69,6 +77,16 @@ fn netns_bench_quick_json_and_invalid_contender() {
     );
     assert!(c["idle"]["bulk_1_gbps"].is_null());
     assert!(stdout.contains("idle (INVALID)"), "{stdout}");
+    // The one that proxies without HBONE is caught by the port-15008 counter.
+    assert_eq!(c["plain"]["valid"], false, "{v}");
+    let why = c["plain"]["invalid_reason"].as_str().unwrap();
+    assert!(why.contains("did not go through HBONE"), "{why}");
+    assert!(c["plain"]["bulk_1_gbps"].is_null());
+    // The one that proxies without HBONE is caught by the port-15008 counter.
+    assert_eq!(c["plain"]["valid"], false, "{v}");
+    let why = c["plain"]["invalid_reason"].as_str().unwrap();
+    assert!(why.contains("did not go through HBONE"), "{why}");
+    assert!(c["plain"]["bulk_1_gbps"].is_null());
     assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
     assert!(v["command"].as_str().unwrap().contains("bench --quick"));
     for f in ["results.md", "latency.svg", "throughput.svg"] {
