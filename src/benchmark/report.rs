@@ -157,6 +157,30 @@ impl BenchReport {
             }
             out.push('\n');
         }
+        let _ = write!(out, "\n| spread over rounds, (max − min) / median |");
+        for n in &names {
+            let _ = write!(out, " {n} |");
+        }
+        out.push('\n');
+        out.push_str(&"|---".repeat(1 + names.len()));
+        out.push_str("|\n");
+        type Spread = fn(&Detail) -> Option<Summary>;
+        let spreads: [(&str, Spread); 3] = [
+            ("bulk 1 stream cross node", |d| d.bulk_1_cross_gbps),
+            ("bulk 8 streams cross node", |d| d.bulk_8_cross_gbps),
+            ("new connections / s", |d| d.conn_per_s),
+        ];
+        for (label, get) in spreads {
+            let _ = write!(out, "| {label} |");
+            for n in &names {
+                let c = &self.contenders[*n];
+                let v = get(&c.detail)
+                    .filter(|_| c.valid)
+                    .map(|s| format!("{:.0} % (n={})", s.spread() * 100.0, s.n));
+                let _ = write!(out, " {} |", v.unwrap_or_else(|| "–".into()));
+            }
+            out.push('\n');
+        }
         for n in &names {
             if let Some(r) = &self.contenders[*n].invalid_reason {
                 let _ = writeln!(out, "\n{n} is INVALID: {r}");
