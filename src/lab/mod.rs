@@ -138,12 +138,39 @@ pub fn run_input(cmd: &str, args: &[&str], input: Option<&str>) -> Result<String
     }
 }
 
-/// Whether this process may build a lab.
+/// Whether this process may build a lab; installs nftables (Debian/Ubuntu, once) if it is
+/// missing, as the lab cannot capture traffic without it.
 pub fn check_privileges() -> Result<(), LabError> {
-    if nix::unistd::geteuid().is_root() {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LabError::NotRoot);
+    }
+    ensure_nft()
+}
+
+fn ensure_nft() -> Result<(), LabError> {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    let have = || Command::new("nft").arg("--version").output().is_ok();
+    if have() {
+        return Ok(());
+    }
+    INSTALLED.call_once(|| {
+        if Command::new("apt-get").arg("--version").output().is_ok() {
+            eprintln!("lab: nftables is missing; installing it with apt-get");
+            let _ = run("apt-get", &["update", "-qq"]);
+            let _ = Command::new("apt-get")
+                .args(["install", "-y", "-qq", "nftables"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(std::process::Stdio::null())
+                .status();
+        }
+    });
+    if have() {
         Ok(())
     } else {
-        Err(LabError::NotRoot)
+        Err(LabError::Spawn {
+            cmd: "nft".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "nftables is not installed"),
+        })
     }
 }
 
