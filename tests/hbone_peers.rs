@@ -38,6 +38,10 @@ fn env(max_streams: usize) -> Env {
 }
 
 fn env_ttl(max_streams: usize, ttl: Duration) -> Env {
+    env_full(max_streams, ttl, None)
+}
+
+fn env_full(max_streams: usize, ttl: Duration, ping: Option<(Duration, Duration)>) -> Env {
     let snap = ringmesh::config::snapshot_from_str("t.yaml", CFG, 1).unwrap();
     let ca = Ca::generate(SystemTime::now()).unwrap();
     let mut certs = CertManager::new(ca, ttl).unwrap();
@@ -52,6 +56,10 @@ fn env_ttl(max_streams: usize, ttl: Duration) -> Env {
         ..ProxyConfig::default()
     };
     cfg.h2.client_max_streams = max_streams;
+    if let Some((interval, timeout)) = ping {
+        cfg.h2.ping_interval = interval;
+        cfg.h2.ping_timeout = timeout;
+    }
     let ctx = Rc::new(ShardCtx::new(
         0,
         Arc::new(cfg),
@@ -374,5 +382,51 @@ fn rotation_keeps_live_connections() {
             .unwrap();
         assert_eq!(roundtrip(&mut fresh, b"new").await, b"new");
         assert_eq!(e.ctx.pool.len(), 2);
+    });
+}
+
+/// The server sends its own PINGs: a live client keeps its connection, one that stops
+/// answering is dropped.
+#[test]
+fn server_pings_drop_a_silent_client() {
+    run(async {
+        let e = env_full(
+            100,
+            Duration::from_secs(3600),
+            Some((Duration::from_millis(100), Duration::from_millis(200))),
+        );
+        let app = echo_app().await;
+        let server = our_server(&e.ctx).await;
+        let cert = e.certs.handle().load().get(&id("client")).unwrap().clone();
+        let connect = |cfg: Arc<rustls::ClientConfig>| async move {
+            let tcp = TcpStream::connect(server).await.unwrap();
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(ringmesh::tls::dummy_server_name(), tcp)
+                .await
+                .unwrap();
+            h2::client::handshake(tls).await.unwrap()
+        };
+        // A client that keeps polling its connection answers PINGs and stays usable.
+        let (live, conn) = connect(cert.client.clone()).await;
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+        });
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let req = http::Request::builder()
+            .method("CONNECT")
+            .uri(format!("127.0.0.1:{}", app.port()))
+            .body(())
+            .unwrap();
+        let mut live = live.ready().await.unwrap();
+        let (resp, _s) = live.send_request(req, false).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200);
+        // A client that never polls its connection never answers: the server drops it.
+        let (_silent, conn) = connect(cert.client.clone()).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let ended = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        assert!(
+            ended.is_ok(),
+            "the server did not drop a connection that stopped answering PINGs"
+        );
     });
 }

@@ -90,7 +90,17 @@ pub async fn dial(
         d.set(true);
     });
     if let Some(ping) = ping {
-        spawn_keepalive(ping, settings, dead.clone(), driver.abort_handle(), addr);
+        let (d1, d2, abort) = (dead.clone(), dead.clone(), driver.abort_handle());
+        spawn_keepalive(
+            ping,
+            settings,
+            move || !d1.get(),
+            move || {
+                d2.set(true);
+                abort.abort();
+            },
+            addr,
+        );
     }
     Ok(ClientConn {
         sender,
@@ -136,20 +146,20 @@ pub fn server_builder(s: &H2Settings) -> h2::server::Builder {
     b
 }
 
-/// Sends a PING every `ping_interval`; if a PONG takes longer than `ping_timeout`, marks the
-/// connection dead and stops its driver.
+/// Sends a PING every `ping_interval` while `alive()` holds; if a PONG takes longer than
+/// `ping_timeout`, calls `on_dead` (the caller drops the connection). Used by both sides.
 pub fn spawn_keepalive(
     mut ping: h2::PingPong,
     s: &H2Settings,
-    dead: Rc<Cell<bool>>,
-    driver: tokio::task::AbortHandle,
-    addr: std::net::SocketAddr,
+    alive: impl Fn() -> bool + 'static,
+    on_dead: impl FnOnce() + 'static,
+    peer: std::net::SocketAddr,
 ) {
     let (interval, timeout) = (s.ping_interval, s.ping_timeout);
     tokio::task::spawn_local(async move {
         loop {
             tokio::time::sleep(interval).await;
-            if dead.get() {
+            if !alive() {
                 return;
             }
             match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
@@ -157,10 +167,9 @@ pub fn spawn_keepalive(
                 Ok(Err(_)) => return,
                 Err(_) => {
                     tracing::warn!(
-                        "HBONE connection to {addr}: no PING reply in {timeout:?}, dropping it"
+                        "HBONE connection with {peer}: no PING reply in {timeout:?}, dropping it"
                     );
-                    dead.set(true);
-                    driver.abort();
+                    on_dead();
                     return;
                 }
             }

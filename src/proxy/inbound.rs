@@ -77,7 +77,26 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
         }
     };
     let peer_id = Rc::new(peer_id);
-    while let Some(next) = conn.accept().await {
+    // Our own PINGs: a peer that stops answering is dropped (ztunnel does the same).
+    let dead = Rc::new(tokio::sync::Notify::new());
+    let gone = Rc::new(std::cell::Cell::new(false));
+    if let Some(ping) = conn.ping_pong() {
+        let (d, g) = (dead.clone(), gone.clone());
+        h2conn::spawn_keepalive(
+            ping,
+            &ctx.cfg.h2,
+            move || !g.get(),
+            move || d.notify_one(),
+            peer,
+        );
+    }
+    let _gone = Defer(gone);
+    loop {
+        let next = tokio::select! {
+            n = conn.accept() => n,
+            _ = dead.notified() => break,
+        };
+        let Some(next) = next else { break };
         match next {
             Ok((req, respond)) => {
                 tokio::task::spawn_local(handle_stream(
@@ -285,6 +304,15 @@ pub fn spoof_source(
         OrigSrc::Off => None,
         _ if src == dst => None,
         OrigSrc::On | OrigSrc::Auto => Some(src),
+    }
+}
+
+/// Marks a connection gone when dropped (stops its keepalive task).
+struct Defer(Rc<std::cell::Cell<bool>>);
+
+impl Drop for Defer {
+    fn drop(&mut self) {
+        self.0.set(true);
     }
 }
 
