@@ -154,6 +154,10 @@ fn netns_two_node_mesh() {
         vec!["server-a".to_string(), "server-b".to_string()]
     );
 
+    // The access lines name the service, on both sides.
+    node_a.wait_log("dst.service=\"echo.default.svc.cluster.local\"", Duration::from_secs(5));
+    node_b.wait_log("dst.service=\"echo.default.svc.cluster.local\"", Duration::from_secs(5));
+
     // On the wire between nodes: TLS to 15008 only, no plaintext payload.
     wire_is_tls_only(&lab, &ca_ns);
 

@@ -213,6 +213,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
             orig,
             None,
             None,
+            None,
             &counters,
             started,
             Some(&e),
@@ -243,9 +244,11 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
     };
     let mtls = hbone_addr.is_some();
     let src_id = mtls.then(|| src.identity().to_string());
+    let svc_host: Option<String>;
     let metrics = {
         let dst_w = snap.workload_by_ip(hbone_addr.unwrap_or(dst).ip());
         let svc = snap.service_by_vip(orig.ip());
+        svc_host = svc.map(|s| s.hostname.clone());
         let svc_labels = svc.map(|s| DstService {
             hostname: &s.hostname,
             namespace: &s.namespace,
@@ -306,6 +309,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         dst,
         hbone_addr,
         dst_id.as_deref(),
+        svc_host.as_deref(),
         &counters,
         started,
         result.err().as_deref(),
