@@ -155,8 +155,14 @@ fn netns_two_node_mesh() {
     );
 
     // The access lines name the service, on both sides.
-    node_a.wait_log("dst.service=\"echo.default.svc.cluster.local\"", Duration::from_secs(5));
-    node_b.wait_log("dst.service=\"echo.default.svc.cluster.local\"", Duration::from_secs(5));
+    node_a.wait_log(
+        "dst.service=\"echo.default.svc.cluster.local\"",
+        Duration::from_secs(5),
+    );
+    node_b.wait_log(
+        "dst.service=\"echo.default.svc.cluster.local\"",
+        Duration::from_secs(5),
+    );
 
     // On the wire between nodes: TLS to 15008 only, no plaintext payload.
     wire_is_tls_only(&lab, &ca_ns);
