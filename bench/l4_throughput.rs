@@ -60,25 +60,13 @@ fn main() {
     let raw_server_b = lab.add_pod(b, "raw-server-b", false).unwrap();
     let cfg = dir.path().join("cfg.yaml");
     std::fs::write(&cfg, CFG).unwrap();
-    let args = |pods: &[&ringmesh::lab::LabPod]| {
-        let mut v: Vec<String> = vec![
-            "--config".into(),
-            cfg.display().to_string(),
-            "--ca-cert".into(),
-            ca_cert.display().to_string(),
-            "--ca-key".into(),
-            ca_key.display().to_string(),
-        ];
-        if let Ok(s) = std::env::var("BENCH_SHARDS") {
-            v.push("--shards".into());
-            v.push(s);
-        }
-        for p in pods {
-            v.push("--pod".into());
-            v.push(format!("{}={}", p.name, p.netns_path().display()));
-        }
-        v
+    let ca = (ca_cert.clone(), ca_key.clone());
+    let shards = std::env::var("BENCH_SHARDS").ok();
+    let extra: Vec<&str> = match &shards {
+        Some(n) => vec!["--shards", n.as_str()],
+        None => vec![],
     };
+    let args = |pods: &[&ringmesh::lab::LabPod]| common::node_args(&cfg, &ca, pods, &extra);
     let _na = NodeProc::start(
         &lab.nodes[a].netns,
         &args(&[&client_a, &server_a]),

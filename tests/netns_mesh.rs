@@ -76,24 +76,10 @@ fn netns_two_node_mesh() {
     )
     .unwrap();
 
+    let ca = (ca_cert.clone(), ca_key.clone());
+    let extra = ["--shards", "2", "--config-poll", "200ms"];
     let node_args = |cfg: &std::path::Path, pods: &[&ringmesh::lab::LabPod]| {
-        let mut v = vec![
-            "--config".to_string(),
-            cfg.display().to_string(),
-            "--ca-cert".into(),
-            ca_cert.display().to_string(),
-            "--ca-key".into(),
-            ca_key.display().to_string(),
-            "--shards".into(),
-            "2".into(),
-            "--config-poll".into(),
-            "200ms".into(),
-        ];
-        for p in pods {
-            v.push("--pod".into());
-            v.push(format!("{}={}", p.name, p.netns_path().display()));
-        }
-        v
+        common::node_args(cfg, &ca, pods, &extra)
     };
     let node_a = NodeProc::start(
         &lab.nodes[a].netns,

@@ -195,6 +195,29 @@ pub fn send_checked(ns: &Netns, dst: SocketAddr, len: u64) -> (bool, f64) {
     (answer.trim() == want, secs)
 }
 
+/// `ringmesh node` arguments: config, CA, the `--pod` of each pod (uid = pod name), extras.
+pub fn node_args(
+    cfg: &Path,
+    ca: &(PathBuf, PathBuf),
+    pods: &[&ringmesh::lab::LabPod],
+    extra: &[&str],
+) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--config".into(),
+        cfg.display().to_string(),
+        "--ca-cert".into(),
+        ca.0.display().to_string(),
+        "--ca-key".into(),
+        ca.1.display().to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    for p in pods {
+        v.push("--pod".into());
+        v.push(format!("{}={}", p.name, p.netns_path().display()));
+    }
+    v
+}
+
 /// Writes the CA root files with `ringmesh ca init`.
 pub fn ca_files(dir: &Path) -> (PathBuf, PathBuf) {
     let (c, k) = (dir.join("ca.pem"), dir.join("ca.key"));
