@@ -74,6 +74,11 @@ impl LabInfo {
     }
 }
 
+/// `ip route add NET via HOP` inside `netns` (the family follows the addresses).
+fn route_via(netns: &str, net: &str, hop: &str) -> Result<(), LabError> {
+    run("ip", &["-n", netns, "route", "add", net, "via", hop]).map(|_| ())
+}
+
 /// A pod's or node bridge's IPv6 address: `fd00:198:18:<node>::<host>`.
 pub fn node_ip6(node: u8, host: u16) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x198, 0x18, node as u16, 0, 0, 0, host)
@@ -298,60 +303,21 @@ impl Lab {
             ],
         )?;
         run("ip", &["-n", &ns, "link", "set", "up0", "up"])?;
-        // Routes between this node and every other node's pod subnet.
+        // Routes between this node and every other node's pod subnets (v4 and v6).
         for other in &self.nodes {
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "route",
-                    "add",
-                    &format!("198.18.{}.0/24", other.index),
-                    "via",
-                    &other.fabric_ip.to_string(),
-                ],
+            let (o, me) = (other.index, index);
+            route_via(
+                &ns,
+                &format!("198.18.{o}.0/24"),
+                &other.fabric_ip.to_string(),
             )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &other.netns,
-                    "route",
-                    "add",
-                    &format!("198.18.{index}.0/24"),
-                    "via",
-                    &fabric_ip.to_string(),
-                ],
+            route_via(
+                &other.netns,
+                &format!("198.18.{me}.0/24"),
+                &fabric_ip.to_string(),
             )?;
-            let (mine, theirs) = (node_net6(index), node_net6(other.index));
-            let (my_hop, their_hop) = (fabric_ip6(index), fabric_ip6(other.index));
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "-6",
-                    "route",
-                    "add",
-                    &theirs,
-                    "via",
-                    &their_hop.to_string(),
-                ],
-            )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &other.netns,
-                    "-6",
-                    "route",
-                    "add",
-                    &mine,
-                    "via",
-                    &my_hop.to_string(),
-                ],
-            )?;
+            route_via(&ns, &node_net6(o), &fabric_ip6(o).to_string())?;
+            route_via(&other.netns, &node_net6(me), &fabric_ip6(me).to_string())?;
         }
         self.nodes.push(LabNode {
             name: name.to_string(),
