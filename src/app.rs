@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AdminState, Endpoints, PodInfo, PodStatus};
-use crate::config::{self, flags::NodeArgs, flags::OrigSrc};
+use crate::config::{self, flags::IoEngine, flags::NodeArgs, flags::OrigSrc};
 use crate::hbone::H2Settings;
 use crate::identity::ca::Ca;
 use crate::identity::store::CertManager;
@@ -40,6 +40,8 @@ pub enum StartError {
     Socket(#[from] crate::inpod::SocketError),
     #[error("cannot start shards: {0}")]
     Shards(std::io::Error),
+    #[error("bad io_uring setting: {0}")]
+    Engine(String),
     #[error("cannot start the control loop: {0}")]
     Control(std::io::Error),
     #[error("cannot listen on {addr} for {what}: {source}")]
@@ -120,13 +122,14 @@ impl Node {
             .unwrap_or_else(|| runtime::allowed_cpus().len())
             .max(1);
         let cfg = Arc::new(proxy_config(&args));
-        tracing::info!(shards = n, orig_src = ?cfg.orig_src, "starting shards (engine: epoll)");
+        let (engine, uring) = io_engine(&args)?;
+        tracing::info!(shards = n, orig_src = ?cfg.orig_src, "starting shards (engine: {engine})");
         let metrics = Arc::new(Metrics::default());
-        *metrics.engine.lock().unwrap_or_else(|e| e.into_inner()) = "epoll".into();
+        *metrics.engine.lock().unwrap_or_else(|e| e.into_inner()) = engine.name().into();
         let (version_tx, version_rx) = tokio::sync::watch::channel(1u64);
         let shard_metrics: Vec<_> = (0..n).map(|_| metrics.shard()).collect();
         let (st, ce) = (state.clone(), certs.handle());
-        let shards = runtime::spawn_shards(n, args.pin_cores, move |id| {
+        let shards = runtime::spawn_shards(n, args.pin_cores, engine, &uring, move |id| {
             ShardCtx::new(
                 id,
                 cfg.clone(),
@@ -146,7 +149,7 @@ impl Node {
             metrics: metrics.clone(),
             pods: Default::default(),
             pending: Default::default(),
-            config: effective_config(&args, n),
+            config: effective_config(&args, n, engine),
             quit: tokio::sync::Notify::new(),
         });
         let mut node = Node {
@@ -405,12 +408,39 @@ fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-fn effective_config(args: &NodeArgs, shards: usize) -> serde_json::Value {
+/// The engine the shards will run: `--io-engine`, or epoll when io_uring cannot be set up.
+fn io_engine(args: &NodeArgs) -> Result<(runtime::Engine, runtime::UringOpts), StartError> {
+    let u = &args.uring;
+    let opts = runtime::UringOpts {
+        entries: u.uring_entries,
+        sqpoll_idle_ms: u.uring_sqpoll,
+        buf_count: u.uring_buffers,
+        buf_size: u.uring_buffer_size,
+        send_zc_threshold: u.uring_send_zc_threshold,
+        send_queue: u.uring_send_queue.max(4096),
+    };
+    if args.io_engine == IoEngine::Epoll {
+        return Ok((runtime::Engine::Epoll, opts));
+    }
+    opts.validate().map_err(StartError::Engine)?;
+    match runtime::uring::probe(&opts) {
+        Ok(()) => Ok((runtime::Engine::Uring, opts)),
+        Err(e) => {
+            tracing::warn!(
+                "io_uring is not available ({e}): running the epoll engine instead \
+                 (a container runtime's seccomp profile blocks io_uring unless it is allowed)"
+            );
+            Ok((runtime::Engine::Epoll, opts))
+        }
+    }
+}
+
+fn effective_config(args: &NodeArgs, shards: usize, engine: runtime::Engine) -> serde_json::Value {
     serde_json::json!({
         "configFile": args.config.display().to_string(),
         "shards": shards,
         "pinCores": args.pin_cores,
-        "ioEngine": "epoll",
+        "ioEngine": engine.name(),
         "packetMark": args.mark,
         "origSrc": format!("{:?}", args.orig_src),
         "certTtlSeconds": args.cert_ttl.as_secs(),

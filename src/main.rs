@@ -16,7 +16,7 @@ fn bench(b: ringmesh::config::flags::BenchFlags) -> Result<i32, String> {
         contenders.push(Contender::Raw);
     }
     if !b.no_ringmesh {
-        contenders.push(Contender::Ringmesh);
+        contenders.extend(benchmark::ringmesh_contenders(&b.engines)?);
     }
     for p in &b.peers {
         contenders.push(benchmark::parse_peer(p)?);

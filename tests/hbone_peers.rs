@@ -78,9 +78,9 @@ fn id(sa: &str) -> Identity {
 async fn echo_app() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = l.local_addr().unwrap();
-    tokio::task::spawn_local(async move {
+    ringmesh::runtime::engine::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            tokio::task::spawn_local(async move {
+            ringmesh::runtime::engine::spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
             });
@@ -91,19 +91,46 @@ async fn echo_app() -> SocketAddr {
 
 /// Our HBONE server (the inbound flow) for pod "srv" on 127.0.0.1; returns its address.
 async fn our_server(ctx: &Rc<ShardCtx>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
+    let (l, a) = our_listener();
     let pod = Arc::new(Pod::new("srv", Arc::new(Netns::current())));
-    tokio::task::spawn_local(inbound::serve(ctx.clone(), pod, l));
+    ringmesh::runtime::engine::spawn(inbound::serve(ctx.clone(), pod, l));
     a
 }
 
-fn run<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f)
+/// Runs a test on the engine `RINGMESH_IO_ENGINE` names (default uring, like the node). On
+/// uring our side runs on the ring executor, and the test's own tokio peers on a tokio
+/// runtime whose worker thread drives their sockets.
+fn run<F: std::future::Future + 'static>(f: F) -> F::Output {
+    use ringmesh::runtime::{Engine, UringOpts, engine};
+    let uring = std::env::var("RINGMESH_IO_ENGINE").map_or(true, |e| e != "epoll");
+    if uring {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        engine::block_on(Engine::Uring, &UringOpts::default(), f).unwrap()
+    } else {
+        engine::block_on(Engine::Epoll, &UringOpts::default(), f).unwrap()
+    }
+}
+
+/// A listener on loopback on this test's engine.
+fn our_listener() -> (ringmesh::runtime::net::Listener, SocketAddr) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let a = l.local_addr().unwrap();
+    (ringmesh::runtime::net::listener_from_std(l).unwrap(), a)
+}
+
+/// A connection to `a` on this test's engine.
+async fn our_connect(a: SocketAddr) -> ringmesh::runtime::net::Stream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_nonblocking(true).unwrap();
+    ringmesh::runtime::net::connect(s.into(), a, Duration::from_secs(5))
+        .await
+        .unwrap()
 }
 
 /// Opens a stream with our pooled client.
@@ -139,7 +166,7 @@ async fn our_stream_from(
     e.ctx
         .pool
         .stream(&key, e.ctx.cfg.h2.client_max_streams, req, || async move {
-            let tcp = TcpStream::connect(server).await.unwrap();
+            let tcp = our_connect(server).await;
             h2conn::dial(tcp, cert.client.clone(), &[expected], &h2s).await
         })
         .await
@@ -156,7 +183,7 @@ async fn roundtrip(s: &mut ringmesh::proxy::pool::Stream, msg: &[u8]) -> Vec<u8>
 
 #[test]
 fn ours_to_ours_pools_streams() {
-    run(async {
+    run(async move {
         let e = env(2);
         let app = echo_app().await;
         let server = our_server(&e.ctx).await;
@@ -198,7 +225,7 @@ fn ours_to_ours_pools_streams() {
 /// The plain h2 crate as client against our server.
 #[test]
 fn h2_crate_client_to_our_server() {
-    run(async {
+    run(async move {
         let e = env(100);
         let app = echo_app().await;
         let server = our_server(&e.ctx).await;
@@ -210,7 +237,7 @@ fn h2_crate_client_to_our_server() {
             .unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let (h2, conn) = h2::client::handshake(tls).await.unwrap();
-        tokio::task::spawn_local(async move {
+        ringmesh::runtime::engine::spawn(async move {
             let _ = conn.await;
         });
         let send = |req: http::Request<()>| {
@@ -257,12 +284,12 @@ fn h2_crate_client_to_our_server() {
 /// Our client against a plain h2 crate server (mTLS via our server config).
 #[test]
 fn our_client_to_h2_crate_server() {
-    run(async {
+    run(async move {
         let e = env(100);
         let srv_cert = e.certs.handle().load().get(&id("server")).unwrap().clone();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        tokio::task::spawn_local(async move {
+        ringmesh::runtime::engine::spawn(async move {
             let (tcp, _) = l.accept().await.unwrap();
             let tls = tokio_rustls::TlsAcceptor::from(srv_cert.server.clone())
                 .accept(tcp)
@@ -270,7 +297,7 @@ fn our_client_to_h2_crate_server() {
                 .unwrap();
             let mut conn = h2::server::handshake(tls).await.unwrap();
             while let Some(Ok((req, mut respond))) = conn.accept().await {
-                tokio::task::spawn_local(async move {
+                ringmesh::runtime::engine::spawn(async move {
                     assert_eq!(req.method(), http::Method::CONNECT);
                     assert!(
                         req.headers().contains_key("forwarded") || req.uri().authority().is_some()
@@ -306,7 +333,7 @@ fn our_client_to_h2_crate_server() {
 /// A byte stream through our client and server, with the copy loop on both ends.
 #[test]
 fn copy_loop_carries_a_megabyte_each_way() {
-    run(async {
+    run(async move {
         let e = env(100);
         let app = echo_app().await;
         let server = our_server(&e.ctx).await;
@@ -318,13 +345,13 @@ fn copy_loop_carries_a_megabyte_each_way() {
         )
         .await
         .unwrap();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut local = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (l, la) = our_listener();
+        let mut local = TcpStream::connect(la).await.unwrap();
         let (remote, _) = l.accept().await.unwrap();
         let counters = Rc::new(ringmesh::io::Counters::default());
         let c2 = counters.clone();
         let ringmesh::proxy::pool::Stream { send, recv, .. } = s;
-        tokio::task::spawn_local(async move {
+        ringmesh::runtime::engine::spawn(async move {
             ringmesh::io::copy_h2(remote, send, recv, c2).await.unwrap();
         });
         let data: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
@@ -345,7 +372,7 @@ fn copy_loop_carries_a_megabyte_each_way() {
 /// Certificates rotate at half-life without touching live connections.
 #[test]
 fn rotation_keeps_live_connections() {
-    run(async {
+    run(async move {
         let mut e = env_ttl(100, Duration::from_secs(60));
         let app = echo_app().await;
         let server = our_server(&e.ctx).await;
@@ -389,7 +416,7 @@ fn rotation_keeps_live_connections() {
 /// answering is dropped.
 #[test]
 fn server_pings_drop_a_silent_client() {
-    run(async {
+    run(async move {
         let e = env_full(
             100,
             Duration::from_secs(3600),
@@ -408,7 +435,7 @@ fn server_pings_drop_a_silent_client() {
         };
         // A client that keeps polling its connection answers PINGs and stays usable.
         let (live, conn) = connect(cert.client.clone()).await;
-        tokio::task::spawn_local(async move {
+        ringmesh::runtime::engine::spawn(async move {
             let _ = conn.await;
         });
         tokio::time::sleep(Duration::from_millis(800)).await;

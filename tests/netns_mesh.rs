@@ -330,15 +330,14 @@ fn direct_hbone_checks(
         .build()
         .unwrap();
     rt.block_on(async move {
-        let tcp = ringmesh::proxy::connect_in(
-            &netns,
-            addr("198.18.2.2:15008"),
-            0x539,
-            None,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        // A plain tokio socket made in the client pod's netns (the test is the HBONE peer).
+        let sock = netns
+            .connect_socket(addr("198.18.2.2:15008"), 0x539, None)
+            .unwrap();
+        let tcp = tokio::net::TcpSocket::from_std_stream(sock)
+            .connect(addr("198.18.2.2:15008"))
+            .await
+            .unwrap();
         let tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(ringmesh::tls::dummy_server_name(), tcp)
             .await

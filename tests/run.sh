@@ -17,13 +17,27 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "tests/run.sh: missing ${need[*]} and cannot install them (need root and apt-get)" >&2
   fi
 fi
+# Every test runs under both I/O engines: RINGMESH_IO_ENGINE picks the engine of every node
+# proxy the tests start (and of the in-process HBONE tests). RINGMESH_TEST_ENGINES=uring (or
+# epoll) runs one.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-set +e
-cargo test --all-targets "$@" 2>&1 | tee "$log"
-rc=${PIPESTATUS[0]}
-set -e
-passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
-echo "tests: ${passed} passed, ${failed} failed"
+rc=0
+summary=()
+for engine in ${RINGMESH_TEST_ENGINES:-uring epoll}; do
+  echo "tests/run.sh: engine ${engine}"
+  : >"$log"
+  set +e
+  RINGMESH_IO_ENGINE=$engine cargo test --all-targets "$@" 2>&1 | tee "$log"
+  r=${PIPESTATUS[0]}
+  set -e
+  [ "$r" = 0 ] || rc=$r
+  passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+  failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+  summary+=("tests (${engine}): ${passed} passed, ${failed} failed")
+  total_p=$(( ${total_p:-0} + passed ))
+  total_f=$(( ${total_f:-0} + failed ))
+done
+printf '%s\n' "${summary[@]}"
+echo "tests: ${total_p} passed, ${total_f} failed"
 exit "$rc"

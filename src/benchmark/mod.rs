@@ -26,7 +26,11 @@ use stats::{Latency, Summary};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Contender {
     Raw,
-    Ringmesh,
+    /// `ringmesh node` with extra arguments (e.g. `--io-engine epoll` for `ringmesh-epoll`).
+    Ringmesh {
+        name: String,
+        args: Vec<String>,
+    },
     /// A command started in each node's netns with `ZDS_SOCKET`, `CONFIG` (ztunnel local
     /// config), `CA_CERT`, `CA_KEY`, `NODE` in its environment.
     Peer {
@@ -39,23 +43,55 @@ impl Contender {
     pub fn name(&self) -> &str {
         match self {
             Contender::Raw => "raw",
-            Contender::Ringmesh => "ringmesh",
+            Contender::Ringmesh { name, .. } => name,
             Contender::Peer { name, .. } => name,
         }
     }
 }
 
+/// The ringmesh contenders for `--engines`: none given → one `ringmesh` on the default
+/// engine; else `ringmesh` for uring and `ringmesh-epoll` for epoll, each forced by flag.
+pub fn ringmesh_contenders(engines: &[String]) -> Result<Vec<Contender>, String> {
+    if engines.is_empty() {
+        return Ok(vec![Contender::Ringmesh {
+            name: "ringmesh".into(),
+            args: vec![],
+        }]);
+    }
+    engines
+        .iter()
+        .map(|e| match e.as_str() {
+            "uring" => Ok(Contender::Ringmesh {
+                name: "ringmesh".into(),
+                args: vec!["--io-engine".into(), "uring".into()],
+            }),
+            "epoll" => Ok(Contender::Ringmesh {
+                name: "ringmesh-epoll".into(),
+                args: vec!["--io-engine".into(), "epoll".into()],
+            }),
+            other => Err(format!(
+                "--engines: unknown engine {other:?} (uring, epoll)"
+            )),
+        })
+        .collect()
+}
+
 /// Parses `--peer NAME=COMMAND`.
 pub fn parse_peer(s: &str) -> Result<Contender, String> {
     match s.split_once('=') {
-        Some((n, c)) if !n.is_empty() && !c.trim().is_empty() && n != "raw" && n != "ringmesh" => {
+        Some((n, c))
+            if !n.is_empty()
+                && !c.trim().is_empty()
+                && n != "raw"
+                && !n.starts_with("ringmesh") =>
+        {
             Ok(Contender::Peer {
                 name: n.to_string(),
                 command: c.to_string(),
             })
         }
         _ => Err(format!(
-            "{s:?}: expected NAME=COMMAND (NAME not raw or ringmesh), e.g. ztunnel='env FAKE_CA=true … ztunnel'"
+            "{s:?}: expected NAME=COMMAND (NAME not raw or ringmesh*), e.g. ztunnel='env FAKE_CA=true … ztunnel'"
         )),
     }
 }
@@ -333,11 +369,15 @@ fn hbone_counter(netns: &str, install: bool) -> Result<u64, String> {
 fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String> {
     match c {
         Contender::Raw => run.set_capture(false).map_err(|e| e.to_string()),
-        Contender::Ringmesh | Contender::Peer { .. } => {
+        Contender::Ringmesh { .. } | Contender::Peer { .. } => {
             run.set_capture(true).map_err(|e| e.to_string())?;
             let before = run.snapshot_counts();
             match c {
-                Contender::Ringmesh => run.start_ringmesh(&args.ringmesh_args),
+                Contender::Ringmesh { args: extra, .. } => {
+                    let mut all = args.ringmesh_args.clone();
+                    all.extend_from_slice(extra);
+                    run.start_ringmesh(&all)
+                }
                 Contender::Peer { name, command } => {
                     let nodes: Vec<String> =
                         run.topo.nodes.iter().map(|n| n.name.clone()).collect();

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub mod env {
     pub const CONFIG: &str = "RINGMESH_CONFIG";
     pub const SHARDS: &str = "RINGMESH_SHARDS";
+    pub const IO_ENGINE: &str = "RINGMESH_IO_ENGINE";
     pub const CA_CERT: &str = "RINGMESH_CA_CERT";
     pub const CA_KEY: &str = "RINGMESH_CA_KEY";
     pub const LOG: &str = "RUST_LOG";
@@ -75,6 +76,11 @@ pub struct BenchFlags {
     /// Leave out ringmesh itself.
     #[arg(long)]
     pub no_ringmesh: bool,
+    /// Run ringmesh once per I/O engine, side by side: `--engines uring,epoll` gives the
+    /// contenders `ringmesh` (uring) and `ringmesh-epoll`. Default: one `ringmesh` on the
+    /// node's default engine.
+    #[arg(long, value_delimiter = ',', value_name = "ENGINE,...")]
+    pub engines: Vec<String>,
     /// Extra arguments for `ringmesh node` (e.g. --ringmesh-arg=--shards=1). Repeatable.
     #[arg(long = "ringmesh-arg", allow_hyphen_values = true)]
     pub ringmesh_args: Vec<String>,
@@ -213,6 +219,16 @@ pub struct NodeArgs {
     #[arg(long)]
     pub pin_cores: bool,
 
+    /// The shards' I/O engine. `uring`: every socket operation of a shard goes through its
+    /// own io_uring (multishot accept and receive, provided buffers); if io_uring cannot be
+    /// set up (ENOSYS, or EPERM under a container runtime's default seccomp profile) the
+    /// node logs why and runs `epoll` instead; `ringmesh_io_engine` says which one runs.
+    #[arg(long, value_enum, default_value_t = IoEngine::Uring, env = env::IO_ENGINE)]
+    pub io_engine: IoEngine,
+
+    #[command(flatten)]
+    pub uring: UringFlags,
+
     /// Root certificate of the built-in CA (PEM). Without it a root is generated at start.
     #[arg(long, env = env::CA_CERT, requires = "ca_key")]
     pub ca_cert: Option<PathBuf>,
@@ -313,6 +329,37 @@ fn parse_pod(s: &str) -> Result<PodArg, String> {
             "{s:?}: expected UID=NETNS_PATH, e.g. cluster1//v1/Pod/default/web=/var/run/netns/web"
         )),
     }
+}
+
+/// The shards' I/O engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoEngine {
+    Uring,
+    Epoll,
+}
+
+/// io_uring engine knobs (tuning/README.md has the measurements behind the defaults).
+#[derive(Debug, Clone, Args)]
+pub struct UringFlags {
+    /// Submission queue entries of each shard's ring (completion queue: 4x).
+    #[arg(long, default_value_t = 1024)]
+    pub uring_entries: u32,
+    /// Run a kernel SQ-polling thread per ring, sleeping after this many idle ms (costs a
+    /// core per shard while busy; off by default).
+    #[arg(long, value_name = "MS")]
+    pub uring_sqpoll: Option<u32>,
+    /// Buffers in each shard's provided buffer ring (a power of two).
+    #[arg(long, default_value_t = 256)]
+    pub uring_buffers: u16,
+    /// Size of each provided buffer, bytes.
+    #[arg(long, default_value_t = 65536)]
+    pub uring_buffer_size: u32,
+    /// Sends of at least this many bytes use SEND_ZC (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub uring_send_zc_threshold: usize,
+    /// Bytes a socket may queue for sending before its writer waits.
+    #[arg(long, default_value_t = 262144)]
+    pub uring_send_queue: usize,
 }
 
 /// Parses `500ms`, `10s`, `5m`, `24h` (a bare number is seconds).

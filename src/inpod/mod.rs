@@ -88,6 +88,8 @@ impl Netns {
         let Some(file) = &self.file else {
             return Ok(f());
         };
+        // The way home must be opened before leaving (the thread-local is lazy).
+        HOME_NETNS.with(|_| ());
         nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
             NetnsError::Enter {
                 path: self.path.display().to_string(),

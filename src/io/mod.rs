@@ -12,11 +12,9 @@ use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::runtime::net::Stream;
+use crate::runtime::net::{ReadHalf, Stream, WriteHalf};
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf as ReadHalf, OwnedWriteHalf as WriteHalf};
 
 use crate::telemetry::metrics::TcpCounters;
 
@@ -110,7 +108,7 @@ pub async fn copy_h2(
                 Err(e) => return Err(CopyError::H2(e)),
             };
             let n = data.len();
-            match wr.write_all(&data).await {
+            match wr.write_bytes(data).await {
                 Ok(()) => {}
                 Err(e) if is_benign(&e) => return Ok(()),
                 Err(e) => return Err(CopyError::Io(e)),
@@ -149,12 +147,13 @@ async fn pump(r: &mut ReadHalf, w: &mut WriteHalf, count: impl Fn(u64)) -> Resul
             let _ = w.shutdown().await;
             return Ok(());
         }
-        match w.write_all(&buf).await {
+        let n = buf.len() as u64;
+        match w.write_bytes(buf.freeze()).await {
             Ok(()) => {}
             Err(e) if is_benign(&e) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        count(buf.len() as u64);
+        count(n);
     }
 }
 
@@ -169,25 +168,17 @@ impl Default for ReadSize {
     }
 }
 
-/// Waits until the socket is readable, then reads into a buffer allocated only now: an idle
-/// connection holds no read buffer at all. An empty buffer means EOF.
+/// Reads into a buffer allocated only when data is there: an idle connection holds no read
+/// buffer at all. An empty buffer means EOF.
 async fn read_fresh(r: &mut ReadHalf, size: &mut ReadSize) -> io::Result<BytesMut> {
-    loop {
-        r.readable().await?;
-        let mut buf = BytesMut::with_capacity(size.0);
-        match r.try_read_buf(&mut buf) {
-            Ok(n) => {
-                if n == size.0 && size.0 < LARGE {
-                    size.0 *= 2;
-                } else if n < size.0 / 4 && size.0 > SMALL {
-                    size.0 /= 2;
-                }
-                return Ok(buf);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
+    let buf = r.read_fresh(size.0).await?;
+    let n = buf.len();
+    if n == size.0 && size.0 < LARGE {
+        size.0 *= 2;
+    } else if n < size.0 / 4 && size.0 > SMALL {
+        size.0 /= 2;
     }
+    Ok(buf)
 }
 
 fn is_benign(e: &io::Error) -> bool {

@@ -46,7 +46,7 @@ pub struct ClientConn {
     pub streams: Rc<Cell<usize>>,
     pub dead: Rc<Cell<bool>>,
     pub last_used: Cell<Instant>,
-    driver: tokio::task::AbortHandle,
+    driver: crate::runtime::engine::Task,
 }
 
 impl Drop for ClientConn {
@@ -83,14 +83,14 @@ pub async fn dial(
     let dead = Rc::new(Cell::new(false));
     let ping = conn.ping_pong();
     let d = dead.clone();
-    let driver = tokio::task::spawn_local(async move {
+    let driver = crate::runtime::engine::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("HBONE connection to {addr} ended: {e}");
         }
         d.set(true);
     });
     if let Some(ping) = ping {
-        let (d1, d2, abort) = (dead.clone(), dead.clone(), driver.abort_handle());
+        let (d1, d2, abort) = (dead.clone(), dead.clone(), driver.clone());
         spawn_keepalive(
             ping,
             settings,
@@ -108,7 +108,7 @@ pub async fn dial(
         streams: Rc::new(Cell::new(0)),
         dead,
         last_used: Cell::new(Instant::now()),
-        driver: driver.abort_handle(),
+        driver,
     })
 }
 
@@ -119,9 +119,11 @@ pub async fn dial(
 /// (bench/README.md).
 pub const TLS_READ_BUFFER: usize = 64 * 1024;
 
-/// Wraps a socket in the read buffer TLS sits on.
-pub fn buffered<T: AsyncRead + AsyncWrite>(io: T) -> tokio::io::BufReader<T> {
-    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, io)
+/// Wraps a socket in the read buffer TLS sits on. A uring socket already reads into the
+/// shard's buffer ring, so it gets none (a one-byte `BufReader` passes every read through).
+pub fn buffered(io: TcpStream) -> tokio::io::BufReader<TcpStream> {
+    let cap = if io.is_uring() { 1 } else { TLS_READ_BUFFER };
+    tokio::io::BufReader::with_capacity(cap, io)
 }
 
 /// HTTP/2 client settings as ztunnel sets them.
@@ -159,13 +161,13 @@ pub fn spawn_keepalive(
     peer: std::net::SocketAddr,
 ) {
     let (interval, timeout) = (s.ping_interval, s.ping_timeout);
-    tokio::task::spawn_local(async move {
+    crate::runtime::engine::spawn(async move {
         loop {
-            tokio::time::sleep(interval).await;
+            crate::runtime::engine::sleep(interval).await;
             if !alive() {
                 return;
             }
-            match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
+            match crate::runtime::engine::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {

@@ -52,7 +52,7 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(cert.server.clone());
-    let tls = match tokio::time::timeout(
+    let tls = match crate::runtime::engine::timeout(
         h2conn::HANDSHAKE_TIMEOUT,
         acceptor.accept(h2conn::buffered(s)),
     )
@@ -99,7 +99,7 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
         let Some(next) = next else { break };
         match next {
             Ok((req, respond)) => {
-                tokio::task::spawn_local(handle_stream(
+                crate::runtime::engine::spawn(handle_stream(
                     ctx.clone(),
                     pod.clone(),
                     req,

@@ -24,7 +24,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
+use crate::runtime::engine::Task;
 
 use crate::config::flags::{self, OrigSrc};
 use crate::hbone::H2Settings;
@@ -115,7 +115,7 @@ pub struct ShardCtx {
     pub pool: pool::Pool,
     pub conns: conns::Registry,
     pub metrics: Arc<ShardMetrics>,
-    pods: RefCell<HashMap<String, Vec<JoinHandle<()>>>>,
+    pods: RefCell<HashMap<String, Vec<Task>>>,
     rr: RefCell<HashMap<String, usize>>,
 }
 
@@ -150,17 +150,17 @@ impl ShardCtx {
             to_tokio(l.hbone),
         ) {
             (Ok(o), Ok(p), Ok(h)) => {
-                tasks.push(tokio::task::spawn_local(outbound::serve(
+                tasks.push(crate::runtime::engine::spawn(outbound::serve(
                     self.clone(),
                     l.pod.clone(),
                     o,
                 )));
-                tasks.push(tokio::task::spawn_local(inbound_plain::serve(
+                tasks.push(crate::runtime::engine::spawn(inbound_plain::serve(
                     self.clone(),
                     l.pod.clone(),
                     p,
                 )));
-                tasks.push(tokio::task::spawn_local(inbound::serve(
+                tasks.push(crate::runtime::engine::spawn(inbound::serve(
                     self.clone(),
                     l.pod.clone(),
                     h,
@@ -193,7 +193,7 @@ impl ShardCtx {
     /// Re-checks live inbound connections whenever the config version changes.
     pub fn watch_config(self: &Rc<Self>, mut rx: tokio::sync::watch::Receiver<u64>) {
         let ctx = self.clone();
-        tokio::task::spawn_local(async move {
+        crate::runtime::engine::spawn(async move {
             while rx.changed().await.is_ok() {
                 let snap = ctx.state.load_full();
                 let closed = ctx.conns.recheck(&snap);
@@ -208,10 +208,10 @@ impl ShardCtx {
             }
         });
         let ctx = self.clone();
-        tokio::task::spawn_local(async move {
+        crate::runtime::engine::spawn(async move {
             let every = (ctx.cfg.pool_idle_timeout / 4).max(Duration::from_millis(100));
             loop {
-                tokio::time::sleep(every).await;
+                crate::runtime::engine::sleep(every).await;
                 ctx.pool.evict_idle(ctx.cfg.pool_idle_timeout);
             }
         });
@@ -331,11 +331,11 @@ where
     loop {
         match l.accept().await {
             Ok((s, peer)) => {
-                tokio::task::spawn_local(handle(s, peer));
+                crate::runtime::engine::spawn(handle(s, peer));
             }
             Err(e) => {
                 tracing::warn!(pod = %pod.uid, "{what} accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                crate::runtime::engine::sleep(Duration::from_millis(20)).await;
             }
         }
     }

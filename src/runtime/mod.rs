@@ -6,10 +6,17 @@
 //! options (SO_MARK, SO_ORIGINAL_DST, IP_TRANSPARENT, keepalive). Must not know about flows,
 //! config or policy: a shard runs whatever commands its owner sends with its own context `C`.
 //!
-//! Engine: `epoll` (tokio's current-thread runtime). The io_uring engine is a later step.
+//! Engines: `uring` (the shard's own ring and executor, `uring`) and `epoll` (tokio's
+//! current-thread runtime); `engine` is what the flows call for tasks and timers, `net` for
+//! sockets, whichever engine runs.
 
+pub mod engine;
 pub mod net;
 pub mod sockopt;
+pub mod uring;
+
+pub use engine::Engine;
+pub use uring::UringOpts;
 
 use std::io;
 use std::rc::Rc;
@@ -58,12 +65,15 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// Starts `n` shards. Each builds its context with `init(shard_id)` on its own thread, then
-/// runs commands from its mailbox until stopped. With `pin`, shard i runs only on the i-th
-/// allowed CPU.
+/// Starts `n` shards on `engine`. Each builds its context with `init(shard_id)` on its own
+/// thread, then runs commands from its mailbox until stopped. With `pin`, shard i runs only
+/// on the i-th allowed CPU. The caller has checked the engine can run (`uring::probe`); a
+/// shard whose ring still cannot be set up logs it and stops.
 pub fn spawn_shards<C: 'static>(
     n: usize,
     pin: bool,
+    engine: Engine,
+    opts: &UringOpts,
     init: impl Fn(usize) -> C + Send + Sync + 'static,
 ) -> io::Result<Vec<Shard<C>>> {
     let init = std::sync::Arc::new(init);
@@ -72,6 +82,7 @@ pub fn spawn_shards<C: 'static>(
     for id in 0..n {
         let (tx, mut rx) = mpsc::unbounded_channel::<Command<C>>();
         let init = init.clone();
+        let opts = opts.clone();
         let cpu = if pin && !cpus.is_empty() {
             Some(cpus[id % cpus.len()])
         } else {
@@ -83,23 +94,15 @@ pub fn spawn_shards<C: 'static>(
                 if let Some(cpu) = cpu {
                     pin_to(cpu);
                 }
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(shard = id, "cannot build shard runtime: {e}");
-                        return;
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, async move {
+                let main = async move {
                     let ctx = Rc::new(init(id));
                     while let Some(cmd) = rx.recv().await {
                         cmd(&ctx);
                     }
-                });
+                };
+                if let Err(e) = engine::block_on(engine, &opts, main) {
+                    tracing::error!(shard = id, %engine, "cannot start shard runtime: {e}");
+                }
             })?;
         shards.push(Shard {
             id,
@@ -126,12 +129,19 @@ mod tests {
 
     #[test]
     fn shards_run_commands_on_their_own_threads() {
-        let shards = spawn_shards(2, false, |id| id * 10).unwrap();
+        for engine in [Engine::Uring, Engine::Epoll] {
+            shards_run_commands(engine);
+        }
+    }
+
+    fn shards_run_commands(engine: Engine) {
+        let shards = spawn_shards(2, false, engine, &UringOpts::default(), |id| id * 10).unwrap();
         let (tx, rx) = std_mpsc::channel();
         for s in &shards {
             let tx = tx.clone();
             s.send(Box::new(move |ctx: &Rc<usize>| {
                 let name = std::thread::current().name().unwrap().to_string();
+                assert_eq!(engine::current(), engine);
                 tx.send((**ctx, name)).unwrap();
             }))
             .unwrap();

@@ -1,19 +1,54 @@
-//! The I/O engine seam: the socket types and operations the flows use. Today they are
-//! tokio's epoll-driven types; the io_uring engine swaps what is behind these names, and the
-//! flows (`proxy`) do not change.
+//! The I/O engine seam: the socket types and operations the flows use. Each is an enum over
+//! the two engines — tokio's epoll-driven types, or the shard ring's (`uring::net`) — picked
+//! by the engine of the shard that makes it; the flows (`proxy`, `io`) do not change.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::engine::{self, Engine};
+use super::uring;
+
 /// A connected data-path socket.
-pub type Stream = tokio::net::TcpStream;
+#[derive(Debug)]
+pub enum Stream {
+    Epoll(tokio::net::TcpStream),
+    Uring(uring::net::Stream),
+}
+
 /// A listening data-path socket.
-pub type Listener = tokio::net::TcpListener;
+#[derive(Debug)]
+pub enum Listener {
+    Epoll(tokio::net::TcpListener),
+    Uring(uring::net::Listener),
+}
+
+/// The read side of a split `Stream`.
+#[derive(Debug)]
+pub enum ReadHalf {
+    Epoll(tokio::net::tcp::OwnedReadHalf),
+    Uring(uring::net::ReadHalf),
+}
+
+/// The write side of a split `Stream`.
+#[derive(Debug)]
+pub enum WriteHalf {
+    Epoll(tokio::net::tcp::OwnedWriteHalf),
+    Uring(uring::net::WriteHalf),
+}
 
 /// Registers a listener made elsewhere (e.g. inside a pod netns) with this shard's engine.
 pub fn listener_from_std(l: std::net::TcpListener) -> io::Result<Listener> {
-    Listener::from_std(l)
+    match engine::current() {
+        Engine::Epoll => Ok(Listener::Epoll(tokio::net::TcpListener::from_std(l)?)),
+        Engine::Uring => Ok(Listener::Uring(uring::net::Listener::from_std(l))),
+    }
 }
 
 /// Connects an unconnected socket made elsewhere (e.g. inside a pod netns), with a timeout.
@@ -22,10 +57,186 @@ pub async fn connect(
     dst: SocketAddr,
     timeout: Duration,
 ) -> Result<Stream, String> {
-    let sock = tokio::net::TcpSocket::from_std_stream(sock);
-    match tokio::time::timeout(timeout, sock.connect(dst)).await {
+    let r = match engine::current() {
+        Engine::Epoll => {
+            let sock = tokio::net::TcpSocket::from_std_stream(sock);
+            engine::timeout(timeout, async {
+                sock.connect(dst).await.map(Stream::Epoll)
+            })
+            .await
+        }
+        Engine::Uring => {
+            engine::timeout(timeout, async {
+                uring::net::connect(sock, dst).await.map(Stream::Uring)
+            })
+            .await
+        }
+    };
+    match r {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(format!("connect to {dst} failed: {e}")),
         Err(_) => Err(format!("connect to {dst} timed out after {timeout:?}")),
+    }
+}
+
+impl Listener {
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        match self {
+            Listener::Epoll(l) => l.accept().await.map(|(s, a)| (Stream::Epoll(s), a)),
+            Listener::Uring(l) => l.accept().await.map(|(s, a)| (Stream::Uring(s), a)),
+        }
+    }
+}
+
+impl Stream {
+    /// Whether the socket runs on io_uring (it then buffers reads itself).
+    pub fn is_uring(&self) -> bool {
+        matches!(self, Stream::Uring(_))
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Stream::Epoll(s) => s.local_addr(),
+            Stream::Uring(s) => s.local_addr(),
+        }
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Stream::Epoll(s) => s.peer_addr(),
+            Stream::Uring(s) => s.peer_addr(),
+        }
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Epoll(s) => s.set_nodelay(on),
+            Stream::Uring(s) => s.set_nodelay(on),
+        }
+    }
+
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Epoll(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Epoll(r), WriteHalf::Epoll(w))
+            }
+            Stream::Uring(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Uring(r), WriteHalf::Uring(w))
+            }
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Epoll(s) => s.as_fd(),
+            Stream::Uring(s) => borrow(s.as_raw_fd(), self),
+        }
+    }
+}
+
+fn borrow<'a, T>(fd: std::os::fd::RawFd, _owner: &'a T) -> BorrowedFd<'a> {
+    #[allow(unsafe_code)]
+    // SAFETY: `_owner` owns `fd` and outlives the borrow.
+    unsafe {
+        BorrowedFd::borrow_raw(fd)
+    }
+}
+
+impl ReadHalf {
+    /// Waits for data and reads it into a buffer allocated only now (an idle connection
+    /// holds none), at most `max` bytes. An empty buffer is EOF.
+    pub async fn read_fresh(&mut self, max: usize) -> io::Result<BytesMut> {
+        match self {
+            ReadHalf::Epoll(r) => loop {
+                r.readable().await?;
+                let mut buf = BytesMut::with_capacity(max);
+                match r.try_read_buf(&mut buf) {
+                    Ok(_) => return Ok(buf),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+            ReadHalf::Uring(r) => r.read_fresh(max).await,
+        }
+    }
+}
+
+impl WriteHalf {
+    /// Writes all of `data` (on uring: hands the buffer to the ring without copying).
+    pub async fn write_bytes(&mut self, data: Bytes) -> io::Result<()> {
+        match self {
+            WriteHalf::Epoll(w) => w.write_all(&data).await,
+            WriteHalf::Uring(w) => w.write_bytes(data).await,
+        }
+    }
+
+    /// Sends what is queued, then FIN.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            WriteHalf::Epoll(w) => w.shutdown().await,
+            WriteHalf::Uring(w) => w.shutdown().await,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Epoll(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Uring(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Epoll(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Uring(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Epoll(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Uring(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Epoll(s) => s.is_write_vectored(),
+            Stream::Uring(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Epoll(s) => Pin::new(s).poll_flush(cx),
+            Stream::Uring(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Epoll(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Uring(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 }

@@ -2,15 +2,19 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 
 /// The original destination of a redirected connection: SO_ORIGINAL_DST (then the IPv6
 /// form), falling back to the local address (TPROXY, or no redirect at all).
-pub fn original_dst(s: &tokio::net::TcpStream) -> io::Result<SocketAddr> {
+pub fn original_dst(s: &impl AsFd) -> io::Result<SocketAddr> {
     let sock = SockRef::from(s);
-    let local = s.local_addr()?;
+    let local = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket"))?;
     let orig = if local.is_ipv4() {
         sock.original_dst_v4()
     } else {
@@ -31,8 +35,8 @@ pub fn original_dst(s: &tokio::net::TcpStream) -> io::Result<SocketAddr> {
 
 /// TCP_NODELAY and ztunnel's keepalive (180 s idle, 180 s interval, 9 probes) on an
 /// app-facing connection.
-pub fn tune_app_conn(s: &tokio::net::TcpStream) {
-    let _ = s.set_nodelay(true);
+pub fn tune_app_conn(s: &impl AsFd) {
+    let _ = SockRef::from(s).set_tcp_nodelay(true);
     let ka = TcpKeepalive::new()
         .with_time(Duration::from_secs(180))
         .with_interval(Duration::from_secs(180))
@@ -41,7 +45,7 @@ pub fn tune_app_conn(s: &tokio::net::TcpStream) {
 }
 
 /// Sets the receive and send buffer sizes (best effort; the kernel caps them).
-pub fn set_buffers(s: &tokio::net::TcpStream, bytes: usize) {
+pub fn set_buffers(s: &impl AsFd, bytes: usize) {
     let r = SockRef::from(s);
     let _ = r.set_recv_buffer_size(bytes);
     let _ = r.set_send_buffer_size(bytes);

@@ -267,6 +267,28 @@ impl Metrics {
             "The I/O engine the shards run",
             engine,
         );
+        let u = crate::runtime::uring::stats();
+        for (name, help, c) in [
+            (
+                "ringmesh_uring_buffer_exhausted",
+                "Times a multishot receive stopped because the provided buffer ring was empty",
+                &u.buffer_exhausted,
+            ),
+            (
+                "ringmesh_uring_private_receives",
+                "Receives into a private buffer while the buffer ring was empty",
+                &u.private_recvs,
+            ),
+            (
+                "ringmesh_uring_send_zc",
+                "SEND_ZC operations submitted",
+                &u.send_zc,
+            ),
+        ] {
+            let ctr: Counter = Counter::default();
+            ctr.inc_by(c.load(std::sync::atomic::Ordering::Relaxed));
+            reg.register(name, help, ctr);
+        }
         let shards: Gauge = Gauge::default();
         shards.set(self.shards.lock().unwrap_or_else(|e| e.into_inner()).len() as i64);
         reg.register("ringmesh_shards", "Number of data-plane shards", shards);

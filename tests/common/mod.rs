@@ -49,8 +49,27 @@ pub struct NodeProc {
 
 impl NodeProc {
     pub fn start(node_netns: &str, args: &[String], log: PathBuf) -> NodeProc {
+        Self::start_with(node_netns, args, log, false)
+    }
+
+    /// Like `start`; with `deny_io_uring` the process runs under a seccomp filter that
+    /// answers `io_uring_setup` with EPERM, as container runtimes' default profiles do.
+    pub fn start_with(
+        node_netns: &str,
+        args: &[String],
+        log: PathBuf,
+        deny_io_uring: bool,
+    ) -> NodeProc {
         let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        if deny_io_uring {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: pre_exec runs in the forked child before exec; it only calls prctl.
+            unsafe {
+                cmd.pre_exec(deny_io_uring_setup);
+            }
+        }
+        let child = cmd
             .args([
                 "netns",
                 "exec",
@@ -104,6 +123,52 @@ impl Drop for NodeProc {
             eprintln!("--- {} ---\n{}", self.log.display(), self.log_text());
         }
     }
+}
+
+/// Installs a seccomp filter: `io_uring_setup` (425 on every architecture since 5.1) fails
+/// with EPERM, everything else is allowed. Inherited across exec.
+fn deny_io_uring_setup() -> std::io::Result<()> {
+    const IO_URING_SETUP: u32 = 425;
+    let bpf = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let filter = [
+        // A = seccomp_data.nr
+        bpf((libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, 0, 0, 0),
+        bpf(
+            (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            0,
+            1,
+            IO_URING_SETUP,
+        ),
+        bpf(
+            (libc::BPF_RET | libc::BPF_K) as u16,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        bpf(
+            (libc::BPF_RET | libc::BPF_K) as u16,
+            0,
+            0,
+            libc::SECCOMP_RET_ALLOW,
+        ),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut _,
+    };
+    // SAFETY: plain prctl calls with a filter that lives for the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Waits until a TCP port listens inside a netns.

@@ -1,0 +1,920 @@
+//! One shard's ring: submission, completion dispatch, the provided buffer ring, and the
+//! per-socket state the completions feed. Lives in a thread-local; only the shard's thread
+//! touches it. Socket handles (`net`) hold an index into `socks`; a slot is freed only when
+//! its handle is gone, its fd is closed and no operation that names it is still in flight,
+//! so every buffer an SQE points at outlives the operation.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::{UringOpts, count, stats};
+
+const K_RECV: u64 = 1;
+const K_RECV1: u64 = 2;
+const K_SEND: u64 = 3;
+const K_SENDZC: u64 = 4;
+const K_SHUT: u64 = 5;
+const K_CONNECT: u64 = 6;
+const K_ACCEPT: u64 = 7;
+const K_EVENTFD: u64 = 8;
+const K_IGNORE: u64 = 9;
+
+/// Buffer group id of the shard's provided buffer ring.
+const BGID: u16 = 0;
+/// Size of the private buffer a socket receives into while the ring is empty.
+const PRIVATE_RECV: usize = 16 * 1024;
+
+fn ud(idx: usize, kind: u64) -> u64 {
+    ((idx as u64) << 8) | kind
+}
+
+/// Where received bytes sit until the reader takes them.
+enum Src {
+    Ring(u16),
+    Heap(Box<[u8]>),
+}
+
+struct Chunk {
+    src: Src,
+    len: usize,
+    off: usize,
+}
+
+/// The state of one socket (stream or listener) that ring operations refer to.
+#[derive(Default)]
+struct Sock {
+    fd: RawFd,
+    alive: bool,
+    closed: bool,
+    inflight: u32,
+    // receive
+    rx: VecDeque<Chunk>,
+    rx_bytes: usize,
+    rx_armed: bool,
+    rx_cancelling: bool,
+    rx_private: Option<Box<[u8]>>,
+    rx_eof: bool,
+    rx_err: Option<i32>,
+    rx_waker: Option<Waker>,
+    // send
+    tx_q: VecDeque<Bytes>,
+    tx_buf: BytesMut,
+    tx_queued: usize,
+    tx_cur: Option<Bytes>,
+    tx_zc_hold: VecDeque<Bytes>,
+    tx_err: Option<i32>,
+    tx_waker: Option<Waker>,
+    shut_wanted: bool,
+    shut_res: Option<i32>,
+    // connect
+    addr: Option<Box<socket2::SockAddr>>,
+    conn_res: Option<i32>,
+    conn_busy: bool,
+    // accept
+    acc: VecDeque<Result<RawFd, i32>>,
+    acc_armed: bool,
+}
+
+impl Sock {
+    fn received(&mut self, src: Src, len: usize) {
+        self.rx.push_back(Chunk { src, len, off: 0 });
+        self.rx_bytes += len;
+    }
+}
+
+impl Default for Src {
+    fn default() -> Self {
+        Src::Heap(Box::new([]))
+    }
+}
+
+/// The provided buffer ring: the ring of descriptors the kernel picks from (page-aligned
+/// mmap) and the buffers themselves (one allocation; pages are touched only when used).
+struct BufRing {
+    ring: *mut types::BufRingEntry,
+    ring_len: usize,
+    bufs: Vec<u8>,
+    count: u16,
+    size: usize,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(count: u16, size: usize) -> io::Result<BufRing> {
+        let ring_len = count as usize * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: anonymous private mapping, checked for failure; unmapped in Drop.
+        let ring = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ring == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut b = BufRing {
+            ring: ring.cast(),
+            ring_len,
+            bufs: vec![0u8; count as usize * size],
+            count,
+            size,
+            tail: 0,
+        };
+        for bid in 0..count {
+            b.push(bid);
+        }
+        b.publish();
+        Ok(b)
+    }
+
+    fn push(&mut self, bid: u16) {
+        let idx = (self.tail & (self.count - 1)) as usize;
+        // SAFETY: idx < count, the mapping holds `count` entries; the address is inside
+        // `bufs`, which lives as long as the ring registration.
+        unsafe {
+            let e = &mut *self.ring.add(idx);
+            e.set_addr(self.bufs.as_ptr().add(bid as usize * self.size) as u64);
+            e.set_len(self.size as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field overlays entry 0's reserved field inside the mapping; the
+        // kernel reads it with acquire semantics.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.ring) as *const std::sync::atomic::AtomicU16;
+            (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    fn recycle(&mut self, bid: u16) {
+        self.push(bid);
+        self.publish();
+    }
+
+    fn slice(&self, bid: u16, off: usize, len: usize) -> &[u8] {
+        let start = bid as usize * self.size + off;
+        &self.bufs[start..start + len]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe {
+            libc::munmap(self.ring.cast(), self.ring_len);
+        }
+    }
+}
+
+/// A shard's ring and everything its operations point at.
+pub struct Driver {
+    ring: IoUring,
+    bufs: BufRing,
+    socks: Vec<Option<Sock>>,
+    free: Vec<usize>,
+    opts: UringOpts,
+    efd: RawFd,
+    efd_buf: Box<[u8; 8]>,
+    cqes: Vec<(u64, i32, u32)>,
+}
+
+thread_local! {
+    static DRIVER: RefCell<Option<Driver>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's driver. Panics if the thread runs no uring executor: the
+/// engine's socket types exist only inside one.
+pub(crate) fn with<R>(f: impl FnOnce(&mut Driver) -> R) -> R {
+    DRIVER.with(|d| {
+        let mut d = d.borrow_mut();
+        let d = d
+            .as_mut()
+            .expect("io_uring socket used outside a uring shard");
+        f(d)
+    })
+}
+
+/// Like `with`, but does nothing once the driver is gone (handles dropped at teardown).
+pub(crate) fn try_with(f: impl FnOnce(&mut Driver)) {
+    DRIVER.with(|d| {
+        if let Ok(mut d) = d.try_borrow_mut()
+            && let Some(d) = d.as_mut()
+        {
+            f(d)
+        }
+    })
+}
+
+pub(crate) fn install(d: Driver) {
+    DRIVER.with(|slot| *slot.borrow_mut() = Some(d));
+}
+
+pub(crate) fn uninstall() -> Option<Driver> {
+    DRIVER.with(|slot| slot.borrow_mut().take())
+}
+
+impl Driver {
+    /// Builds the ring and registers the buffer ring.
+    pub fn new(opts: &UringOpts) -> io::Result<Driver> {
+        let mut b = IoUring::<squeue::Entry, cqueue::Entry>::builder();
+        b.setup_cqsize(opts.entries * 4);
+        if let Some(idle) = opts.sqpoll_idle_ms {
+            b.setup_sqpoll(idle);
+        }
+        let ring = b.build(opts.entries)?;
+        let bufs = BufRing::new(opts.buf_count, opts.buf_size as usize)?;
+        // SAFETY: the ring mapping and buffers live in `bufs`, dropped after `ring` (field
+        // order), which unregisters the group when it closes.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.ring as u64,
+                opts.buf_count,
+                BGID,
+                0,
+            )?;
+        }
+        Ok(Driver {
+            ring,
+            bufs,
+            socks: Vec::new(),
+            free: Vec::new(),
+            opts: opts.clone(),
+            efd: -1,
+            efd_buf: Box::new([0; 8]),
+            cqes: Vec::with_capacity(256),
+        })
+    }
+
+    pub fn opts(&self) -> &UringOpts {
+        &self.opts
+    }
+
+    fn push(&mut self, e: squeue::Entry) {
+        loop {
+            // SAFETY: every pointer in an entry refers to memory owned by a `Sock` slot or
+            // the driver, kept until the operation's last completion.
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return;
+            }
+            if let Err(err) = self.ring.submit() {
+                tracing::error!("io_uring submit failed: {err}");
+            }
+        }
+    }
+
+    /// Arms the read of the eventfd other threads write to wake this shard.
+    pub(crate) fn set_eventfd(&mut self, fd: RawFd) {
+        self.efd = fd;
+        self.arm_eventfd();
+    }
+
+    fn arm_eventfd(&mut self) {
+        let e = opcode::Read::new(types::Fd(self.efd), self.efd_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(ud(0, K_EVENTFD));
+        self.push(e);
+    }
+
+    /// Submits what is queued and, with `wait`, blocks until a completion arrives or
+    /// `timeout` passes; then dispatches every completion.
+    pub(crate) fn turn(&mut self, wait: bool, timeout: Option<Duration>) {
+        let res = if wait {
+            match timeout {
+                Some(t) => {
+                    let ts = types::Timespec::from(t);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+                None => self.ring.submit_and_wait(1),
+            }
+        } else if !self.ring.submission().is_empty() {
+            self.ring.submit()
+        } else {
+            Ok(0)
+        };
+        if let Err(e) = res
+            && !matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR))
+            && e.raw_os_error() != Some(libc::EBUSY)
+        {
+            tracing::error!("io_uring_enter failed: {e}");
+        }
+        self.dispatch();
+    }
+
+    fn dispatch(&mut self) {
+        loop {
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if cqes.is_empty() {
+                self.cqes = cqes;
+                return;
+            }
+            for &(u, res, flags) in &cqes {
+                self.complete(u, res, flags);
+            }
+            cqes.clear();
+            self.cqes = cqes;
+        }
+    }
+
+    fn complete(&mut self, u: u64, res: i32, flags: u32) {
+        let (idx, kind) = ((u >> 8) as usize, u & 0xff);
+        match kind {
+            K_EVENTFD => {
+                if self.efd >= 0 {
+                    self.arm_eventfd();
+                }
+                return;
+            }
+            K_IGNORE => return,
+            _ => {}
+        }
+        match kind {
+            K_RECV => self.on_recv(idx, res, flags),
+            K_RECV1 => self.on_private_recv(idx, res),
+            K_SEND | K_SENDZC => self.on_send(idx, res, flags, kind == K_SENDZC),
+            K_SHUT => {
+                let s = self.sock(idx);
+                s.inflight -= 1;
+                s.shut_res = Some(res);
+                wake(&mut s.tx_waker);
+            }
+            K_CONNECT => {
+                let s = self.sock(idx);
+                s.inflight -= 1;
+                s.conn_busy = false;
+                s.conn_res = Some(res);
+                wake(&mut s.rx_waker);
+            }
+            K_ACCEPT => self.on_accept(idx, res, flags),
+            _ => {}
+        }
+        self.maybe_free(idx);
+    }
+
+    fn sock(&mut self, idx: usize) -> &mut Sock {
+        self.socks[idx]
+            .as_mut()
+            .expect("completion for a freed socket")
+    }
+
+    // ---- registration ----
+
+    /// Takes ownership of `fd`; it is closed with an io_uring CLOSE when its handle drops.
+    pub(crate) fn register(&mut self, fd: RawFd) -> usize {
+        let s = Sock {
+            fd,
+            alive: true,
+            ..Default::default()
+        };
+        match self.free.pop() {
+            Some(i) => {
+                self.socks[i] = Some(s);
+                i
+            }
+            None => {
+                self.socks.push(Some(s));
+                self.socks.len() - 1
+            }
+        }
+    }
+
+    /// The handle is gone: cancel what is in flight, drop unsent data, close the fd.
+    pub(crate) fn release(&mut self, idx: usize) {
+        let mut cancels = Vec::new();
+        let mut closes = Vec::new();
+        let mut recycled = Vec::new();
+        {
+            let s = self.sock(idx);
+            s.alive = false;
+            for c in s.rx.drain(..) {
+                if let Src::Ring(bid) = c.src {
+                    recycled.push(bid);
+                }
+            }
+            s.rx_bytes = 0;
+            s.tx_q.clear();
+            s.tx_buf = BytesMut::new();
+            s.tx_queued = 0;
+            if s.rx_armed {
+                cancels.push(ud(idx, K_RECV));
+            }
+            if s.rx_private.is_some() {
+                cancels.push(ud(idx, K_RECV1));
+            }
+            if s.acc_armed {
+                cancels.push(ud(idx, K_ACCEPT));
+            }
+            if s.conn_busy {
+                cancels.push(ud(idx, K_CONNECT));
+            }
+            if s.tx_cur.is_some() {
+                cancels.push(ud(idx, K_SEND));
+                cancels.push(ud(idx, K_SENDZC));
+            }
+            for a in s.acc.drain(..).flatten() {
+                closes.push(a);
+            }
+            closes.push(s.fd);
+            s.closed = true;
+        }
+        for bid in recycled {
+            self.bufs.recycle(bid);
+        }
+        for c in cancels {
+            self.push(
+                opcode::AsyncCancel::new(c)
+                    .build()
+                    .user_data(ud(0, K_IGNORE)),
+            );
+        }
+        for fd in closes {
+            self.push(
+                opcode::Close::new(types::Fd(fd))
+                    .build()
+                    .user_data(ud(0, K_IGNORE)),
+            );
+        }
+        self.maybe_free(idx);
+    }
+
+    fn maybe_free(&mut self, idx: usize) {
+        if let Some(s) = &self.socks[idx]
+            && !s.alive
+            && s.closed
+            && s.inflight == 0
+        {
+            self.socks[idx] = None;
+            self.free.push(idx);
+        }
+    }
+
+    /// Closes the fds of sockets still open (teardown: their ops die with the ring).
+    pub(crate) fn close_all(&mut self) {
+        for s in self.socks.iter_mut().flatten() {
+            if !s.closed {
+                s.closed = true;
+                // SAFETY: the slot owns this fd.
+                unsafe { libc::close(s.fd) };
+            }
+            for a in s.acc.drain(..).flatten() {
+                // SAFETY: accepted fds not yet handed out are owned by the slot.
+                unsafe { libc::close(a) };
+            }
+        }
+    }
+
+    // ---- receive ----
+
+    fn arm_recv(&mut self, idx: usize) {
+        let s = self.sock(idx);
+        if s.rx_armed || s.rx_private.is_some() || s.rx_eof || s.rx_err.is_some() {
+            return;
+        }
+        s.rx_armed = true;
+        s.inflight += 1;
+        let fd = s.fd;
+        self.push(
+            opcode::RecvMulti::new(types::Fd(fd), BGID)
+                .build()
+                .user_data(ud(idx, K_RECV)),
+        );
+    }
+
+    fn arm_private_recv(&mut self, idx: usize) {
+        count(&stats().private_recvs);
+        let s = self.sock(idx);
+        let mut buf = vec![0u8; PRIVATE_RECV].into_boxed_slice();
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
+        s.rx_private = Some(buf);
+        s.inflight += 1;
+        let fd = s.fd;
+        self.push(
+            opcode::Recv::new(types::Fd(fd), ptr, len)
+                .build()
+                .user_data(ud(idx, K_RECV1)),
+        );
+    }
+
+    /// Bytes a socket may hold from the ring before its receive is paused.
+    fn rx_high(&self) -> usize {
+        (self.opts.buf_size as usize * self.opts.buf_count as usize / 8)
+            .max(self.opts.buf_size as usize)
+            .min(1 << 20)
+    }
+
+    fn on_recv(&mut self, idx: usize, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        let high = self.rx_high();
+        let mut recycle = None;
+        let mut cancel = false;
+        let mut private = false;
+        {
+            let s = self.sock(idx);
+            if !more {
+                s.rx_armed = false;
+                s.rx_cancelling = false;
+                s.inflight -= 1;
+            }
+            if res > 0 {
+                let bid = bid.expect("multishot recv completion without a buffer");
+                if s.alive {
+                    s.received(Src::Ring(bid), res as usize);
+                    if more && !s.rx_cancelling && s.rx_bytes >= high {
+                        s.rx_cancelling = true;
+                        cancel = true;
+                    }
+                } else {
+                    recycle = Some(bid);
+                }
+            } else if res == 0 {
+                s.rx_eof = true;
+            } else if res == -libc::ENOBUFS {
+                count(&stats().buffer_exhausted);
+                // The ring is empty. A socket with data queued re-arms once its reader has
+                // drained it; one with none would wait for others to return buffers, so it
+                // receives into a buffer of its own instead.
+                private = s.alive && s.rx.is_empty();
+            } else if res != -libc::ECANCELED {
+                s.rx_err = Some(-res);
+            }
+            wake(&mut s.rx_waker);
+        }
+        if let Some(bid) = recycle {
+            self.bufs.recycle(bid);
+        }
+        if cancel {
+            self.push(
+                opcode::AsyncCancel::new(ud(idx, K_RECV))
+                    .build()
+                    .user_data(ud(0, K_IGNORE)),
+            );
+        }
+        if private {
+            self.arm_private_recv(idx);
+        }
+    }
+
+    fn on_private_recv(&mut self, idx: usize, res: i32) {
+        let s = self.sock(idx);
+        s.inflight -= 1;
+        let buf = s.rx_private.take().unwrap_or_default();
+        if res > 0 {
+            if s.alive {
+                s.received(Src::Heap(buf), res as usize);
+            }
+        } else if res == 0 {
+            s.rx_eof = true;
+        } else if res != -libc::ECANCELED {
+            s.rx_err = Some(-res);
+        }
+        wake(&mut s.rx_waker);
+    }
+
+    /// Copies received bytes into `out` (up to its spare room, or `max` bytes for a fresh
+    /// buffer); returns None if there is nothing yet (the waker is kept), Some(0) at EOF.
+    pub(crate) fn read(
+        &mut self,
+        idx: usize,
+        waker: &Waker,
+        mut out: impl FnMut(&[u8]) -> usize,
+    ) -> Option<io::Result<usize>> {
+        let high = self.rx_high();
+        let mut total = 0;
+        let mut recycled = Vec::new();
+        let result;
+        {
+            let Driver { socks, bufs, .. } = self;
+            let s = socks[idx].as_mut().expect("read on a freed socket");
+            while let Some(c) = s.rx.front_mut() {
+                let data = match &c.src {
+                    Src::Ring(bid) => bufs.slice(*bid, c.off, c.len - c.off),
+                    Src::Heap(b) => &b[c.off..c.len],
+                };
+                let n = out(data);
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                c.off += n;
+                s.rx_bytes -= n;
+                if c.off == c.len {
+                    if let Some(Chunk {
+                        src: Src::Ring(bid),
+                        ..
+                    }) = s.rx.pop_front()
+                    {
+                        recycled.push(bid);
+                    }
+                } else {
+                    break;
+                }
+            }
+            result = if total > 0 {
+                Some(Ok(total))
+            } else if let Some(e) = s.rx_err {
+                Some(Err(io::Error::from_raw_os_error(e)))
+            } else if s.rx_eof {
+                Some(Ok(0))
+            } else {
+                set_waker(&mut s.rx_waker, waker);
+                None
+            };
+        }
+        for bid in &recycled {
+            self.bufs.recycle(*bid);
+        }
+        let s = self.sock(idx);
+        if !s.rx_armed && s.rx_private.is_none() && s.rx_bytes < high / 2 {
+            self.arm_recv(idx);
+        }
+        result
+    }
+
+    // ---- send ----
+
+    /// Queues `data` (copying it); returns how much was taken (0: the queue is full, the
+    /// waker is kept), or the socket's send error.
+    pub(crate) fn write(&mut self, idx: usize, waker: &Waker, bufs: &[&[u8]]) -> io::Result<usize> {
+        let limit = self.opts.send_queue;
+        let s = self.sock(idx);
+        if let Some(e) = s.tx_err {
+            return Err(io::Error::from_raw_os_error(e));
+        }
+        let room = limit.saturating_sub(s.tx_queued);
+        if room == 0 {
+            set_waker(&mut s.tx_waker, waker);
+            return Ok(0);
+        }
+        let mut taken = 0;
+        for b in bufs {
+            let n = b.len().min(room - taken);
+            s.tx_buf.extend_from_slice(&b[..n]);
+            taken += n;
+            if taken == room {
+                break;
+            }
+        }
+        s.tx_queued += taken;
+        self.kick_send(idx);
+        Ok(taken)
+    }
+
+    /// Queues `data` without copying; None if the queue is full (waker kept).
+    pub(crate) fn write_bytes(
+        &mut self,
+        idx: usize,
+        waker: &Waker,
+        data: &mut Option<Bytes>,
+    ) -> Option<io::Result<()>> {
+        let limit = self.opts.send_queue;
+        let s = self.sock(idx);
+        if let Some(e) = s.tx_err {
+            return Some(Err(io::Error::from_raw_os_error(e)));
+        }
+        if s.tx_queued >= limit {
+            set_waker(&mut s.tx_waker, waker);
+            return None;
+        }
+        let b = data.take().unwrap_or_default();
+        if !s.tx_buf.is_empty() {
+            let pending = s.tx_buf.split().freeze();
+            s.tx_q.push_back(pending);
+        }
+        s.tx_queued += b.len();
+        s.tx_q.push_back(b);
+        self.kick_send(idx);
+        Some(Ok(()))
+    }
+
+    /// Ready once everything queued has been sent (or the send failed).
+    pub(crate) fn flush(&mut self, idx: usize, waker: &Waker) -> Option<io::Result<()>> {
+        let s = self.sock(idx);
+        if let Some(e) = s.tx_err {
+            return Some(Err(io::Error::from_raw_os_error(e)));
+        }
+        if s.tx_queued == 0 && s.tx_cur.is_none() {
+            return Some(Ok(()));
+        }
+        set_waker(&mut s.tx_waker, waker);
+        None
+    }
+
+    /// Flushes, then shuts the write side down (FIN).
+    pub(crate) fn shutdown(&mut self, idx: usize, waker: &Waker) -> Option<io::Result<()>> {
+        match self.flush(idx, waker)? {
+            Ok(()) => {}
+            Err(e) => return Some(Err(e)),
+        }
+        let s = self.sock(idx);
+        if let Some(r) = s.shut_res {
+            return Some(if r < 0 && r != -libc::ENOTCONN {
+                Err(io::Error::from_raw_os_error(-r))
+            } else {
+                Ok(())
+            });
+        }
+        set_waker(&mut s.tx_waker, waker);
+        if !s.shut_wanted {
+            s.shut_wanted = true;
+            s.inflight += 1;
+            let fd = s.fd;
+            self.push(
+                opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
+                    .build()
+                    .user_data(ud(idx, K_SHUT)),
+            );
+        }
+        None
+    }
+
+    fn kick_send(&mut self, idx: usize) {
+        let zc = self.opts.send_zc_threshold;
+        let s = self.sock(idx);
+        if s.tx_cur.is_some() || s.tx_err.is_some() {
+            return;
+        }
+        let next = match s.tx_q.pop_front() {
+            Some(b) => b,
+            None if !s.tx_buf.is_empty() => s.tx_buf.split().freeze(),
+            None => return,
+        };
+        if next.is_empty() {
+            return self.kick_send_after_empty(idx);
+        }
+        s.tx_queued -= next.len();
+        let (ptr, len) = (next.as_ptr(), next.len().min(u32::MAX as usize) as u32);
+        let fd = s.fd;
+        s.tx_cur = Some(next);
+        s.inflight += 1;
+        let e = if zc > 0 && len as usize >= zc {
+            count(&stats().send_zc);
+            opcode::SendZc::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud(idx, K_SENDZC))
+        } else {
+            opcode::Send::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud(idx, K_SEND))
+        };
+        self.push(e);
+    }
+
+    fn kick_send_after_empty(&mut self, idx: usize) {
+        let s = self.sock(idx);
+        if !s.tx_q.is_empty() || !s.tx_buf.is_empty() {
+            self.kick_send(idx);
+        }
+    }
+
+    fn on_send(&mut self, idx: usize, res: i32, flags: u32, zc: bool) {
+        let s = self.sock(idx);
+        if zc && cqueue::notif(flags) {
+            s.tx_zc_hold.pop_front();
+            s.inflight -= 1;
+            return;
+        }
+        let cur = s.tx_cur.take();
+        if zc && cqueue::more(flags) {
+            // The notification follows; the buffer stays until then.
+            if let Some(c) = &cur {
+                s.tx_zc_hold.push_back(c.clone());
+            }
+        } else {
+            s.inflight -= 1;
+        }
+        if res < 0 {
+            if res != -libc::ECANCELED || s.alive {
+                s.tx_err = Some(-res);
+            }
+            s.tx_q.clear();
+            s.tx_buf = BytesMut::new();
+            s.tx_queued = 0;
+        } else if let Some(mut c) = cur {
+            let n = res as usize;
+            if n < c.len() {
+                c.advance(n);
+                s.tx_queued += c.len();
+                s.tx_q.push_front(c);
+            }
+        }
+        if s.alive {
+            wake(&mut s.tx_waker);
+            self.kick_send(idx);
+        }
+    }
+
+    // ---- connect ----
+
+    /// Starts connecting; poll with `connect_result`.
+    pub(crate) fn connect(&mut self, idx: usize, addr: socket2::SockAddr) {
+        let s = self.sock(idx);
+        let addr = Box::new(addr);
+        let (ptr, len) = (addr.as_ptr(), addr.len());
+        s.addr = Some(addr);
+        s.conn_busy = true;
+        s.inflight += 1;
+        let fd = s.fd;
+        self.push(
+            opcode::Connect::new(types::Fd(fd), ptr.cast(), len)
+                .build()
+                .user_data(ud(idx, K_CONNECT)),
+        );
+    }
+
+    pub(crate) fn connect_result(&mut self, idx: usize, waker: &Waker) -> Option<io::Result<()>> {
+        let s = self.sock(idx);
+        match s.conn_res {
+            Some(r) if r < 0 => Some(Err(io::Error::from_raw_os_error(-r))),
+            Some(_) => Some(Ok(())),
+            None => {
+                set_waker(&mut s.rx_waker, waker);
+                None
+            }
+        }
+    }
+
+    // ---- accept ----
+
+    pub(crate) fn accept(&mut self, idx: usize, waker: &Waker) -> Option<io::Result<RawFd>> {
+        let s = self.sock(idx);
+        if let Some(r) = s.acc.pop_front() {
+            return Some(r.map_err(io::Error::from_raw_os_error));
+        }
+        set_waker(&mut s.rx_waker, waker);
+        if !s.acc_armed {
+            s.acc_armed = true;
+            s.inflight += 1;
+            let fd = s.fd;
+            self.push(
+                opcode::AcceptMulti::new(types::Fd(fd))
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+                    .user_data(ud(idx, K_ACCEPT)),
+            );
+        }
+        None
+    }
+
+    fn on_accept(&mut self, idx: usize, res: i32, flags: u32) {
+        let mut close = None;
+        {
+            let s = self.sock(idx);
+            if !cqueue::more(flags) {
+                s.acc_armed = false;
+                s.inflight -= 1;
+            }
+            if res >= 0 {
+                if s.alive {
+                    s.acc.push_back(Ok(res));
+                } else {
+                    close = Some(res);
+                }
+            } else if res != -libc::ECANCELED {
+                s.acc.push_back(Err(-res));
+            }
+            wake(&mut s.rx_waker);
+        }
+        if let Some(fd) = close {
+            self.push(
+                opcode::Close::new(types::Fd(fd))
+                    .build()
+                    .user_data(ud(0, K_IGNORE)),
+            );
+        }
+    }
+}
+
+fn set_waker(slot: &mut Option<Waker>, w: &Waker) {
+    match slot {
+        Some(old) if old.will_wake(w) => {}
+        _ => *slot = Some(w.clone()),
+    }
+}
+
+fn wake(slot: &mut Option<Waker>) {
+    if let Some(w) = slot.take() {
+        w.wake();
+    }
+}

@@ -1,0 +1,123 @@
+//! The io_uring engine: a shard's own ring, a single-threaded executor that parks in
+//! `io_uring_enter`, and the socket types the flows use when this engine runs.
+//!
+//! Written on the `io-uring` crate (0.7, maintained) rather than tokio-uring or monoio
+//! (both without a release for two years, see bench/README.md): the engine needs multishot
+//! accept, multishot receive into a provided buffer ring, SEND_ZC and explicit cancellation,
+//! which those runtimes do not expose, and it must run tokio's `AsyncRead`/`AsyncWrite`
+//! consumers (tokio-rustls, h2) unchanged.
+//!
+//! Every data-path socket operation of a shard is an SQE on that shard's ring:
+//! - accept: one multishot ACCEPT per listener, re-armed when the kernel ends it;
+//! - receive: one multishot RECV per socket into the shard's provided buffer ring (group 0);
+//!   a socket holding more than its share is cancelled and re-armed when its reader catches
+//!   up; when the ring is empty (`ENOBUFS`) the socket falls back to one RECV into a private
+//!   buffer, so an exhausted ring slows a shard down but never stalls a connection;
+//! - send: SEND (SEND_ZC above a configurable size), one in flight per socket, later writes
+//!   queued behind it up to a per-socket limit; short sends are resubmitted;
+//! - connect, shutdown, close and cancellation are SQEs too; timers are the timeout argument
+//!   of the `io_uring_enter` the executor parks in; other threads wake a shard through an
+//!   eventfd the ring reads.
+//!
+//! Listener and outbound sockets are still created with `socket(2)` inside the pod's netns
+//! (by `inpod`), then handed to the ring.
+
+pub mod driver;
+pub mod exec;
+pub mod net;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The engine's knobs (see tuning/README.md for the measurement behind each default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UringOpts {
+    /// Submission queue entries per shard ring (the completion queue is twice that).
+    pub entries: u32,
+    /// Kernel submission-queue polling thread per ring, idle timeout in ms (None: off).
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Buffers in the shard's provided buffer ring (a power of two, ≤ 32768).
+    pub buf_count: u16,
+    /// Size of each provided buffer in bytes.
+    pub buf_size: u32,
+    /// Sends of at least this many bytes use SEND_ZC (0: never).
+    pub send_zc_threshold: usize,
+    /// Bytes a socket may have queued for sending before writers wait.
+    pub send_queue: usize,
+}
+
+impl Default for UringOpts {
+    fn default() -> Self {
+        UringOpts {
+            entries: 1024,
+            sqpoll_idle_ms: None,
+            buf_count: 256,
+            buf_size: 64 * 1024,
+            send_zc_threshold: 0,
+            send_queue: 256 * 1024,
+        }
+    }
+}
+
+impl UringOpts {
+    /// Checks the knobs, with a message naming the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.buf_count.is_power_of_two() {
+            return Err(format!(
+                "uring buffer count {} is not a power of two",
+                self.buf_count
+            ));
+        }
+        if self.buf_count > 32768 {
+            return Err(format!(
+                "uring buffer count {} is above 32768",
+                self.buf_count
+            ));
+        }
+        if self.buf_size < 1024 {
+            return Err(format!(
+                "uring buffer size {} is below 1024 bytes",
+                self.buf_size
+            ));
+        }
+        if self.entries < 8 {
+            return Err(format!("uring ring entries {} is below 8", self.entries));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that this process can run the engine: builds a ring with `opts` and registers a
+/// buffer ring, then tears both down. The error is what the kernel said (ENOSYS where
+/// io_uring is not built in, EPERM where seccomp or `kernel.io_uring_disabled` blocks it).
+pub fn probe(opts: &UringOpts) -> io::Result<()> {
+    opts.validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    driver::Driver::new(opts).map(drop)
+}
+
+/// Engine-wide counters, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Times a multishot receive ended because the provided buffer ring was empty.
+    pub buffer_exhausted: AtomicU64,
+    /// Receives that went to a private buffer because the ring was empty.
+    pub private_recvs: AtomicU64,
+    /// SEND_ZC operations submitted.
+    pub send_zc: AtomicU64,
+}
+
+static STATS: Stats = Stats {
+    buffer_exhausted: AtomicU64::new(0),
+    private_recvs: AtomicU64::new(0),
+    send_zc: AtomicU64::new(0),
+};
+
+/// The engine's counters (all shards of the process).
+pub fn stats() -> &'static Stats {
+    &STATS
+}
+
+fn count(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
