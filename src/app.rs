@@ -15,7 +15,10 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AdminState, Endpoints, PodInfo, PodStatus};
-use crate::config::{self, flags::IoEngine, flags::NodeArgs, flags::OrigSrc};
+use crate::config::{
+    self,
+    flags::{IoEngine, NodeArgs, OrigSrc, UringTaskRun},
+};
 use crate::hbone::H2Settings;
 use crate::identity::ca::Ca;
 use crate::identity::store::CertManager;
@@ -418,6 +421,11 @@ fn io_engine(args: &NodeArgs) -> Result<(runtime::Engine, runtime::UringOpts), S
         buf_size: u.uring_buffer_size,
         send_zc_threshold: u.uring_send_zc_threshold,
         send_queue: u.uring_send_queue.max(4096),
+        taskrun: match u.uring_taskrun {
+            UringTaskRun::Coop => runtime::uring::TaskRun::Coop,
+            UringTaskRun::Defer => runtime::uring::TaskRun::Defer,
+            UringTaskRun::Interrupt => runtime::uring::TaskRun::Default,
+        },
     };
     if args.io_engine == IoEngine::Epoll {
         return Ok((runtime::Engine::Epoll, opts));

@@ -6,6 +6,7 @@ use ringmesh::config::flags::{CaCommand, Cli, Command, LabCommand};
 
 /// mimalloc: per-thread free lists suit shard threads; the system allocator mmaps and faults
 /// in every large copy buffer (seen in `perf` as page faults on the bulk path).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -348,8 +348,9 @@ pub struct UringFlags {
     /// core per shard while busy; off by default).
     #[arg(long, value_name = "MS")]
     pub uring_sqpoll: Option<u32>,
-    /// Buffers in each shard's provided buffer ring (a power of two).
-    #[arg(long, default_value_t = 256)]
+    /// Buffers in each shard's provided buffer ring (a power of two). The ring's memory
+    /// (count x size) becomes resident as the kernel cycles through it.
+    #[arg(long, default_value_t = 64)]
     pub uring_buffers: u16,
     /// Size of each provided buffer, bytes.
     #[arg(long, default_value_t = 65536)]
@@ -360,6 +361,18 @@ pub struct UringFlags {
     /// Bytes a socket may queue for sending before its writer waits.
     #[arg(long, default_value_t = 262144)]
     pub uring_send_queue: usize,
+    /// How the kernel delivers completions: `coop` (posted at the shard's next enter),
+    /// `defer` (processed only in the shard's own enters), `interrupt` (as they happen).
+    #[arg(long, value_enum, default_value_t = UringTaskRun::Coop)]
+    pub uring_taskrun: UringTaskRun,
+}
+
+/// `--uring-taskrun` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UringTaskRun {
+    Coop,
+    Defer,
+    Interrupt,
 }
 
 /// Parses `500ms`, `10s`, `5m`, `24h` (a bare number is seconds).

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::runtime::net::{ReadHalf, Stream, WriteHalf};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 
 use crate::telemetry::metrics::TcpCounters;
@@ -76,9 +76,9 @@ pub async fn copy_h2(
     let up = async {
         let mut size = ReadSize::default();
         loop {
-            let mut buf = match read_fresh(&mut rd, &mut size).await {
+            let buf = match read_fresh(&mut rd, &mut size).await {
                 Ok(b) => b,
-                Err(e) if is_benign(&e) => BytesMut::new(),
+                Err(e) if is_benign(&e) => Bytes::new(),
                 Err(e) => return Err(CopyError::Io(e)),
             };
             if buf.is_empty() {
@@ -87,7 +87,7 @@ pub async fn copy_h2(
                 return Ok(());
             }
             counters.add_sent(buf.len() as u64);
-            let mut chunk = buf.split().freeze();
+            let mut chunk = buf;
             while !chunk.is_empty() {
                 send.reserve_capacity(chunk.len());
                 let cap = match poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -140,7 +140,7 @@ async fn pump(r: &mut ReadHalf, w: &mut WriteHalf, count: impl Fn(u64)) -> Resul
     loop {
         let buf = match read_fresh(r, &mut size).await {
             Ok(b) => b,
-            Err(e) if is_benign(&e) => BytesMut::new(),
+            Err(e) if is_benign(&e) => Bytes::new(),
             Err(e) => return Err(e.into()),
         };
         if buf.is_empty() {
@@ -148,7 +148,7 @@ async fn pump(r: &mut ReadHalf, w: &mut WriteHalf, count: impl Fn(u64)) -> Resul
             return Ok(());
         }
         let n = buf.len() as u64;
-        match w.write_bytes(buf.freeze()).await {
+        match w.write_bytes(buf).await {
             Ok(()) => {}
             Err(e) if is_benign(&e) => return Ok(()),
             Err(e) => return Err(e.into()),
@@ -170,7 +170,7 @@ impl Default for ReadSize {
 
 /// Reads into a buffer allocated only when data is there: an idle connection holds no read
 /// buffer at all. An empty buffer means EOF.
-async fn read_fresh(r: &mut ReadHalf, size: &mut ReadSize) -> io::Result<BytesMut> {
+async fn read_fresh(r: &mut ReadHalf, size: &mut ReadSize) -> io::Result<Bytes> {
     let buf = r.read_fresh(size.0).await?;
     let n = buf.len();
     if n == size.0 && size.0 < LARGE {

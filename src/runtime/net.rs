@@ -149,13 +149,13 @@ fn borrow<'a, T>(fd: std::os::fd::RawFd, _owner: &'a T) -> BorrowedFd<'a> {
 impl ReadHalf {
     /// Waits for data and reads it into a buffer allocated only now (an idle connection
     /// holds none), at most `max` bytes. An empty buffer is EOF.
-    pub async fn read_fresh(&mut self, max: usize) -> io::Result<BytesMut> {
+    pub async fn read_fresh(&mut self, max: usize) -> io::Result<Bytes> {
         match self {
             ReadHalf::Epoll(r) => loop {
                 r.readable().await?;
                 let mut buf = BytesMut::with_capacity(max);
                 match r.try_read_buf(&mut buf) {
-                    Ok(_) => return Ok(buf),
+                    Ok(_) => return Ok(buf.freeze()),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
                 }

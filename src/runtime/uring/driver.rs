@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
@@ -95,41 +96,125 @@ impl Default for Src {
     }
 }
 
+/// The memory of the provided buffers: one anonymous mapping (pages are touched only when
+/// the kernel first fills them), shared with the `Bytes` lent out of it so that it outlives
+/// them even if one strays past the ring's end.
+struct BufMem {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: plain memory; every region is written by the kernel only while it is in the ring
+// and read by us only while it is out of it (received or lent), never both.
+unsafe impl Send for BufMem {}
+// SAFETY: as above.
+unsafe impl Sync for BufMem {}
+
+impl BufMem {
+    fn new(len: usize) -> io::Result<BufMem> {
+        Ok(BufMem {
+            ptr: mmap_anon(len)?,
+            len,
+        })
+    }
+
+    fn slice(&self, start: usize, len: usize) -> &[u8] {
+        assert!(start + len <= self.len);
+        // SAFETY: inside the mapping (checked); the region is out of the ring (see above).
+        unsafe { std::slice::from_raw_parts(self.ptr.add(start), len) }
+    }
+}
+
+impl Drop for BufMem {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+fn mmap_anon(len: usize) -> io::Result<*mut u8> {
+    // SAFETY: anonymous private mapping, checked for failure.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.cast())
+}
+
+/// A received buffer handed to the flows as `Bytes` without a copy; it goes back into the
+/// ring when the last `Bytes` pointing at it is dropped (on the shard's thread).
+struct Lent {
+    mem: Arc<BufMem>,
+    bid: u16,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        self.mem.slice(self.start, self.len)
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let (mem, bid) = (&self.mem, self.bid);
+        DRIVER.with(|d| match d.try_borrow_mut() {
+            Ok(mut d) => {
+                if let Some(d) = d.as_mut()
+                    && Arc::ptr_eq(&d.bufs.mem, mem)
+                {
+                    d.bufs.recycle(bid);
+                }
+            }
+            // Dropped by the driver itself (a sent buffer): recycled at its next turn.
+            Err(_) => RECYCLE_LATER.with(|r| r.borrow_mut().push((mem.clone(), bid))),
+        });
+    }
+}
+
 /// The provided buffer ring: the ring of descriptors the kernel picks from (page-aligned
-/// mmap) and the buffers themselves (one allocation; pages are touched only when used).
+/// mmap) and the buffers themselves.
 struct BufRing {
     ring: *mut types::BufRingEntry,
     ring_len: usize,
-    bufs: Vec<u8>,
+    mem: Arc<BufMem>,
     count: u16,
     size: usize,
     tail: u16,
+    /// Buffers out of the ring (received and not yet consumed, or lent).
+    out: usize,
 }
 
 impl BufRing {
     fn new(count: u16, size: usize) -> io::Result<BufRing> {
         let ring_len = count as usize * std::mem::size_of::<types::BufRingEntry>();
-        // SAFETY: anonymous private mapping, checked for failure; unmapped in Drop.
-        let ring = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+        let ring = mmap_anon(ring_len)?;
+        let mem = match BufMem::new(count as usize * size) {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                // SAFETY: the ring mapping made just above.
+                unsafe { libc::munmap(ring.cast(), ring_len) };
+                return Err(e);
+            }
         };
-        if ring == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         let mut b = BufRing {
             ring: ring.cast(),
             ring_len,
-            bufs: vec![0u8; count as usize * size],
+            mem,
             count,
             size,
             tail: 0,
+            out: count as usize,
         };
         for bid in 0..count {
             b.push(bid);
@@ -141,14 +226,15 @@ impl BufRing {
     fn push(&mut self, bid: u16) {
         let idx = (self.tail & (self.count - 1)) as usize;
         // SAFETY: idx < count, the mapping holds `count` entries; the address is inside
-        // `bufs`, which lives as long as the ring registration.
+        // `mem`, which lives as long as the ring registration.
         unsafe {
             let e = &mut *self.ring.add(idx);
-            e.set_addr(self.bufs.as_ptr().add(bid as usize * self.size) as u64);
+            e.set_addr(self.mem.ptr.add(bid as usize * self.size) as u64);
             e.set_len(self.size as u32);
             e.set_bid(bid);
         }
         self.tail = self.tail.wrapping_add(1);
+        self.out -= 1;
     }
 
     fn publish(&self) {
@@ -160,20 +246,29 @@ impl BufRing {
         }
     }
 
+    fn taken(&mut self) {
+        self.out += 1;
+    }
+
     fn recycle(&mut self, bid: u16) {
         self.push(bid);
         self.publish();
     }
 
     fn slice(&self, bid: u16, off: usize, len: usize) -> &[u8] {
-        let start = bid as usize * self.size + off;
-        &self.bufs[start..start + len]
+        self.mem.slice(bid as usize * self.size + off, len)
+    }
+
+    /// Whether lending a buffer (holding it out of the ring until the flows drop it) leaves
+    /// enough for the other sockets: at most three quarters may be out.
+    fn can_lend(&self) -> bool {
+        self.out * 4 <= self.count as usize * 3
     }
 }
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`.
+        // SAFETY: unmaps exactly the descriptor mapping made in `new`.
         unsafe {
             libc::munmap(self.ring.cast(), self.ring_len);
         }
@@ -194,6 +289,7 @@ pub struct Driver {
 
 thread_local! {
     static DRIVER: RefCell<Option<Driver>> = const { RefCell::new(None) };
+    static RECYCLE_LATER: RefCell<Vec<(Arc<BufMem>, u16)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with this thread's driver. Panics if the thread runs no uring executor: the
@@ -234,6 +330,17 @@ impl Driver {
         b.setup_cqsize(opts.entries * 4);
         if let Some(idle) = opts.sqpoll_idle_ms {
             b.setup_sqpoll(idle);
+        }
+        match opts.taskrun {
+            super::TaskRun::Default => {}
+            super::TaskRun::Coop => {
+                b.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            super::TaskRun::Defer => {
+                b.setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_taskrun_flag();
+            }
         }
         let ring = b.build(opts.entries)?;
         let bufs = BufRing::new(opts.buf_count, opts.buf_size as usize)?;
@@ -292,6 +399,12 @@ impl Driver {
     /// Submits what is queued and, with `wait`, blocks until a completion arrives or
     /// `timeout` passes; then dispatches every completion.
     pub(crate) fn turn(&mut self, wait: bool, timeout: Option<Duration>) {
+        let later = RECYCLE_LATER.with(|r| std::mem::take(&mut *r.borrow_mut()));
+        for (mem, bid) in later {
+            if Arc::ptr_eq(&self.bufs.mem, &mem) {
+                self.bufs.recycle(bid);
+            }
+        }
         let res = if wait {
             match timeout {
                 Some(t) => {
@@ -301,7 +414,7 @@ impl Driver {
                 }
                 None => self.ring.submit_and_wait(1),
             }
-        } else if !self.ring.submission().is_empty() {
+        } else if !self.ring.submission().is_empty() || self.ring.submission().taskrun() {
             self.ring.submit()
         } else {
             Ok(0)
@@ -528,6 +641,7 @@ impl Driver {
         let mut recycle = None;
         let mut cancel = false;
         let mut private = false;
+        let mut taken = false;
         {
             let s = self.sock(idx);
             if !more {
@@ -537,6 +651,7 @@ impl Driver {
             }
             if res > 0 {
                 let bid = bid.expect("multishot recv completion without a buffer");
+                taken = true;
                 if s.alive {
                     s.received(Src::Ring(bid), res as usize);
                     if more && !s.rx_cancelling && s.rx_bytes >= high {
@@ -558,6 +673,9 @@ impl Driver {
                 s.rx_err = Some(-res);
             }
             wake(&mut s.rx_waker);
+        }
+        if taken {
+            self.bufs.taken();
         }
         if let Some(bid) = recycle {
             self.bufs.recycle(bid);
@@ -598,7 +716,6 @@ impl Driver {
         waker: &Waker,
         mut out: impl FnMut(&[u8]) -> usize,
     ) -> Option<io::Result<usize>> {
-        let high = self.rx_high();
         let mut total = 0;
         let mut recycled = Vec::new();
         let result;
@@ -643,11 +760,44 @@ impl Driver {
         for bid in &recycled {
             self.bufs.recycle(*bid);
         }
+        self.rearm(idx);
+        result
+    }
+
+    /// Re-arms the receive once the reader has drained its queue below half the limit.
+    fn rearm(&mut self, idx: usize) {
+        let high = self.rx_high();
         let s = self.sock(idx);
         if !s.rx_armed && s.rx_private.is_none() && s.rx_bytes < high / 2 {
             self.arm_recv(idx);
         }
-        result
+    }
+
+    /// Hands the next received buffer over without copying when it is from the ring, at
+    /// least `min` bytes, and the ring can spare it; else None (read with a copy instead).
+    pub(crate) fn lend(&mut self, idx: usize, min: usize) -> Option<bytes::Bytes> {
+        if !self.bufs.can_lend() {
+            return None;
+        }
+        let Driver { socks, bufs, .. } = self;
+        let s = socks[idx].as_mut()?;
+        let c = s.rx.front()?;
+        let Src::Ring(bid) = c.src else { return None };
+        if c.len - c.off < min {
+            return None;
+        }
+        let n = c.len - c.off;
+        let start = bid as usize * bufs.size + c.off;
+        s.rx.pop_front();
+        s.rx_bytes -= n;
+        let b = bytes::Bytes::from_owner(Lent {
+            mem: bufs.mem.clone(),
+            bid,
+            start,
+            len: n,
+        });
+        self.rearm(idx);
+        Some(b)
     }
 
     // ---- send ----
@@ -666,6 +816,8 @@ impl Driver {
             return Ok(0);
         }
         let mut taken = 0;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        s.tx_buf.reserve(total.min(room));
         for b in bufs {
             let n = b.len().min(room - taken);
             s.tx_buf.extend_from_slice(&b[..n]);

@@ -44,6 +44,22 @@ pub struct UringOpts {
     pub send_zc_threshold: usize,
     /// Bytes a socket may have queued for sending before writers wait.
     pub send_queue: usize,
+    /// How completions are delivered to the shard thread.
+    pub taskrun: TaskRun,
+}
+
+/// io_uring's completion delivery modes (`IORING_SETUP_*TASKRUN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskRun {
+    /// The kernel interrupts the thread to post completions as they happen.
+    Default,
+    /// COOP_TASKRUN | TASKRUN_FLAG: no interruption; completions are posted at the next
+    /// `io_uring_enter`, which the executor makes whenever the kernel flags pending work.
+    #[default]
+    Coop,
+    /// SINGLE_ISSUER | DEFER_TASKRUN: completions are processed only inside the shard's own
+    /// `io_uring_enter` calls.
+    Defer,
 }
 
 impl Default for UringOpts {
@@ -51,10 +67,11 @@ impl Default for UringOpts {
         UringOpts {
             entries: 1024,
             sqpoll_idle_ms: None,
-            buf_count: 256,
+            buf_count: 64,
             buf_size: 64 * 1024,
             send_zc_threshold: 0,
             send_queue: 256 * 1024,
+            taskrun: TaskRun::default(),
         }
     }
 }

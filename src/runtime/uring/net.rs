@@ -183,17 +183,21 @@ io_impls!(Stream);
 io_impls!(WriteHalf);
 
 impl ReadHalf {
-    /// Waits for data and returns all of it that is queued, up to `max` bytes, in a buffer
-    /// allocated now; an empty buffer is EOF.
-    pub async fn read_fresh(&mut self, max: usize) -> io::Result<BytesMut> {
+    /// Waits for data and returns it: a received buffer itself when the ring can spare it
+    /// (no copy; it returns to the ring when dropped), else a copy of what is queued, up to
+    /// `max` bytes, in a buffer allocated now. An empty buffer is EOF.
+    pub async fn read_fresh(&mut self, max: usize) -> io::Result<Bytes> {
         let h = &self.0;
         poll_fn(|cx| {
+            if let Some(b) = driver::with(|d| d.lend(h.idx, LEND_MIN)) {
+                return Poll::Ready(Ok(b));
+            }
             let mut out = BytesMut::new();
             let r = driver::with(|d| {
                 d.read(h.idx, cx.waker(), |data| {
                     let n = data.len().min(max - out.len());
                     if out.capacity() == 0 {
-                        out.reserve(max.min(n.max(16 * 1024)));
+                        out.reserve(max);
                     }
                     out.extend_from_slice(&data[..n]);
                     n
@@ -201,13 +205,16 @@ impl ReadHalf {
             });
             match r {
                 None => Poll::Pending,
-                Some(Ok(_)) => Poll::Ready(Ok(out)),
+                Some(Ok(_)) => Poll::Ready(Ok(out.freeze())),
                 Some(Err(e)) => Poll::Ready(Err(e)),
             }
         })
         .await
     }
 }
+
+/// Received buffers at least this full are lent rather than copied.
+const LEND_MIN: usize = 4096;
 
 impl WriteHalf {
     /// Queues `data` for sending without copying it; waits only while the socket's send
@@ -315,7 +322,7 @@ mod tests {
                                 w.shutdown().await.unwrap();
                                 return;
                             }
-                            w.write_bytes(b.freeze()).await.unwrap();
+                            w.write_bytes(b).await.unwrap();
                         }
                     });
                 }
