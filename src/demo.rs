@@ -44,6 +44,8 @@ pub struct Report {
     pub latency_us: Latency,
     /// Request bytes the destination proxies counted (istio_tcp_received_bytes_total).
     pub bytes_carried: f64,
+    /// The I/O engines the node proxies report (ringmesh_io_engine), e.g. ["uring"].
+    pub io_engines: Vec<String>,
     pub ok: bool,
 }
 
@@ -264,6 +266,14 @@ pub fn run(args: &DemoArgs) -> Result<Report, String> {
         "istio_tcp_received_bytes_total",
         &[("reporter", "destination")],
     );
+    let mut io_engines: Vec<String> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("ringmesh_io_engine{engine=\""))
+        .filter_map(|l| l.split('"').next())
+        .map(str::to_string)
+        .collect();
+    io_engines.sort();
+    io_engines.dedup();
     let lat = Latency {
         samples: rtts.len(),
         p50: apps::percentile_us(&rtts, 50.0),
@@ -277,6 +287,7 @@ pub fn run(args: &DemoArgs) -> Result<Report, String> {
         bulk_bytes: args.bulk_bytes,
         latency_us: lat,
         bytes_carried,
+        io_engines,
         paths,
         ok,
     };
@@ -343,6 +354,10 @@ fn print_report(r: &Report, secs: f64) {
     println!(
         "  carried    {:.1} MB of request bytes counted by the destination proxies (istio_tcp_received_bytes_total)",
         r.bytes_carried / 1e6
+    );
+    println!(
+        "  engine     {} (ringmesh_io_engine of the node proxies)",
+        r.io_engines.join(", ")
     );
     println!(
         "\n  result     {}",

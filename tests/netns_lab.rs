@@ -217,6 +217,9 @@ fn netns_demo_report() {
     assert!(r["throughput_gbps"].as_f64().unwrap() > 0.0);
     assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0);
     assert!(r["bytes_carried"].as_f64().unwrap() >= 33554432.0);
+    // Both node proxies run the engine the suite asked for (uring unless told otherwise).
+    let want = std::env::var("RINGMESH_IO_ENGINE").unwrap_or_else(|_| "uring".into());
+    assert_eq!(r["io_engines"], serde_json::json!([want]), "{r}");
     assert_eq!(
         root_state("rmdemo"),
         before,

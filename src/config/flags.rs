@@ -342,28 +342,28 @@ pub enum IoEngine {
 #[derive(Debug, Clone, Args)]
 pub struct UringFlags {
     /// Submission queue entries of each shard's ring (completion queue: 4x).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, env = "RINGMESH_URING_ENTRIES")]
     pub uring_entries: u32,
     /// Run a kernel SQ-polling thread per ring, sleeping after this many idle ms (costs a
     /// core per shard while busy; off by default).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", env = "RINGMESH_URING_SQPOLL")]
     pub uring_sqpoll: Option<u32>,
     /// Buffers in each shard's provided buffer ring (a power of two). The ring's memory
     /// (count x size) becomes resident as the kernel cycles through it.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, env = "RINGMESH_URING_BUFFERS")]
     pub uring_buffers: u16,
     /// Size of each provided buffer, bytes.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = 65536, env = "RINGMESH_URING_BUFFER_SIZE")]
     pub uring_buffer_size: u32,
     /// Sends of at least this many bytes use SEND_ZC (0: never).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, env = "RINGMESH_URING_SEND_ZC_THRESHOLD")]
     pub uring_send_zc_threshold: usize,
     /// Bytes a socket may queue for sending before its writer waits.
-    #[arg(long, default_value_t = 262144)]
+    #[arg(long, default_value_t = 262144, env = "RINGMESH_URING_SEND_QUEUE")]
     pub uring_send_queue: usize,
     /// How the kernel delivers completions: `coop` (posted at the shard's next enter),
     /// `defer` (processed only in the shard's own enters), `interrupt` (as they happen).
-    #[arg(long, value_enum, default_value_t = UringTaskRun::Coop)]
+    #[arg(long, value_enum, default_value_t = UringTaskRun::Coop, env = "RINGMESH_URING_TASKRUN")]
     pub uring_taskrun: UringTaskRun,
 }
 
