@@ -170,7 +170,7 @@ pub fn block_on<T: 'static>(
 ) -> io::Result<T> {
     let mut drv = Driver::new(opts)?;
     // SAFETY: plain eventfd creation; the fd is closed below.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     if efd < 0 {
         return Err(io::Error::last_os_error());
     }
