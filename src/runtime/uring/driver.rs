@@ -26,6 +26,7 @@ const K_CONNECT: u64 = 6;
 const K_ACCEPT: u64 = 7;
 const K_EVENTFD: u64 = 8;
 const K_IGNORE: u64 = 9;
+const K_EVENTFD_POLL: u64 = 10;
 
 /// Buffer group id of the shard's provided buffer ring.
 const BGID: u16 = 0;
@@ -366,10 +367,6 @@ impl Driver {
         })
     }
 
-    pub fn opts(&self) -> &UringOpts {
-        &self.opts
-    }
-
     fn push(&mut self, e: squeue::Entry) {
         loop {
             // SAFETY: every pointer in an entry refers to memory owned by a `Sock` slot or
@@ -452,6 +449,21 @@ impl Driver {
         let (idx, kind) = ((u >> 8) as usize, u & 0xff);
         match kind {
             K_EVENTFD => {
+                if self.efd >= 0 {
+                    if res == -libc::EAGAIN {
+                        // A kernel that honours O_NONBLOCK on io_uring reads: wait for
+                        // POLLIN instead of spinning on the read.
+                        let e = opcode::PollAdd::new(types::Fd(self.efd), libc::POLLIN as u32)
+                            .build()
+                            .user_data(ud(0, K_EVENTFD_POLL));
+                        self.push(e);
+                    } else {
+                        self.arm_eventfd();
+                    }
+                }
+                return;
+            }
+            K_EVENTFD_POLL => {
                 if self.efd >= 0 {
                     self.arm_eventfd();
                 }
@@ -717,7 +729,6 @@ impl Driver {
         mut out: impl FnMut(&[u8]) -> usize,
     ) -> Option<io::Result<usize>> {
         let mut total = 0;
-        let mut recycled = Vec::new();
         let result;
         {
             let Driver { socks, bufs, .. } = self;
@@ -740,7 +751,7 @@ impl Driver {
                         ..
                     }) = s.rx.pop_front()
                     {
-                        recycled.push(bid);
+                        bufs.recycle(bid);
                     }
                 } else {
                     break;
@@ -756,9 +767,6 @@ impl Driver {
                 set_waker(&mut s.rx_waker, waker);
                 None
             };
-        }
-        for bid in &recycled {
-            self.bufs.recycle(*bid);
         }
         self.rearm(idx);
         result
@@ -804,7 +812,12 @@ impl Driver {
 
     /// Queues `data` (copying it); returns how much was taken (0: the queue is full, the
     /// waker is kept), or the socket's send error.
-    pub(crate) fn write(&mut self, idx: usize, waker: &Waker, bufs: &[&[u8]]) -> io::Result<usize> {
+    pub(crate) fn write<B: std::ops::Deref<Target = [u8]>>(
+        &mut self,
+        idx: usize,
+        waker: &Waker,
+        bufs: &[B],
+    ) -> io::Result<usize> {
         let limit = self.opts.send_queue;
         let s = self.sock(idx);
         if let Some(e) = s.tx_err {

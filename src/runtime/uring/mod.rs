@@ -97,8 +97,18 @@ impl UringOpts {
                 self.buf_size
             ));
         }
-        if self.entries < 8 {
-            return Err(format!("uring ring entries {} is below 8", self.entries));
+        if !(8..=16384).contains(&self.entries) {
+            return Err(format!(
+                "uring ring entries {} is outside 8..=16384 (the completion queue is 4x and \
+                 the kernel allows 65536)",
+                self.entries
+            ));
+        }
+        if self.buf_size > 1 << 20 {
+            return Err(format!(
+                "uring buffer size {} is above 1 MiB",
+                self.buf_size
+            ));
         }
         Ok(())
     }
@@ -137,4 +147,26 @@ pub fn stats() -> &'static Stats {
 
 fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_knobs_are_named() {
+        let bad = |f: fn(&mut UringOpts), what: &str| {
+            let mut o = UringOpts::default();
+            f(&mut o);
+            let e = o.validate().unwrap_err();
+            assert!(e.contains(what), "{e}");
+        };
+        assert!(UringOpts::default().validate().is_ok());
+        bad(|o| o.buf_count = 100, "not a power of two");
+        bad(|o| o.buf_count = 0, "not a power of two");
+        bad(|o| o.buf_size = 100, "below 1024");
+        bad(|o| o.buf_size = 4 << 20, "above 1 MiB");
+        bad(|o| o.entries = 4, "outside 8..=16384");
+        bad(|o| o.entries = 1 << 20, "outside 8..=16384");
+    }
 }

@@ -99,7 +99,11 @@ fn poll_read(h: &Handle, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io
     }
 }
 
-fn poll_write(h: &Handle, cx: &mut Context<'_>, bufs: &[&[u8]]) -> Poll<io::Result<usize>> {
+fn poll_write<B: std::ops::Deref<Target = [u8]>>(
+    h: &Handle,
+    cx: &mut Context<'_>,
+    bufs: &[B],
+) -> Poll<io::Result<usize>> {
     if bufs.iter().all(|b| b.is_empty()) {
         return Poll::Ready(Ok(0));
     }
@@ -128,8 +132,7 @@ fn write_vectored(
     cx: &mut Context<'_>,
     bufs: &[io::IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
-    let slices: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
-    poll_write(h, cx, &slices)
+    poll_write(h, cx, bufs)
 }
 
 macro_rules! io_impls {
