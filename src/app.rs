@@ -451,6 +451,7 @@ fn effective_config(args: &NodeArgs, shards: usize, engine: runtime::Engine) -> 
         "ioEngine": engine.name(),
         "packetMark": args.mark,
         "origSrc": format!("{:?}", args.orig_src),
+        "localTcpCongestion": args.local_tcp_congestion,
         "certTtlSeconds": args.cert_ttl.as_secs(),
         "http2StreamWindowSize": args.h2_stream_window,
         "http2ConnectionWindowSize": args.h2_connection_window,
@@ -485,7 +486,25 @@ pub fn proxy_config(args: &NodeArgs) -> ProxyConfig {
         },
         connect_timeout: args.connect_timeout,
         pool_idle_timeout: args.pool_idle_timeout,
+        local_congestion: local_congestion(&args.local_tcp_congestion),
         ..ProxyConfig::default()
+    }
+}
+
+/// `--local-tcp-congestion`: None for `default`, or when this kernel does not offer it (one
+/// warning; the local legs then keep the node's default).
+fn local_congestion(name: &str) -> Option<String> {
+    if name.is_empty() || name == "default" {
+        return None;
+    }
+    match crate::runtime::sockopt::congestion_available(name) {
+        Ok(()) => Some(name.to_string()),
+        Err(e) => {
+            tracing::warn!(
+                "--local-tcp-congestion {name} is not available ({e}): pod-local legs keep                  the node's default congestion control"
+            );
+            None
+        }
     }
 }
 

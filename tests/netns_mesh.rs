@@ -118,6 +118,8 @@ fn netns_two_node_mesh() {
         "server-b 198.18.1.2"
     );
 
+    pod_local_legs_use_cubic(&client_a.netns, &server_b.netns, &ca_ns);
+
     // IPv6, cross node, source kept.
     assert_eq!(
         echo_from(&ca_ns, addr("[fd00:198:18:2::2]:8080")).unwrap(),
@@ -386,4 +388,61 @@ fn direct_hbone_checks(
 }
 
 #[allow(dead_code)]
+/// `--local-tcp-congestion` (default cubic) holds on both pod-local legs of a live
+/// connection — the app's connection into 15001 and the proxy's connection to the app —
+/// while the HBONE leg keeps the netns default.
+fn pod_local_legs_use_cubic(
+    client_netns: &str,
+    server_netns: &str,
+    client: &ringmesh::inpod::Netns,
+) {
+    let mut live = connect_from(client, addr("198.18.2.2:8080")).unwrap();
+    let mut b = [0u8; 64];
+    assert!(live.read(&mut b).unwrap() > 0, "no greeting");
+    let ss = |netns: &str, filter: &str| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "ss",
+                "-tinH",
+                "state",
+                "established",
+                filter,
+            ])
+            .output()
+            .expect("ss (iproute2)");
+        assert!(out.status.success(), "ss failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let proxy_side = ss(client_netns, "( sport = :15001 )");
+    assert!(
+        proxy_side.contains("cubic"),
+        "proxy's socket from the app: {proxy_side}"
+    );
+    let to_app = ss(server_netns, "( dport = :8080 )");
+    assert!(
+        to_app.contains("cubic"),
+        "proxy's socket to the app: {to_app}"
+    );
+    let default = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client_netns,
+            "cat",
+            "/proc/sys/net/ipv4/tcp_congestion_control",
+        ])
+        .output()
+        .unwrap();
+    let default = String::from_utf8_lossy(&default.stdout).trim().to_string();
+    let hbone = ss(client_netns, "( dport = :15008 )");
+    assert!(
+        hbone.contains(&default),
+        "HBONE leg should keep {default}: {hbone}"
+    );
+    drop(live);
+}
+
 fn _unused(_: &mut dyn Read) {}

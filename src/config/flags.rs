@@ -11,6 +11,7 @@ pub mod env {
     pub const CONFIG: &str = "RINGMESH_CONFIG";
     pub const SHARDS: &str = "RINGMESH_SHARDS";
     pub const IO_ENGINE: &str = "RINGMESH_IO_ENGINE";
+    pub const LOCAL_TCP_CONGESTION: &str = "RINGMESH_LOCAL_TCP_CONGESTION";
     pub const CA_CERT: &str = "RINGMESH_CA_CERT";
     pub const CA_KEY: &str = "RINGMESH_CA_KEY";
     pub const LOG: &str = "RUST_LOG";
@@ -21,6 +22,8 @@ pub mod env {
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 pub const HBONE_PORT: u16 = 15008;
+/// Congestion control on pod-local legs unless `--local-tcp-congestion` says otherwise.
+pub const DEFAULT_LOCAL_TCP_CONGESTION: &str = "cubic";
 /// istio-cni's default ZDS socket.
 pub const DEFAULT_ZDS_SOCKET: &str = "/var/run/ztunnel/ztunnel.sock";
 /// The packet mark on every proxy socket (ztunnel's 1337); capture rules skip it.
@@ -248,6 +251,14 @@ pub struct NodeArgs {
     /// SO_MARK on every proxy socket (capture rules skip marked packets).
     #[arg(long, default_value_t = DEFAULT_MARK)]
     pub mark: u32,
+
+    /// TCP congestion control on the pod-local legs: the app's connection into the node
+    /// proxy and the proxy's connection to the app, both inside the pod's netns, never on a
+    /// network. `default` keeps the node's (often BBR, whose pacing timers cost CPU and
+    /// nothing is gained on a local path; tuning/README.md). The HBONE leg between nodes
+    /// and plaintext from other pods always keep the node's choice.
+    #[arg(long, default_value = DEFAULT_LOCAL_TCP_CONGESTION, env = env::LOCAL_TCP_CONGESTION)]
+    pub local_tcp_congestion: String,
 
     /// HTTP/2 stream flow-control window (bytes).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]

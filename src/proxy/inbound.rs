@@ -292,7 +292,7 @@ async fn admit(
     )
     .await
     .map_err(Reject::Unavailable)?;
-    crate::runtime::sockopt::tune_app_conn(&up);
+    crate::runtime::sockopt::tune_app_conn(&up, ctx.cfg.local_congestion.as_deref());
     Ok((dst, uid, id, up))
 }
 

@@ -48,6 +48,8 @@ pub struct ProxyConfig {
     pub hbone_port: u16,
     /// Ports that are the proxy's own: never a valid destination.
     pub proxy_ports: Vec<u16>,
+    /// Congestion control for the pod-local legs (None: the node's default).
+    pub local_congestion: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -64,6 +66,7 @@ impl Default for ProxyConfig {
                 flags::INBOUND_PLAINTEXT_PORT,
                 flags::HBONE_PORT,
             ],
+            local_congestion: Some(flags::DEFAULT_LOCAL_TCP_CONGESTION.to_string()),
         }
     }
 }

@@ -193,7 +193,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
 
 async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    sockopt::tune_app_conn(&s);
+    sockopt::tune_app_conn(&s, ctx.cfg.local_congestion.as_deref());
     let orig = match sockopt::original_dst(&s) {
         Ok(o) => o,
         Err(e) => {

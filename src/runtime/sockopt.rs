@@ -34,14 +34,26 @@ pub fn original_dst(s: &impl AsFd) -> io::Result<SocketAddr> {
 }
 
 /// TCP_NODELAY and ztunnel's keepalive (180 s idle, 180 s interval, 9 probes) on an
-/// app-facing connection.
-pub fn tune_app_conn(s: &impl AsFd) {
+/// app-facing connection; `local_cc` (a congestion control name) only for a connection
+/// that stays inside the pod's netns.
+pub fn tune_app_conn(s: &impl AsFd, local_cc: Option<&str>) {
     let _ = SockRef::from(s).set_tcp_nodelay(true);
     let ka = TcpKeepalive::new()
         .with_time(Duration::from_secs(180))
         .with_interval(Duration::from_secs(180))
         .with_retries(9);
     let _ = SockRef::from(s).set_tcp_keepalive(&ka);
+    if let Some(cc) = local_cc {
+        // Checked at start (`congestion_available`); a failure here leaves the default.
+        let _ = SockRef::from(s).set_tcp_congestion(cc.as_bytes());
+    }
+}
+
+/// Whether this kernel lets a socket use congestion control `name` (it may not be built
+/// or loaded, or be restricted by net.ipv4.tcp_allowed_congestion_control).
+pub fn congestion_available(name: &str) -> io::Result<()> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.set_tcp_congestion(name.as_bytes())
 }
 
 /// Sets the receive and send buffer sizes (best effort; the kernel caps them).

@@ -196,11 +196,13 @@ impl ReadHalf {
                 return Poll::Ready(Ok(b));
             }
             let mut out = BytesMut::new();
+            let mut fresh = true;
             let r = driver::with(|d| {
                 d.read(h.idx, cx.waker(), |data| {
                     let n = data.len().min(max - out.len());
-                    if out.capacity() == 0 {
-                        out.reserve(max);
+                    if fresh {
+                        out = crate::runtime::net::fresh_buf(max);
+                        fresh = false;
                     }
                     out.extend_from_slice(&data[..n]);
                     n
