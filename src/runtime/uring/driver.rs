@@ -104,12 +104,13 @@ impl Sock {
 
     /// Keeps a fully sent buffer as the spare if nothing else holds it (a `write_bytes`
     /// caller's buffer, a zero-copy send waiting for its notification) and it is larger.
-    fn keep_spare(&mut self, sent: Bytes) {
+    /// A caller's buffer larger than `max` (say, a whole HTTP/2 read buffer) is freed.
+    fn keep_spare(&mut self, sent: Bytes, max: usize) {
         if let Ok(mut b) = sent.try_into_mut() {
             b.clear();
             // The sent bytes were consumed from the front: take that room back.
             let _ = b.try_reclaim(b.capacity() + 1);
-            if b.capacity() > self.tx_spare.capacity() {
+            if b.capacity() > self.tx_spare.capacity() && b.capacity() <= max {
                 self.tx_spare = b;
             }
         }
@@ -996,6 +997,8 @@ impl Driver {
     }
 
     fn on_send(&mut self, idx: usize, res: i32, flags: u32, zc: bool) {
+        // The queue's buffer grows to about the queue limit; twice that covers its growth.
+        let spare_max = 2 * self.opts.send_queue;
         let s = self.sock(idx);
         if zc && cqueue::notif(flags) {
             s.tx_zc_hold.pop_front();
@@ -1026,7 +1029,14 @@ impl Driver {
                 s.tx_queued += c.len();
                 s.tx_q.push_front(c);
             } else {
-                s.keep_spare(c);
+                s.keep_spare(c, spare_max);
+            }
+            if s.tx_buf.is_empty() && s.tx_q.is_empty() {
+                // Idle: hold one buffer, not two (memory per idle connection).
+                let spare = std::mem::take(&mut s.tx_spare);
+                if spare.capacity() > s.tx_buf.capacity() {
+                    s.tx_buf = spare;
+                }
             }
         }
         if s.alive {
