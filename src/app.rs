@@ -125,6 +125,7 @@ impl Node {
             .unwrap_or_else(|| runtime::allowed_cpus().len())
             .max(1);
         let cfg = Arc::new(proxy_config(&args));
+        let local_cc = cfg.local_congestion.clone();
         let (engine, uring) = io_engine(&args)?;
         tracing::info!(shards = n, orig_src = ?cfg.orig_src, "starting shards (engine: {engine})");
         let metrics = Arc::new(Metrics::default());
@@ -152,7 +153,7 @@ impl Node {
             metrics: metrics.clone(),
             pods: Default::default(),
             pending: Default::default(),
-            config: effective_config(&args, n, engine),
+            config: effective_config(&args, n, engine, local_cc.as_deref()),
             quit: tokio::sync::Notify::new(),
         });
         let mut node = Node {
@@ -443,7 +444,12 @@ fn io_engine(args: &NodeArgs) -> Result<(runtime::Engine, runtime::UringOpts), S
     }
 }
 
-fn effective_config(args: &NodeArgs, shards: usize, engine: runtime::Engine) -> serde_json::Value {
+fn effective_config(
+    args: &NodeArgs,
+    shards: usize,
+    engine: runtime::Engine,
+    local_cc: Option<&str>,
+) -> serde_json::Value {
     serde_json::json!({
         "configFile": args.config.display().to_string(),
         "shards": shards,
@@ -451,7 +457,7 @@ fn effective_config(args: &NodeArgs, shards: usize, engine: runtime::Engine) -> 
         "ioEngine": engine.name(),
         "packetMark": args.mark,
         "origSrc": format!("{:?}", args.orig_src),
-        "localTcpCongestion": args.local_tcp_congestion,
+        "localTcpCongestion": local_cc.unwrap_or("default"),
         "certTtlSeconds": args.cert_ttl.as_secs(),
         "http2StreamWindowSize": args.h2_stream_window,
         "http2ConnectionWindowSize": args.h2_connection_window,

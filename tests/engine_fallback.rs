@@ -92,6 +92,12 @@ fn blocked_io_uring_falls_back_to_epoll() {
                 || dump.contains(&format!("\"ioEngine\":\"{want}\"")),
             "{dump}"
         );
+        // The effective congestion control of the pod-local legs (this kernel has cubic).
+        let compact: String = dump.split_whitespace().collect();
+        assert!(
+            compact.contains("\"localTcpCongestion\":\"cubic\""),
+            "{dump}"
+        );
         // Traffic flows on whichever engine runs: same node, through HBONE.
         assert_eq!(echo_from(&c_ns, dst).unwrap(), "server 198.18.1.2");
         drop(node);
