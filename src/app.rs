@@ -507,7 +507,8 @@ fn local_congestion(name: &str) -> Option<String> {
         Ok(()) => Some(name.to_string()),
         Err(e) => {
             tracing::warn!(
-                "--local-tcp-congestion {name} is not available ({e}): pod-local legs keep                  the node's default congestion control"
+                "--local-tcp-congestion {name} is not available ({e}): pod-local legs keep \
+                 the node's default congestion control"
             );
             None
         }
@@ -524,4 +525,19 @@ fn transparent_allowed() -> bool {
 pub fn ca_init(cert: &Path, key: &Path) -> Result<(), crate::identity::ca::CaError> {
     let ca = Ca::generate(SystemTime::now())?;
     ca.save(cert, key)
+}
+
+#[cfg(test)]
+mod local_cc_tests {
+    use super::local_congestion;
+
+    #[test]
+    fn local_congestion_default_unknown_and_known() {
+        assert_eq!(local_congestion("default"), None);
+        assert_eq!(local_congestion(""), None);
+        // A name the kernel does not have: a warning, and the node's default.
+        assert_eq!(local_congestion("no-such-algorithm"), None);
+        // reno is built into every Linux kernel.
+        assert_eq!(local_congestion("reno").as_deref(), Some("reno"));
+    }
 }
