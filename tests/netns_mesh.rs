@@ -119,6 +119,8 @@ fn netns_two_node_mesh() {
     );
 
     pod_local_legs_use_cubic(&client_a.netns, &server_b.netns, &ca_ns);
+    serve_echo(&sb_ns, 8081, "server-b-8081");
+    upstream_ports_shared_across_destinations(&server_b.netns, &ca_ns);
 
     // IPv6, cross node, source kept.
     assert_eq!(
@@ -443,6 +445,42 @@ fn pod_local_legs_use_cubic(
         "HBONE leg should keep {default}: {hbone}"
     );
     drop(live);
+}
+
+/// The proxy's connection to the app keeps the client's IP, and its TIME_WAIT sockets hold
+/// ports: the source port must be chosen per destination (IP_BIND_ADDRESS_NO_PORT), not
+/// reserved by bind() for every destination. With 20 ephemeral ports in the server pod,
+/// 30 short connections over two app ports fit only if the ports are shared.
+fn upstream_ports_shared_across_destinations(server_netns: &str, client: &ringmesh::inpod::Netns) {
+    let sysctl = |v: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", server_netns, "sysctl", "-qw"])
+            .arg(format!("net.ipv4.ip_local_port_range={v}"))
+            .output()
+            .expect("sysctl");
+        assert!(out.status.success(), "sysctl failed: {out:?}");
+    };
+    let before = std::process::Command::new("ip")
+        .args(["netns", "exec", server_netns, "sysctl", "-n"])
+        .arg("net.ipv4.ip_local_port_range")
+        .output()
+        .expect("sysctl");
+    let before = String::from_utf8_lossy(&before.stdout).to_string();
+    assert!(!before.trim().is_empty(), "no port range read");
+    sysctl("40000 40019");
+    let mut failed = None;
+    for i in 0..30 {
+        let port = if i % 2 == 0 { 8080 } else { 8081 };
+        if let Err(e) = echo_from(client, SocketAddr::new(addr("198.18.2.2:0").ip(), port)) {
+            failed = Some(format!("connection {i} to port {port}: {e}"));
+            break;
+        }
+    }
+    sysctl(&before.split_whitespace().collect::<Vec<_>>().join(" "));
+    assert_eq!(
+        failed, None,
+        "source ports were not shared across destinations"
+    );
 }
 
 fn _unused(_: &mut dyn Read) {}

@@ -214,6 +214,9 @@ fn netns(path: &Path) -> Result<Netns, String> {
     Netns::open(path).map_err(|e| e.to_string())
 }
 
+/// First echo port of the connection-rate test (one port per round and contender).
+const CONN_PORT_BASE: u16 = 8100;
+
 /// Runs the benchmark; returns the report (also written as JSON/Markdown/SVG if asked).
 pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     let topo = Topology::parse("embedded bench topology", BENCH).map_err(|e| e.to_string())?;
@@ -231,12 +234,24 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         load::serve_hold(&ns, 9100).map_err(|e| e.to_string())?;
         hbone_counter(&s.netns, true)?;
     }
+    // The connection-rate test leaves thousands of TIME_WAIT sockets in the client pod for a
+    // minute, and the next contender connecting to the same address would pay for them in
+    // the kernel's port search: every (round, contender) gets its own echo port.
+    let conn_ports = args.sizes.rounds * args.contenders.len();
+    let server_b_ns = netns(&server_b.netns_path())?;
+    for i in 0..conn_ports {
+        apps::serve_echo(&server_b_ns, CONN_PORT_BASE + i as u16, &server_b.name)
+            .map_err(|e| e.to_string())?;
+    }
     let at = |p: &crate::lab::LabPod, port: u16| SocketAddr::new(p.ip.into(), port);
     let targets = Targets {
         same_sink: at(&server_a, 9000),
         cross_sink: at(&server_b, 9000),
         cross_echo: at(&server_b, 8080),
         cross_hold: at(&server_b, 9100),
+        conn_echo: (0..conn_ports)
+            .map(|i| at(&server_b, CONN_PORT_BASE + i as u16))
+            .collect(),
         server_b_netns: server_b.netns.clone(),
     };
     if let Some(p) = &args.tuning {
@@ -271,7 +286,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     let mut rounds: BTreeMap<String, Vec<Round>> = BTreeMap::new();
     let mut invalid: BTreeMap<String, String> = BTreeMap::new();
     for r in 0..args.sizes.rounds {
-        for c in &args.contenders {
+        for (ci, c) in args.contenders.iter().enumerate() {
             if invalid.contains_key(c.name()) {
                 continue;
             }
@@ -283,7 +298,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
             ));
             let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
             let run = guard.as_mut().ok_or("lab gone")?;
-            let res = one_round(run, c, args, &client_ns, &targets);
+            let conn_dst = targets.conn_echo[r * args.contenders.len() + ci];
+            let res = one_round(run, c, args, &client_ns, &targets, conn_dst);
             run.stop_proxies();
             drop(guard);
             match res {
@@ -333,6 +349,8 @@ struct Targets {
     cross_sink: SocketAddr,
     cross_echo: SocketAddr,
     cross_hold: SocketAddr,
+    /// One echo address per (round, contender) for the connection-rate test.
+    conn_echo: Vec<SocketAddr>,
     server_b_netns: String,
 }
 
@@ -429,6 +447,7 @@ fn one_round(
     args: &BenchArgs,
     client: &Netns,
     t: &Targets,
+    conn_dst: SocketAddr,
 ) -> Result<Round, String> {
     start(run, c, args)?;
     let meshed = *c != Contender::Raw;
@@ -469,7 +488,7 @@ fn one_round(
         s.fixed_rate,
         s.fixed_dur,
     )?);
-    r.conn_per_s = Some(load::conn_rate(client, t.cross_echo, s.conn_dur, 4)?);
+    r.conn_per_s = Some(load::conn_rate(client, conn_dst, s.conn_dur, 4)?);
     if meshed {
         let tunnels = load::open_tunnels(client, t.cross_hold, s.tunnels)?;
         std::thread::sleep(Duration::from_millis(300));

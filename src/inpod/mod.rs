@@ -153,6 +153,16 @@ impl Netns {
                     (IpAddr::V4(v4), SocketAddr::V6(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
                     (ip, _) => ip,
                 };
+                // The port is left to connect(), which picks it for the whole 4-tuple: a
+                // bind to port 0 reserves a port for every destination and scans the range
+                // linearly, so once the client's TIME_WAIT sockets fill half of it each
+                // connect here stalled for tens of milliseconds (≈ 95 connections/s).
+                nix::sys::socket::setsockopt(
+                    &s,
+                    nix::sys::socket::sockopt::IpBindAddressNoPort,
+                    &true,
+                )
+                .map_err(io::Error::from)?;
                 s.bind(&SocketAddr::new(bind_ip, 0).into())?;
             }
             Ok(s.into())
