@@ -1,5 +1,9 @@
 //! Single-stream bulk throughput through the node proxy vs the same transfer without it,
-//! measured in one run, interleaved (raw, mesh, raw, mesh, …) so machine drift hits both.
+//! measured in one run, interleaved (raw, mesh, relays, raw, mesh, …) so machine drift hits
+//! all. Two ceilings run beside them over the same three TCP legs a meshed connection has
+//! (`relay.rs`): a relay that only copies (`tcp relay`) and one that adds rustls on the
+//! middle leg (`tls relay`) — what copies and crypto alone cost here. CPU per GB is the
+//! node proxies' (or the relay threads') CPU time over the bytes sent.
 //!
 //! Run as root: `cargo bench --bench l4_throughput` (env: `BENCH_BYTES`, default 1 GiB;
 //! `BENCH_ROUNDS`, default 3; `BENCH_SHARDS`, default one per core). Under `cargo test` it runs
@@ -7,6 +11,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod relay;
 
 use std::net::SocketAddr;
 
@@ -88,28 +93,77 @@ fn main() {
     // Warm-up: handshakes and pools.
     send(&mesh_ns, dst(&server_a), 16 << 20);
     send(&mesh_ns, dst(&server_b), 16 << 20);
+    // Relays run in the uncaptured pods: front 127.0.0.1:<port> in raw-client-a.
+    let relays = |server: &ringmesh::lab::LabPod, base: u16| {
+        let mk = |port: u16, tls: bool| {
+            relay::start(
+                ns(&raw_client),
+                ns(server),
+                server.ip.into(),
+                port,
+                port + 100,
+                9000,
+                tls,
+            )
+        };
+        (mk(base, false), mk(base + 1, true))
+    };
+    let local = |port: u16| SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port);
+    let mesh_cpu = |pids: &[u32]| -> f64 {
+        pids.iter()
+            .filter_map(|p| ringmesh::benchmark::load::cpu_seconds(*p))
+            .sum()
+    };
+    let (pa, pb) = (_na.child.id(), _nb.child.id());
     let cases = [
-        ("same node", &raw_server_a, &server_a),
-        ("cross node", &raw_server_b, &server_b),
+        ("same node", &raw_server_a, &server_a, vec![pa], 7010),
+        ("cross node", &raw_server_b, &server_b, vec![pa, pb], 7020),
     ];
     println!(
-        "l4_throughput: 1 stream, {} MiB per transfer, {rounds} interleaved rounds, median Gb/s",
+        "l4_throughput: 1 stream, {} MiB per transfer, {rounds} interleaved rounds, median Gb/s; CPU s per GB (the proxies' or relays' CPU over the bytes)",
         bytes >> 20
     );
-    println!("| path | raw (no mesh) Gb/s | ringmesh Gb/s | ringmesh / raw |");
-    println!("|---|---|---|---|");
-    for (name, raw_dst, mesh_dst) in cases {
-        let (mut raw, mut mesh) = (Vec::new(), Vec::new());
+    println!(
+        "| path | raw (no mesh) Gb/s | ringmesh Gb/s | tcp relay Gb/s | tls relay Gb/s | ringmesh / raw | ringmesh / tls relay | CPU s/GB ringmesh | tcp relay | tls relay |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let gb = bytes as f64 / 1e9;
+    for (name, raw_dst, mesh_dst, pids, base) in cases {
+        let (tcp_relay, tls_relay) = relays(raw_dst, base);
+        let (mut raw, mut mesh, mut tcp, mut tls) = (vec![], vec![], vec![], vec![]);
+        let (mut mesh_c, mut tcp_c, mut tls_c) = (vec![], vec![], vec![]);
         for _ in 0..rounds {
             raw.push(send(&raw_ns, dst(raw_dst), bytes));
+            let c0 = mesh_cpu(&pids);
             mesh.push(send(&mesh_ns, dst(mesh_dst), bytes));
+            mesh_c.push((mesh_cpu(&pids) - c0) / gb);
+            for (r, v, c, port) in [
+                (&tcp_relay, &mut tcp, &mut tcp_c, base),
+                (&tls_relay, &mut tls, &mut tls_c, base + 1),
+            ] {
+                let c0 = r.cpu_seconds();
+                v.push(send(&raw_ns, local(port), bytes));
+                r.wait_idle();
+                c.push((r.cpu_seconds() - c0) / gb);
+            }
         }
-        let (r, m) = (median(raw.clone()), median(mesh.clone()));
+        let (r, m, t, s) = (
+            median(raw.clone()),
+            median(mesh.clone()),
+            median(tcp.clone()),
+            median(tls.clone()),
+        );
         println!(
-            "| {name} | {r:.2} (runs {}) | {m:.2} (runs {}) | {:.2} |",
+            "| {name} | {r:.2} (runs {}) | {m:.2} (runs {}) | {t:.2} (runs {}) | {s:.2} (runs {}) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             fmt(&raw),
             fmt(&mesh),
-            m / r
+            fmt(&tcp),
+            fmt(&tls),
+            m / r,
+            m / s,
+            median(mesh_c),
+            median(tcp_c),
+            median(tls_c),
         );
     }
 }

@@ -361,10 +361,12 @@ pub struct UringFlags {
     pub uring_sqpoll: Option<u32>,
     /// Buffers in each shard's provided buffer ring (a power of two). The ring's memory
     /// (count x size) becomes resident as the kernel cycles through it.
-    #[arg(long, default_value_t = 64, env = "RINGMESH_URING_BUFFERS")]
+    #[arg(long, default_value_t = 32, env = "RINGMESH_URING_BUFFERS")]
     pub uring_buffers: u16,
-    /// Size of each provided buffer, bytes.
-    #[arg(long, default_value_t = 65536, env = "RINGMESH_URING_BUFFER_SIZE")]
+    /// Size of each provided buffer, bytes. One receive completion carries at most this much:
+    /// 256 KiB buffers halve the completions per byte of 64 KiB ones and measured 0.8x the
+    /// CPU per GB (tuning/README.md).
+    #[arg(long, default_value_t = 262144, env = "RINGMESH_URING_BUFFER_SIZE")]
     pub uring_buffer_size: u32,
     /// Sends of at least this many bytes use SEND_ZC (0: never).
     #[arg(long, default_value_t = 0, env = "RINGMESH_URING_SEND_ZC_THRESHOLD")]

@@ -284,6 +284,26 @@ impl Metrics {
                 "SEND_ZC operations submitted",
                 &u.send_zc,
             ),
+            (
+                "ringmesh_uring_receives",
+                "Receive completions that carried data (bytes / receives = mean receive size)",
+                &u.recvs,
+            ),
+            (
+                "ringmesh_uring_received_bytes",
+                "Bytes received through the ring",
+                &u.recv_bytes,
+            ),
+            (
+                "ringmesh_uring_sends",
+                "Send completions that moved data (bytes / sends = mean send size)",
+                &u.sends,
+            ),
+            (
+                "ringmesh_uring_sent_bytes",
+                "Bytes sent through the ring",
+                &u.send_bytes,
+            ),
         ] {
             let ctr: Counter = Counter::default();
             ctr.inc_by(c.load(std::sync::atomic::Ordering::Relaxed));

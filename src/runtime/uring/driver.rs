@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use super::{UringOpts, count, stats};
+use super::{UringOpts, count, count_bytes, stats};
 
 const K_RECV: u64 = 1;
 const K_RECV1: u64 = 2;
@@ -715,6 +715,7 @@ impl Driver {
             }
             if res > 0 {
                 let bid = bid.expect("multishot recv completion without a buffer");
+                count_bytes(&stats().recvs, &stats().recv_bytes, res as usize);
                 taken = true;
                 if s.alive {
                     s.received(Src::Ring(bid), 0, res as usize);
@@ -761,6 +762,7 @@ impl Driver {
         s.inflight -= 1;
         let buf = s.rx_private.take().unwrap_or_default();
         if res > 0 {
+            count_bytes(&stats().recvs, &stats().recv_bytes, res as usize);
             if s.alive {
                 s.received(Src::Heap(buf), RX_SKEW, res as usize);
             }
@@ -1041,6 +1043,7 @@ impl Driver {
             s.tx_queued = 0;
         } else if let Some(mut c) = cur {
             let n = res as usize;
+            count_bytes(&stats().sends, &stats().send_bytes, n);
             if n < c.len() {
                 c.advance(n);
                 s.tx_queued += c.len();

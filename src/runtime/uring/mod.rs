@@ -67,8 +67,8 @@ impl Default for UringOpts {
         UringOpts {
             entries: 1024,
             sqpoll_idle_ms: None,
-            buf_count: 64,
-            buf_size: 64 * 1024,
+            buf_count: 32,
+            buf_size: 256 * 1024,
             send_zc_threshold: 0,
             send_queue: 256 * 1024,
             taskrun: TaskRun::default(),
@@ -132,12 +132,22 @@ pub struct Stats {
     pub private_recvs: AtomicU64,
     /// SEND_ZC operations submitted.
     pub send_zc: AtomicU64,
+    /// Receive completions that carried data, and their bytes.
+    pub recvs: AtomicU64,
+    pub recv_bytes: AtomicU64,
+    /// Send completions that moved data, and their bytes.
+    pub sends: AtomicU64,
+    pub send_bytes: AtomicU64,
 }
 
 static STATS: Stats = Stats {
     buffer_exhausted: AtomicU64::new(0),
     private_recvs: AtomicU64::new(0),
     send_zc: AtomicU64::new(0),
+    recvs: AtomicU64::new(0),
+    recv_bytes: AtomicU64::new(0),
+    sends: AtomicU64::new(0),
+    send_bytes: AtomicU64::new(0),
 };
 
 /// The engine's counters (all shards of the process).
@@ -147,6 +157,12 @@ pub fn stats() -> &'static Stats {
 
 fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts one operation and its bytes.
+fn count_bytes(ops: &AtomicU64, bytes: &AtomicU64, n: usize) {
+    ops.fetch_add(1, Ordering::Relaxed);
+    bytes.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 #[cfg(test)]
