@@ -261,11 +261,11 @@ pub struct NodeArgs {
     pub local_tcp_congestion: String,
 
     /// HTTP/2 stream flow-control window (bytes).
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, default_value_t = 4 * 1024 * 1024, env = "RINGMESH_H2_STREAM_WINDOW")]
     pub h2_stream_window: u32,
 
     /// HTTP/2 connection flow-control window (bytes).
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, default_value_t = 16 * 1024 * 1024, env = "RINGMESH_H2_CONNECTION_WINDOW")]
     pub h2_connection_window: u32,
 
     /// HTTP/2 maximum frame size (bytes).
