@@ -100,6 +100,27 @@ fn blocked_io_uring_falls_back_to_epoll() {
         );
         // Traffic flows on whichever engine runs: same node, through HBONE.
         assert_eq!(echo_from(&c_ns, dst).unwrap(), "server 198.18.1.2");
+        // The ring's operation counters move only when the ring carries the traffic.
+        let (_, m) = http_get(&node_ns, "127.0.0.1:15020".parse().unwrap(), "/metrics").unwrap();
+        let value = |name: &str| -> f64 {
+            m.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+        };
+        for name in [
+            "ringmesh_uring_receives_total",
+            "ringmesh_uring_received_bytes_total",
+            "ringmesh_uring_sends_total",
+            "ringmesh_uring_sent_bytes_total",
+        ] {
+            assert_eq!(value(name) > 0.0, !deny, "{name} on {want}:\n{m}");
+        }
+        assert!(
+            value("ringmesh_uring_received_bytes_total") >= value("ringmesh_uring_receives_total"),
+            "{m}"
+        );
         drop(node);
     }
 }

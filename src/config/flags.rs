@@ -364,8 +364,8 @@ pub struct UringFlags {
     #[arg(long, default_value_t = 32, env = "RINGMESH_URING_BUFFERS")]
     pub uring_buffers: u16,
     /// Size of each provided buffer, bytes. One receive completion carries at most this much:
-    /// 256 KiB buffers halve the completions per byte of 64 KiB ones and measured 0.8x the
-    /// CPU per GB (tuning/README.md).
+    /// with 256 KiB buffers a bulk stream makes a fraction of the completions of 64 KiB ones
+    /// and measured 0.8x the CPU per GB (tuning/README.md).
     #[arg(long, default_value_t = 262144, env = "RINGMESH_URING_BUFFER_SIZE")]
     pub uring_buffer_size: u32,
     /// Sends of at least this many bytes use SEND_ZC (0: never).
