@@ -238,6 +238,13 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     // minute, and the next contender connecting to the same address would pay for them in
     // the kernel's port search: every (round, contender) gets its own echo port.
     let conn_ports = args.sizes.rounds * args.contenders.len();
+    if conn_ports > 800 {
+        return Err(format!(
+            "{} rounds × {} contenders: at most 800 (each needs its own echo port from {CONN_PORT_BASE})",
+            args.sizes.rounds,
+            args.contenders.len()
+        ));
+    }
     let server_b_ns = netns(&server_b.netns_path())?;
     for i in 0..conn_ports {
         apps::serve_echo(&server_b_ns, CONN_PORT_BASE + i as u16, &server_b.name)

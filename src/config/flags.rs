@@ -12,6 +12,8 @@ pub mod env {
     pub const SHARDS: &str = "RINGMESH_SHARDS";
     pub const IO_ENGINE: &str = "RINGMESH_IO_ENGINE";
     pub const LOCAL_TCP_CONGESTION: &str = "RINGMESH_LOCAL_TCP_CONGESTION";
+    pub const H2_STREAM_WINDOW: &str = "RINGMESH_H2_STREAM_WINDOW";
+    pub const H2_CONNECTION_WINDOW: &str = "RINGMESH_H2_CONNECTION_WINDOW";
     pub const CA_CERT: &str = "RINGMESH_CA_CERT";
     pub const CA_KEY: &str = "RINGMESH_CA_KEY";
     pub const LOG: &str = "RUST_LOG";
@@ -260,16 +262,19 @@ pub struct NodeArgs {
     #[arg(long, default_value = DEFAULT_LOCAL_TCP_CONGESTION, env = env::LOCAL_TCP_CONGESTION)]
     pub local_tcp_congestion: String,
 
-    /// HTTP/2 stream flow-control window (bytes).
-    #[arg(long, default_value_t = 4 * 1024 * 1024, env = "RINGMESH_H2_STREAM_WINDOW")]
+    /// HTTP/2 stream flow-control window (bytes; 65535 to 2^31-1, RFC 9113 §6.9.2).
+    #[arg(long, default_value_t = 4 * 1024 * 1024, env = env::H2_STREAM_WINDOW,
+          value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
     pub h2_stream_window: u32,
 
-    /// HTTP/2 connection flow-control window (bytes).
-    #[arg(long, default_value_t = 16 * 1024 * 1024, env = "RINGMESH_H2_CONNECTION_WINDOW")]
+    /// HTTP/2 connection flow-control window (bytes; 65535 to 2^31-1).
+    #[arg(long, default_value_t = 16 * 1024 * 1024, env = env::H2_CONNECTION_WINDOW,
+          value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
     pub h2_connection_window: u32,
 
-    /// HTTP/2 maximum frame size (bytes).
-    #[arg(long, default_value_t = 1024 * 1024)]
+    /// HTTP/2 maximum frame size (bytes; 16384 to 16777215, RFC 9113 §6.5.2).
+    #[arg(long, default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
     pub h2_frame_size: u32,
 
     /// Streams per pooled HBONE connection before another is opened.
@@ -442,5 +447,35 @@ mod tests {
         assert_eq!(n.shards, Some(2));
         assert_eq!(n.pods.len(), 1);
         assert_eq!(n.h2_stream_window, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn h2_sizes_out_of_range_are_refused() {
+        for (flag, v) in [
+            ("--h2-stream-window", "2147483648"),
+            ("--h2-connection-window", "100"),
+            ("--h2-frame-size", "16777216"),
+            ("--h2-frame-size", "1024"),
+        ] {
+            let e = Cli::try_parse_from(["ringmesh", "node", "--config", "c.yaml", flag, v])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {v} accepted"));
+            let msg = e.to_string();
+            assert!(
+                msg.contains(flag) && msg.contains("not in"),
+                "{flag} {v}: {msg}"
+            );
+        }
+        let ok = Cli::try_parse_from([
+            "ringmesh",
+            "node",
+            "--config",
+            "c.yaml",
+            "--h2-stream-window",
+            "2147483647",
+            "--h2-frame-size",
+            "16384",
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -284,29 +284,36 @@ impl Metrics {
                 "SEND_ZC operations submitted",
                 &u.send_zc,
             ),
+        ] {
+            let ctr: Counter = Counter::default();
+            ctr.inc_by(c.load(std::sync::atomic::Ordering::Relaxed));
+            reg.register(name, help, ctr);
+        }
+        let [recvs, recv_bytes, sends, send_bytes] = crate::runtime::uring::op_totals();
+        for (name, help, v) in [
             (
                 "ringmesh_uring_receives",
                 "Receive completions that carried data (bytes / receives = mean receive size)",
-                &u.recvs,
+                recvs,
             ),
             (
                 "ringmesh_uring_received_bytes",
                 "Bytes received through the ring",
-                &u.recv_bytes,
+                recv_bytes,
             ),
             (
                 "ringmesh_uring_sends",
                 "Send completions that moved data (bytes / sends = mean send size)",
-                &u.sends,
+                sends,
             ),
             (
                 "ringmesh_uring_sent_bytes",
                 "Bytes sent through the ring",
-                &u.send_bytes,
+                send_bytes,
             ),
         ] {
             let ctr: Counter = Counter::default();
-            ctr.inc_by(c.load(std::sync::atomic::Ordering::Relaxed));
+            ctr.inc_by(v);
             reg.register(name, help, ctr);
         }
         let shards: Gauge = Gauge::default();

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use super::{UringOpts, count, count_bytes, stats};
+use super::{OpStats, UringOpts, count, stats};
 
 const K_RECV: u64 = 1;
 const K_RECV1: u64 = 2;
@@ -329,6 +329,8 @@ pub struct Driver {
     /// `PRIVATE_POOL`): an exhausted ring costs no allocation and zero-fill per receive.
     private_pool: Vec<Box<[u8]>>,
     opts: UringOpts,
+    /// This shard's operation counters (`super::op_totals` sums them on scrape).
+    ops: std::sync::Arc<OpStats>,
     efd: RawFd,
     efd_buf: Box<[u8; 8]>,
     cqes: Vec<(u64, i32, u32)>,
@@ -370,6 +372,12 @@ pub(crate) fn uninstall() -> Option<Driver> {
     DRIVER.with(|slot| slot.borrow_mut().take())
 }
 
+impl Drop for Driver {
+    fn drop(&mut self) {
+        super::retire_ops(&self.ops);
+    }
+}
+
 impl Driver {
     /// Builds the ring and registers the buffer ring.
     pub fn new(opts: &UringOpts) -> io::Result<Driver> {
@@ -408,6 +416,7 @@ impl Driver {
             free: Vec::new(),
             private_pool: Vec::new(),
             opts: opts.clone(),
+            ops: super::register_ops(),
             efd: -1,
             efd_buf: Box::new([0; 8]),
             cqes: Vec::with_capacity(256),
@@ -699,6 +708,9 @@ impl Driver {
     }
 
     fn on_recv(&mut self, idx: usize, res: i32, flags: u32) {
+        if res > 0 {
+            self.ops.recv(res as usize);
+        }
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
         let high = self.rx_high();
@@ -715,7 +727,6 @@ impl Driver {
             }
             if res > 0 {
                 let bid = bid.expect("multishot recv completion without a buffer");
-                count_bytes(&stats().recvs, &stats().recv_bytes, res as usize);
                 taken = true;
                 if s.alive {
                     s.received(Src::Ring(bid), 0, res as usize);
@@ -758,11 +769,13 @@ impl Driver {
     }
 
     fn on_private_recv(&mut self, idx: usize, res: i32) {
+        if res > 0 {
+            self.ops.recv(res as usize);
+        }
         let s = self.sock(idx);
         s.inflight -= 1;
         let buf = s.rx_private.take().unwrap_or_default();
         if res > 0 {
-            count_bytes(&stats().recvs, &stats().recv_bytes, res as usize);
             if s.alive {
                 s.received(Src::Heap(buf), RX_SKEW, res as usize);
             }
@@ -1018,6 +1031,9 @@ impl Driver {
     fn on_send(&mut self, idx: usize, res: i32, flags: u32, zc: bool) {
         // The queue's buffer grows to about the queue limit; twice that covers its growth.
         let spare_max = 2 * self.opts.send_queue;
+        if res > 0 && !(zc && cqueue::notif(flags)) {
+            self.ops.send(res as usize);
+        }
         let s = self.sock(idx);
         if zc && cqueue::notif(flags) {
             s.tx_zc_hold.pop_front();
@@ -1043,7 +1059,6 @@ impl Driver {
             s.tx_queued = 0;
         } else if let Some(mut c) = cur {
             let n = res as usize;
-            count_bytes(&stats().sends, &stats().send_bytes, n);
             if n < c.len() {
                 c.advance(n);
                 s.tx_queued += c.len();
