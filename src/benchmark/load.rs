@@ -155,15 +155,45 @@ pub fn open_tunnels(ns: &Netns, dst: SocketAddr, n: usize) -> Result<Vec<TcpStre
 
 /// CPU seconds (user + system) a process has used.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_split(pid).map(|(u, s)| u + s)
+}
+
+/// CPU seconds a process has used in user space and in the kernel (for it: its system calls
+/// and the network stack work done in its context), from /proc/<pid>/stat.
+pub fn cpu_split(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+    let user: f64 = f.get(11)?.parse().ok()?;
+    let sys: f64 = f.get(12)?.parse().ok()?;
+    Some((user / clock_ticks(), sys / clock_ticks()))
+}
+
+/// The whole machine's busy CPU seconds so far (user, nice, system, irq, softirq of every
+/// CPU; not idle, iowait or steal), from /proc/stat. Per GB it says what a transfer costs
+/// everything on the machine, the apps and the kernel's packet path included.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    machine_busy_of(&stat).map(|t| t / clock_ticks())
+}
+
+fn machine_busy_of(stat: &str) -> Option<f64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal …
+    let at = |i: usize| v.get(i).copied();
+    Some(at(0)? + at(1)? + at(2)? + at(5)? + at(6)?)
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
-        .unwrap_or(100) as f64;
-    Some(ticks / hz)
+        .unwrap_or(100) as f64
 }
 
 /// Resident set size of a process, bytes.
@@ -177,4 +207,17 @@ pub fn rss_bytes(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kb * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::machine_busy_of;
+
+    #[test]
+    fn machine_busy_counts_work_not_idle_iowait_or_steal() {
+        let stat = "cpu  100 2 30 5000 40 3 7 11 0 0\ncpu0 50 1 15 2500 20 1 3 5 0 0\nintr 1\n";
+        assert_eq!(machine_busy_of(stat), Some(142.0));
+        assert_eq!(machine_busy_of("cpu0 1 2 3\n"), None);
+        assert_eq!(machine_busy_of("cpu  1 2 x 4 5 6 7\n"), None);
+    }
 }

@@ -203,6 +203,9 @@ struct Round {
     rss_idle: Option<f64>,
     rss_tunnels: Option<f64>,
     cpu_per_gb: Option<f64>,
+    user_cpu_per_gb: Option<f64>,
+    machine_cpu_per_gb: Option<f64>,
+    machine_busy: Option<f64>,
     cpu_per_1000: Option<f64>,
 }
 
@@ -441,6 +444,15 @@ fn proxies_cpu(run: &LabRun) -> f64 {
         .sum()
 }
 
+/// The node proxies' user-space CPU seconds (their kernel time is the rest).
+fn proxies_user_cpu(run: &LabRun) -> f64 {
+    run.proxies
+        .iter()
+        .filter_map(|p| load::cpu_split(p.child.id()))
+        .map(|(u, _)| u)
+        .sum()
+}
+
 fn proxies_rss(run: &LabRun) -> f64 {
     run.proxies
         .iter()
@@ -466,9 +478,17 @@ fn one_round(
     if meshed {
         r.rss_idle = Some(proxies_rss(run));
     }
-    let cpu0 = proxies_cpu(run);
+    let (cpu0, user0) = (proxies_cpu(run), proxies_user_cpu(run));
+    let (machine0, t0) = (load::machine_busy_seconds(), std::time::Instant::now());
     r.bulk_1_cross = Some(load::bulk(client, t.cross_sink, s.bulk_1_bytes, 1)?);
-    let cpu1 = proxies_cpu(run);
+    let (machine1, secs) = (load::machine_busy_seconds(), t0.elapsed().as_secs_f64());
+    let (cpu1, user1) = (proxies_cpu(run), proxies_user_cpu(run));
+    let gb = s.bulk_1_bytes as f64 / 1e9;
+    if let (Some(m0), Some(m1)) = (machine0, machine1) {
+        r.machine_cpu_per_gb = Some((m1 - m0) / gb);
+        let cpus = crate::runtime::allowed_cpus().len().max(1) as f64;
+        r.machine_busy = Some((m1 - m0) / (secs * cpus));
+    }
     let carried = hbone_counter(&t.server_b_netns, false)?.saturating_sub(before);
     if meshed {
         if (carried as f64) < 0.9 * s.bulk_1_bytes as f64 {
@@ -477,7 +497,8 @@ fn one_round(
                 s.bulk_1_bytes
             ));
         }
-        r.cpu_per_gb = Some((cpu1 - cpu0) / (s.bulk_1_bytes as f64 / 1e9));
+        r.cpu_per_gb = Some((cpu1 - cpu0) / gb);
+        r.user_cpu_per_gb = Some((user1 - user0) / gb);
     }
     r.bulk_1_same = Some(load::bulk(client, t.same_sink, s.bulk_1_bytes, 1)?);
     r.bulk_8_cross = Some(load::bulk(client, t.cross_sink, s.bulk_8_bytes_each, 8)?);
@@ -534,6 +555,9 @@ fn summarize(rounds: &[Round], tunnels: usize) -> ContenderResult {
     d.rr_fixed_rate_us = merged(|r| r.rr_fixed.as_ref());
     d.conn_per_s = sum(|r| r.conn_per_s);
     d.cpu_s_per_gb = sum(|r| r.cpu_per_gb);
+    d.user_cpu_s_per_gb = sum(|r| r.user_cpu_per_gb);
+    d.machine_cpu_s_per_gb = sum(|r| r.machine_cpu_per_gb);
+    d.machine_busy = sum(|r| r.machine_busy);
     d.cpu_s_per_1000_req = sum(|r| r.cpu_per_1000);
     d.rss_idle_bytes = sum(|r| r.rss_idle).map(|s| s.median);
     d.rss_with_tunnels_bytes = sum(|r| r.rss_tunnels).map(|s| s.median);

@@ -65,6 +65,14 @@ pub struct Detail {
     pub rss_with_tunnels_bytes: Option<f64>,
     pub tunnels: Option<usize>,
     pub cpu_s_per_gb: Option<Summary>,
+    /// The user-space part of `cpu_s_per_gb` (the rest is the proxies' kernel time).
+    pub user_cpu_s_per_gb: Option<Summary>,
+    /// Every CPU's busy time per GB during the same transfer: apps, proxies and the kernel's
+    /// packet path (softirqs included). Throughput is bounded by CPUs / this when
+    /// `machine_busy` is near 1.
+    pub machine_cpu_s_per_gb: Option<Summary>,
+    /// Fraction of the machine's CPUs busy during that transfer (0–1).
+    pub machine_busy: Option<Summary>,
     pub cpu_s_per_1000_req: Option<Summary>,
     /// rr p50/p99 minus raw's, per proxy hop (two hops per path).
     pub added_p50_us_per_hop: Option<f64>,
@@ -115,7 +123,7 @@ impl BenchReport {
         out.push_str(&"|---".repeat(1 + names.len() + others.len()));
         out.push_str("|\n");
         type Get = fn(&ContenderResult) -> Option<f64>;
-        let rows: [(&str, Get, usize); 10] = [
+        let rows: [(&str, Get, usize); 13] = [
             ("bulk 1 stream cross node, Gb/s", |c| c.bulk_1_gbps, 2),
             (
                 "bulk 1 stream same node, Gb/s",
@@ -133,6 +141,21 @@ impl BenchReport {
             ("new connections / s", |c| c.conn_per_s, 0),
             ("bytes per idle tunnel", |c| c.bytes_per_tunnel, 0),
             ("proxy CPU s per GB", |c| c.cpu_s_per_gb, 3),
+            (
+                "proxy user-space CPU s per GB",
+                |c| c.detail.user_cpu_s_per_gb.map(|s| s.median),
+                3,
+            ),
+            (
+                "machine CPU s per GB",
+                |c| c.detail.machine_cpu_s_per_gb.map(|s| s.median),
+                3,
+            ),
+            (
+                "machine busy during bulk 1 stream, %",
+                |c| c.detail.machine_busy.map(|s| s.median * 100.0),
+                0,
+            ),
             (
                 "proxy CPU s per 1000 req",
                 |c| c.detail.cpu_s_per_1000_req.map(|s| s.median),
@@ -373,6 +396,8 @@ mod tests {
                 ..Default::default()
             };
             c.detail.bulk_1_cross_gbps = s(gbps);
+            c.detail.machine_cpu_s_per_gb = s(24.0 / gbps);
+            c.detail.machine_busy = s(0.9);
             c.detail.rr_1k_us = Some(Percentiles {
                 p50,
                 p90: p50,
@@ -402,6 +427,14 @@ mod tests {
         );
         assert!(
             md.contains("| bulk 1 stream cross node, Gb/s | 12.00 | 6.00 | 3.00 | 0.50 | 2.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| machine CPU s per GB | 2.000 | 4.000 | 8.000 | 2.00 | 0.50 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| machine busy during bulk 1 stream, % | 90 | 90 | 90 | 1.00 | 1.00 |"),
             "{md}"
         );
         let z = r.contenders.get_mut("ztunnel").unwrap();
