@@ -458,6 +458,7 @@ fn effective_config(
         "packetMark": args.mark,
         "origSrc": format!("{:?}", args.orig_src),
         "localTcpCongestion": local_cc.unwrap_or("default"),
+        "tlsRecords": format!("{:?}", args.tls_records).to_lowercase(),
         "certTtlSeconds": args.cert_ttl.as_secs(),
         "http2StreamWindowSize": args.h2_stream_window,
         "http2ConnectionWindowSize": args.h2_connection_window,
@@ -493,6 +494,7 @@ pub fn proxy_config(args: &NodeArgs) -> ProxyConfig {
         connect_timeout: args.connect_timeout,
         pool_idle_timeout: args.pool_idle_timeout,
         local_congestion: local_congestion(&args.local_tcp_congestion),
+        tls_records: args.tls_records,
         ..ProxyConfig::default()
     }
 }

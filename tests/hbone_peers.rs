@@ -163,11 +163,12 @@ async fn our_stream_from(
         .body(())
         .unwrap();
     let h2s = e.ctx.cfg.h2.clone();
+    let records = e.ctx.cfg.tls_records;
     e.ctx
         .pool
         .stream(&key, e.ctx.cfg.h2.client_max_streams, req, || async move {
             let tcp = our_connect(server).await;
-            h2conn::dial(tcp, cert.client.clone(), &[expected], &h2s).await
+            h2conn::dial(tcp, cert.client.clone(), &[expected], &h2s, records).await
         })
         .await
 }

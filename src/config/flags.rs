@@ -14,6 +14,8 @@ pub mod env {
     pub const LOCAL_TCP_CONGESTION: &str = "RINGMESH_LOCAL_TCP_CONGESTION";
     pub const H2_STREAM_WINDOW: &str = "RINGMESH_H2_STREAM_WINDOW";
     pub const H2_CONNECTION_WINDOW: &str = "RINGMESH_H2_CONNECTION_WINDOW";
+    pub const H2_FRAME_SIZE: &str = "RINGMESH_H2_FRAME_SIZE";
+    pub const TLS_RECORDS: &str = "RINGMESH_TLS_RECORDS";
     pub const CA_CERT: &str = "RINGMESH_CA_CERT";
     pub const CA_KEY: &str = "RINGMESH_CA_KEY";
     pub const LOG: &str = "RUST_LOG";
@@ -272,8 +274,15 @@ pub struct NodeArgs {
           value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
     pub h2_connection_window: u32,
 
+    /// Who protects HBONE's TLS records once the handshake is done: `direct` — rustls runs
+    /// the handshake and key schedule, ringmesh seals and opens records in the buffers it
+    /// sends from and receives into (fewer copies, less CPU per GB; bench/README.md);
+    /// `rustls` — rustls's own buffered record layer (tokio-rustls).
+    #[arg(long, value_enum, default_value_t = TlsRecords::Direct, env = env::TLS_RECORDS)]
+    pub tls_records: TlsRecords,
+
     /// HTTP/2 maximum frame size (bytes; 16384 to 16777215, RFC 9113 §6.5.2).
-    #[arg(long, default_value_t = 1024 * 1024,
+    #[arg(long, default_value_t = 1024 * 1024, env = env::H2_FRAME_SIZE,
           value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
     pub h2_frame_size: u32,
 
@@ -383,6 +392,13 @@ pub struct UringFlags {
     /// `defer` (processed only in the shard's own enters), `interrupt` (as they happen).
     #[arg(long, value_enum, default_value_t = UringTaskRun::Coop, env = "RINGMESH_URING_TASKRUN")]
     pub uring_taskrun: UringTaskRun,
+}
+
+/// `--tls-records` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsRecords {
+    Direct,
+    Rustls,
 }
 
 /// `--uring-taskrun` values.

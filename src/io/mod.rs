@@ -6,6 +6,8 @@
 //! so bulk transfers make few syscalls), zero-copy hand-off of read buffers to h2 (`Bytes`),
 //! and byte counting.
 
+pub mod tls;
+
 use std::cell::Cell;
 use std::future::poll_fn;
 use std::io;

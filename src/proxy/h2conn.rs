@@ -13,6 +13,7 @@ use h2::client::SendRequest;
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::config::flags::TlsRecords;
 use crate::hbone::H2Settings;
 use crate::identity::Identity;
 use crate::tls;
@@ -61,21 +62,48 @@ impl Drop for ClientConn {
 
 /// Runs the TLS client handshake on a connected socket, checks the server's identity, and
 /// starts HTTP/2 with `settings`. The connection driver and PING task run as local tasks.
+/// `records`: who protects the records after the handshake (`io::tls` or tokio-rustls).
 pub async fn dial(
     tcp: TcpStream,
     cfg: Arc<ClientConfig>,
     expected: &[Identity],
     settings: &H2Settings,
+    records: TlsRecords,
 ) -> Result<ClientConn, DialError> {
     let addr = tcp
         .peer_addr()
         .map_err(|e| DialError::Connect(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(tls::dummy_server_name(), buffered(tcp))
-        .await
-        .map_err(|source| DialError::Tls { addr, source })?;
-    let peer = tls::verify_peer(tls.get_ref().1.peer_certificates(), expected)
-        .map_err(|source| DialError::Identity { addr, source })?;
+    match records {
+        TlsRecords::Direct => {
+            let tls = crate::io::tls::connect(tcp, cfg, tls::dummy_server_name())
+                .await
+                .map_err(|source| DialError::Tls { addr, source })?;
+            let peer = tls::verify_peer(tls.peer_certificates(), expected)
+                .map_err(|source| DialError::Identity { addr, source })?;
+            start_client(tls, peer, settings, addr).await
+        }
+        TlsRecords::Rustls => {
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(tls::dummy_server_name(), buffered(tcp))
+                .await
+                .map_err(|source| DialError::Tls { addr, source })?;
+            let peer = tls::verify_peer(tls.get_ref().1.peer_certificates(), expected)
+                .map_err(|source| DialError::Identity { addr, source })?;
+            start_client(tls, peer, settings, addr).await
+        }
+    }
+}
+
+/// HTTP/2 over an established TLS connection: the handshake, the driver task, keepalive.
+async fn start_client<T>(
+    tls: T,
+    peer: Identity,
+    settings: &H2Settings,
+    addr: std::net::SocketAddr,
+) -> Result<ClientConn, DialError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let (sender, mut conn) = client_builder(settings)
         .handshake::<_, Bytes>(tls)
         .await

@@ -50,6 +50,8 @@ pub struct ProxyConfig {
     pub proxy_ports: Vec<u16>,
     /// Congestion control for the pod-local legs (None: the node's default).
     pub local_congestion: Option<String>,
+    /// Who protects HBONE's TLS records after the handshake.
+    pub tls_records: flags::TlsRecords,
 }
 
 impl Default for ProxyConfig {
@@ -67,6 +69,7 @@ impl Default for ProxyConfig {
                 flags::HBONE_PORT,
             ],
             local_congestion: Some(flags::DEFAULT_LOCAL_TCP_CONGESTION.to_string()),
+            tls_records: flags::TlsRecords::Direct,
         }
     }
 }

@@ -374,7 +374,7 @@ async fn hbone_out(
                         next_hop.port()
                     ))
                 })?;
-            h2conn::dial(tcp, cert.client.clone(), expected, &cfg.h2).await
+            h2conn::dial(tcp, cert.client.clone(), expected, &cfg.h2, cfg.tls_records).await
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -115,6 +115,35 @@ impl Stream {
         }
     }
 
+    /// Writes `data` without copying it in user space: uring hands the buffer to the ring,
+    /// epoll writes from it. Ready (and `data` is `None`) once all of it is accepted.
+    pub fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Option<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Uring(s) => s.poll_write_bytes(cx, data),
+            Stream::Epoll(s) => {
+                while let Some(b) = data {
+                    if b.is_empty() {
+                        *data = None;
+                        break;
+                    }
+                    match Pin::new(&mut *s).poll_write(cx, b) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        }
+                        Poll::Ready(Ok(n)) => b.advance(n),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
     pub fn into_split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Stream::Epoll(s) => {

@@ -17,6 +17,8 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+pub mod record;
+
 use crate::identity::Identity;
 use crate::identity::ca::IssuedCert;
 
@@ -68,6 +70,7 @@ pub fn server_config(cert: &IssuedCert, roots: Arc<RootCertStore>) -> Arc<Server
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
+    cfg.enable_secret_extraction = true;
     Arc::new(cfg)
 }
 
@@ -75,7 +78,15 @@ pub fn server_config(cert: &IssuedCert, roots: Arc<RootCertStore>) -> Arc<Server
 /// no session, and accepts any server chaining to `roots`. The server's SPIFFE identity is
 /// checked with [`verify_peer`] right after the handshake, before a byte of payload is sent.
 pub fn client_config(cert: &IssuedCert, roots: Arc<RootCertStore>) -> Arc<ClientConfig> {
-    let provider = provider();
+    client_config_with(cert, roots, provider())
+}
+
+/// [`client_config`] with another crypto provider (tests offer a single cipher suite).
+pub(crate) fn client_config_with(
+    cert: &IssuedCert,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+) -> Arc<ClientConfig> {
     let verifier = Arc::new(ChainVerifier {
         roots,
         algs: provider.signature_verification_algorithms,
@@ -90,6 +101,8 @@ pub fn client_config(cert: &IssuedCert, roots: Arc<RootCertStore>) -> Arc<Client
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     cfg.enable_sni = false;
     cfg.resumption = rustls::client::Resumption::disabled();
+    // The direct record layer (`io::tls`) takes the traffic keys over after the handshake.
+    cfg.enable_secret_extraction = true;
     Arc::new(cfg)
 }
 

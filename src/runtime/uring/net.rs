@@ -69,6 +69,20 @@ impl Stream {
         sock_addr(socket2::SockRef::from(&self.borrowed()).peer_addr()?)
     }
 
+    /// Hands `data` to the ring without copying; `data` is taken once the socket's send
+    /// queue has room (Pending until then).
+    pub fn poll_write_bytes(
+        &self,
+        cx: &mut Context<'_>,
+        data: &mut Option<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        let h = &self.0;
+        match driver::with(|d| d.write_bytes(h.idx, cx.waker(), data)) {
+            None => Poll::Pending,
+            Some(r) => Poll::Ready(r),
+        }
+    }
+
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         socket2::SockRef::from(&self.borrowed()).set_tcp_nodelay(on)
     }

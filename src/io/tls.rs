@@ -1,0 +1,637 @@
+//! HBONE's TLS on a runtime socket, the "direct" record layer: rustls runs the handshake
+//! (its unbuffered API), then hands the traffic keys over (`KernelConnection`, made for kTLS)
+//! and `tls::record` seals application data straight into the buffer the socket sends from
+//! and opens records in the buffer they were received into.
+//!
+//! Owns: driving the handshake over a `Stream` (encode, transmit, read, with the alert rustls
+//! queues on failure), the hand-over (application data that arrived with the handshake's
+//! last flight is kept), and the data phase as `AsyncRead`/`AsyncWrite` for h2: record
+//! framing on reads, sealing and zero-copy hand-off on writes with a bound on what is
+//! queued, KeyUpdate both ways (the peer's, and ours before the cipher's confidentiality
+//! limit), NewSessionTicket (ignored: resumption is off), close_notify on shutdown and as a
+//! clean end on reads, and an alert before closing on a bad record.
+//!
+//! Copies per byte: received — ring buffer → read buffer (the copy every reader makes), then
+//! decrypted in place, then into h2's buffer; sent — h2's frames into the record (fused with
+//! sealing), then the record buffer goes to the socket without another copy. rustls's
+//! buffered API adds a plaintext `Vec` on receive and a record `Vec` plus a copy into the
+//! socket's buffer on send (`bench/README.md`).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{ClientConfig, ServerConfig};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::runtime::net::Stream;
+use crate::tls::record::{self, Keys, PostHandshake, RecordError};
+
+/// Sealed bytes a connection queues before `poll_write` waits for the socket.
+const TX_MAX: usize = 256 * 1024;
+/// Sealed bytes that make a send of their own before h2 flushes.
+const PUSH_AT: usize = 64 * 1024;
+/// Room reserved for each read from the socket while data streams (several records).
+const RX_CHUNK: usize = 128 * 1024;
+/// Room for reads while the connection is quiet (one full record).
+const SMALL_RX: usize = record::MAX_CIPHER + record::HEADER;
+/// Buffers kept for reuse are dropped if nothing was sent for this long.
+const SPARE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+enum Kernel {
+    Client(KernelConnection<ClientConnectionData>),
+    Server(KernelConnection<ServerConnectionData>),
+}
+
+impl Kernel {
+    fn update_tx(&mut self) -> Result<(u64, rustls::ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Kernel::Client(k) => k.update_tx_secret(),
+            Kernel::Server(k) => k.update_tx_secret(),
+        }
+    }
+
+    fn update_rx(&mut self) -> Result<(u64, rustls::ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Kernel::Client(k) => k.update_rx_secret(),
+            Kernel::Server(k) => k.update_rx_secret(),
+        }
+    }
+}
+
+/// A TLS 1.3 connection past its handshake, read and written by h2.
+pub struct TlsStream {
+    io: Stream,
+    kernel: Kernel,
+    tx_keys: Keys,
+    rx_keys: Keys,
+    /// Records one key may seal before we switch keys (KeyUpdate).
+    rekey_after: u64,
+    /// Received bytes not yet opened (whole and partial records).
+    rx: BytesMut,
+    /// How much room the next read gets (adaptive: large while reads fill it).
+    rx_size: usize,
+    /// Opened plaintext h2 has not read yet.
+    plain: BytesMut,
+    /// Sealed records not yet handed to the socket.
+    tx: BytesMut,
+    /// Records handed to the socket but not yet accepted by it.
+    out: Option<Bytes>,
+    /// Buffers handed to the socket earlier, kept to be refilled once the socket has sent
+    /// them (then they are ours alone): a reused buffer is in cache and faulted in.
+    spares: [Option<Bytes>; 2],
+    /// When records last went to the socket (stale spares are dropped, not kept forever).
+    last_push: std::time::Instant,
+    peer_certs: Vec<CertificateDer<'static>>,
+    /// close_notify received: reads return end of stream.
+    read_closed: bool,
+    /// A fatal error on the read side, repeated to every later read.
+    read_err: Option<(io::ErrorKind, String)>,
+    close_sent: bool,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("tx_seq", &self.tx_keys.seq())
+            .field("rx_seq", &self.rx_keys.seq())
+            .finish()
+    }
+}
+
+impl TlsStream {
+    /// The peer's certificate chain, as the handshake verified it.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        (!self.peer_certs.is_empty()).then_some(&self.peer_certs[..])
+    }
+
+    /// Whether the socket runs on io_uring.
+    pub fn is_uring(&self) -> bool {
+        self.io.is_uring()
+    }
+
+    fn fail_read(&mut self, kind: io::ErrorKind, msg: String) -> io::Error {
+        self.read_err = Some((kind, msg.clone()));
+        io::Error::new(kind, msg)
+    }
+
+    /// A bad record: queue the alert the peer is owed (sent with whatever is flushed next,
+    /// best effort) and fail this and every later read.
+    fn bad_record(&mut self, e: RecordError) -> io::Error {
+        if !self.close_sent {
+            self.tx_keys
+                .seal(record::ALERT, &[2, e.alert()], &mut self.tx);
+            self.close_sent = true;
+        }
+        self.fail_read(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+    }
+
+    /// Seals `parts` (together at most one record's worth) as application data, switching
+    /// to a fresh key first when this one has sealed its share.
+    fn seal(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        if self.tx_keys.seq() >= self.rekey_after {
+            self.rekey_tx()?;
+        }
+        self.tx_keys
+            .seal_parts(record::APPLICATION_DATA, parts, &mut self.tx);
+        Ok(())
+    }
+
+    /// Sends KeyUpdate (update_not_requested) under the current key, then switches to the
+    /// next one (RFC 8446 §4.6.3).
+    fn rekey_tx(&mut self) -> io::Result<()> {
+        self.tx_keys.seal(
+            record::HANDSHAKE,
+            &record::KEY_UPDATE_NOT_REQUESTED,
+            &mut self.tx,
+        );
+        let (seq, secrets) = self.kernel.update_tx().map_err(tls_error)?;
+        self.tx_keys = Keys::new(seq, secrets).map_err(record_error)?;
+        Ok(())
+    }
+
+    /// Hands sealed records to the socket; Ready once nothing is left unaccepted.
+    fn poll_push(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.out.is_some() {
+                ready!(self.io.poll_write_bytes(cx, &mut self.out))?;
+            }
+            if self.tx.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let now = std::time::Instant::now();
+            if now.duration_since(self.last_push) > SPARE_TTL {
+                self.spares = [None, None];
+            }
+            self.last_push = now;
+            let b = std::mem::take(&mut self.tx).freeze();
+            let slot = self.spares.iter().position(|s| s.is_none()).unwrap_or(0);
+            self.spares[slot] = Some(b.clone());
+            self.out = Some(b);
+        }
+    }
+
+    /// An empty buffer for at least `need` bytes: a spare the socket is done with, else new.
+    fn take_spare(&mut self, need: usize) -> BytesMut {
+        for slot in &mut self.spares {
+            if let Some(b) = slot.take() {
+                match b.try_into_mut() {
+                    Ok(mut m) if m.capacity() >= need => {
+                        m.clear();
+                        return m;
+                    }
+                    Ok(_) => {}
+                    Err(b) => *slot = Some(b),
+                }
+            }
+        }
+        BytesMut::with_capacity(need.max(PUSH_AT * 2))
+    }
+
+    fn queued(&self) -> usize {
+        self.tx.len() + self.out.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// Opens the next whole record in `rx`, if one is there. Application data lands in
+    /// `plain`; post-handshake messages and alerts are handled here.
+    fn open_next(&mut self) -> io::Result<Option<()>> {
+        let len = match record::record_len(&self.rx) {
+            Ok(Some(len)) if self.rx.len() >= len => len,
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(self.bad_record(e)),
+        };
+        let mut rec = self.rx.split_to(len);
+        let (typ, n) = match self.rx_keys.open(&mut rec) {
+            Ok(x) => x,
+            Err(e) => return Err(self.bad_record(e)),
+        };
+        rec.advance(record::HEADER);
+        rec.truncate(n);
+        match typ {
+            record::APPLICATION_DATA => {
+                if self.plain.is_empty() {
+                    self.plain = rec;
+                } else {
+                    self.plain.extend_from_slice(&rec);
+                }
+            }
+            record::HANDSHAKE => {
+                let msgs = match record::post_handshake(&rec) {
+                    Ok(m) => m,
+                    Err(e) => return Err(self.bad_record(e)),
+                };
+                for m in msgs {
+                    match m {
+                        PostHandshake::KeyUpdate { update_requested } => {
+                            let (seq, secrets) = self.kernel.update_rx().map_err(tls_error)?;
+                            self.rx_keys = Keys::new(seq, secrets).map_err(record_error)?;
+                            if update_requested {
+                                self.rekey_tx()?;
+                            }
+                        }
+                        PostHandshake::NewSessionTicket(body) => match &mut self.kernel {
+                            // Resumption is off: rustls checks the ticket and keeps nothing.
+                            Kernel::Client(k) => {
+                                k.handle_new_session_ticket(body).map_err(tls_error)?
+                            }
+                            Kernel::Server(_) => {
+                                return Err(self.bad_record(RecordError::UnexpectedHandshake(4)));
+                            }
+                        },
+                    }
+                }
+            }
+            record::ALERT => match record::alert(&rec) {
+                Ok(()) => self.read_closed = true,
+                Err(msg) => {
+                    return Err(self.fail_read(io::ErrorKind::ConnectionAborted, msg));
+                }
+            },
+            t => return Err(self.bad_record(RecordError::UnexpectedType(t))),
+        }
+        Ok(Some(()))
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        loop {
+            if !me.plain.is_empty() {
+                let n = me.plain.len().min(buf.remaining());
+                buf.put_slice(&me.plain[..n]);
+                me.plain.advance(n);
+                if me.plain.is_empty() {
+                    // Let go of the read buffer so `rx` can reuse it.
+                    me.plain = BytesMut::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if let Some((kind, msg)) = &me.read_err {
+                return Poll::Ready(Err(io::Error::new(*kind, msg.clone())));
+            }
+            if me.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            if me.open_next()?.is_some() {
+                // An alert queued by a bad record goes out with the next flush; KeyUpdate
+                // replies too.
+                if !me.tx.is_empty() {
+                    let _ = me.poll_push(cx);
+                }
+                continue;
+            }
+            let want = match record::record_len(&me.rx) {
+                Ok(Some(len)) => len - me.rx.len(),
+                _ => record::HEADER,
+            };
+            if me.rx.is_empty() && me.rx_size == SMALL_RX && me.rx.capacity() > 2 * SMALL_RX {
+                // Quiet again: give the large buffer back (an idle connection holds ≈ 16 KiB).
+                me.rx = BytesMut::new();
+            }
+            if me.rx.capacity() - me.rx.len() < want.max(record::MAX_CIPHER) {
+                me.rx.reserve(me.rx_size.max(want));
+            }
+            let room = me.rx.capacity() - me.rx.len();
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut me.io),
+                cx,
+                &mut me.rx
+            ))?;
+            // Large reads while data streams, a small buffer once it is quiet.
+            me.rx_size = if n * 2 >= room { RX_CHUNK } else { SMALL_RX };
+            if n == 0 {
+                let msg = if me.rx.is_empty() {
+                    "peer closed the connection without sending TLS close_notify"
+                } else {
+                    "peer closed the connection in the middle of a TLS record"
+                };
+                return Poll::Ready(Err(me.fail_read(io::ErrorKind::UnexpectedEof, msg.into())));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        if me.close_sent {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if me.queued() >= TX_MAX {
+            // Wait for the socket unless it took enough to make room.
+            let pushed = me.poll_push(cx)?;
+            if pushed.is_pending() && me.queued() >= TX_MAX {
+                return Poll::Pending;
+            }
+        }
+        let room = TX_MAX.saturating_sub(me.queued()).max(record::MAX_PLAIN);
+        // Room for every record up front: growing `tx` record by record would copy it over
+        // and over.
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>().min(room);
+        let records = total.div_ceil(record::MAX_PLAIN);
+        let need = total + records * (record::HEADER + 1 + record::TAG);
+        if me.tx.is_empty() && me.tx.capacity() < need {
+            me.tx = me.take_spare(need);
+        }
+        me.tx.reserve(need);
+        let mut taken = 0;
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(4);
+        let mut part_len = 0;
+        for b in bufs {
+            let mut b: &[u8] = b;
+            while !b.is_empty() && taken < room {
+                let n = b.len().min(record::MAX_PLAIN - part_len).min(room - taken);
+                parts.push(&b[..n]);
+                part_len += n;
+                taken += n;
+                b = &b[n..];
+                if part_len == record::MAX_PLAIN {
+                    me.seal(&parts)?;
+                    parts.clear();
+                    part_len = 0;
+                }
+            }
+        }
+        if part_len > 0 {
+            me.seal(&parts)?;
+        }
+        // Send in large pieces: h2 writes frame by frame and flushes at the end of a batch.
+        if me.tx.len() >= PUSH_AT {
+            let _ = me.poll_push(cx)?;
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        ready!(me.poll_push(cx))?;
+        Pin::new(&mut me.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if !me.close_sent {
+            me.tx_keys
+                .seal(record::ALERT, &record::CLOSE_NOTIFY, &mut me.tx);
+            me.close_sent = true;
+        }
+        ready!(me.poll_push(cx))?;
+        Pin::new(&mut me.io).poll_shutdown(cx)
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+fn record_error(e: RecordError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// The unbuffered API of either side, so one handshake loop drives both.
+trait Unbuffered {
+    type Data;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Unbuffered for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl Unbuffered for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+/// What the handshake leaves for the data phase.
+struct Handover {
+    /// Received bytes after the handshake's last record (encrypted under the traffic key).
+    rest: BytesMut,
+    /// Application data rustls already opened (it arrived with the peer's last flight).
+    plain: BytesMut,
+}
+
+/// Drives `conn` through the handshake on `io`. On a failure it sends the alert rustls
+/// queued (best effort) and returns the error.
+async fn handshake<C: Unbuffered>(io: &mut Stream, conn: &mut C) -> io::Result<Handover> {
+    let mut inbuf = vec![0u8; 0];
+    let mut used = 0usize;
+    let mut outbuf: Vec<u8> = Vec::new();
+    let mut out_used = 0usize;
+    let mut plain = BytesMut::new();
+    let mut failed: Option<io::Error> = None;
+    loop {
+        enum Next {
+            Again,
+            Transmit,
+            Read,
+            Done,
+        }
+        let UnbufferedStatus { mut discard, state } = conn.process(&mut inbuf[..used]);
+        let next = match state {
+            Err(e) => {
+                if failed.is_some() {
+                    // The alert (if any) went out; stop.
+                    break;
+                }
+                failed = Some(tls_error(e));
+                Next::Again
+            }
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                loop {
+                    match enc.encode(&mut outbuf[out_used..]) {
+                        Ok(n) => {
+                            out_used += n;
+                            break;
+                        }
+                        Err(EncodeError::InsufficientSize(s)) => {
+                            outbuf.resize(out_used + s.required_size, 0);
+                        }
+                        Err(EncodeError::AlreadyEncoded) => break,
+                    }
+                }
+                Next::Again
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                Next::Transmit
+            }
+            Ok(ConnectionState::BlockedHandshake) => Next::Read,
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                while let Some(rec) = r.next_record() {
+                    let rec = rec.map_err(tls_error)?;
+                    discard += rec.discard;
+                    plain.extend_from_slice(rec.payload);
+                }
+                Next::Again
+            }
+            Ok(ConnectionState::WriteTraffic(_)) => Next::Done,
+            Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
+                failed.get_or_insert_with(|| {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed the connection during the TLS handshake",
+                    )
+                });
+                Next::Transmit
+            }
+            Ok(_) => {
+                failed.get_or_insert_with(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "unexpected TLS early data")
+                });
+                Next::Transmit
+            }
+        };
+        if discard > 0 {
+            inbuf.copy_within(discard..used, 0);
+            used -= discard;
+        }
+        match next {
+            Next::Again => {}
+            Next::Transmit | Next::Done => {
+                if out_used > 0 {
+                    let sent = io.write_all(&outbuf[..out_used]).await;
+                    out_used = 0;
+                    if let Err(e) = sent {
+                        return Err(failed.unwrap_or(e));
+                    }
+                }
+                if let Some(e) = failed.take() {
+                    return Err(e);
+                }
+                if matches!(next, Next::Done) {
+                    break;
+                }
+            }
+            Next::Read => {
+                if let Some(e) = failed.take() {
+                    return Err(e);
+                }
+                if inbuf.len() - used < record::MAX_CIPHER + record::HEADER {
+                    inbuf.resize(used + record::MAX_CIPHER + record::HEADER, 0);
+                }
+                let n = io.read(&mut inbuf[used..]).await?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed the connection during the TLS handshake",
+                    ));
+                }
+                used += n;
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(Handover {
+        rest: BytesMut::from(&inbuf[..used]),
+        plain,
+    })
+}
+
+fn finish(
+    io: Stream,
+    over: Handover,
+    peer_certs: Vec<CertificateDer<'static>>,
+    suite: Option<rustls::SupportedCipherSuite>,
+    secrets: rustls::ExtractedSecrets,
+    kernel: Kernel,
+) -> io::Result<TlsStream> {
+    let limit = suite
+        .and_then(|s| s.tls13())
+        .map(|s| s.common.confidentiality_limit)
+        .unwrap_or(1 << 24);
+    Ok(TlsStream {
+        io,
+        kernel,
+        tx_keys: Keys::new(secrets.tx.0, secrets.tx.1).map_err(record_error)?,
+        rx_keys: Keys::new(secrets.rx.0, secrets.rx.1).map_err(record_error)?,
+        rekey_after: record::key_update_after(limit),
+        rx: over.rest,
+        rx_size: SMALL_RX,
+        plain: over.plain,
+        tx: BytesMut::new(),
+        out: None,
+        spares: [None, None],
+        last_push: std::time::Instant::now(),
+        peer_certs,
+        read_closed: false,
+        read_err: None,
+        close_sent: false,
+    })
+}
+
+/// The client handshake. `cfg` must have `enable_secret_extraction`.
+pub async fn connect(
+    mut io: Stream,
+    cfg: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<TlsStream> {
+    let mut conn = UnbufferedClientConnection::new(cfg, name).map_err(tls_error)?;
+    let over = handshake(&mut io, &mut conn).await?;
+    let certs = peer_certs(conn.peer_certificates());
+    let suite = conn.negotiated_cipher_suite();
+    let (secrets, k) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+    finish(io, over, certs, suite, secrets, Kernel::Client(k))
+}
+
+/// The server handshake. `cfg` must have `enable_secret_extraction`.
+pub async fn accept(mut io: Stream, cfg: Arc<ServerConfig>) -> io::Result<TlsStream> {
+    let mut conn = UnbufferedServerConnection::new(cfg).map_err(tls_error)?;
+    let over = handshake(&mut io, &mut conn).await?;
+    let certs = peer_certs(conn.peer_certificates());
+    let suite = conn.negotiated_cipher_suite();
+    let (secrets, k) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+    finish(io, over, certs, suite, secrets, Kernel::Server(k))
+}
+
+fn peer_certs(c: Option<&[CertificateDer<'static>]>) -> Vec<CertificateDer<'static>> {
+    c.map(|c| c.to_vec()).unwrap_or_default()
+}
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tests;
