@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use ringmesh::config::flags::OrigSrc;
+use ringmesh::config::flags::{OrigSrc, TlsRecords};
 use ringmesh::identity::Identity;
 use ringmesh::identity::ca::Ca;
 use ringmesh::identity::store::CertManager;
@@ -38,10 +38,15 @@ fn env(max_streams: usize) -> Env {
 }
 
 fn env_ttl(max_streams: usize, ttl: Duration) -> Env {
-    env_full(max_streams, ttl, None)
+    env_full(max_streams, ttl, None, TlsRecords::Direct)
 }
 
-fn env_full(max_streams: usize, ttl: Duration, ping: Option<(Duration, Duration)>) -> Env {
+fn env_full(
+    max_streams: usize,
+    ttl: Duration,
+    ping: Option<(Duration, Duration)>,
+    records: TlsRecords,
+) -> Env {
     let snap = ringmesh::config::snapshot_from_str("t.yaml", CFG, 1).unwrap();
     let ca = Ca::generate(SystemTime::now()).unwrap();
     let mut certs = CertManager::new(ca, ttl).unwrap();
@@ -53,6 +58,7 @@ fn env_full(max_streams: usize, ttl: Duration, ping: Option<(Duration, Duration)
     let mut cfg = ProxyConfig {
         orig_src: OrigSrc::Off,
         mark: 0,
+        tls_records: records,
         ..ProxyConfig::default()
     };
     cfg.h2.client_max_streams = max_streams;
@@ -334,8 +340,18 @@ fn our_client_to_h2_crate_server() {
 /// A byte stream through our client and server, with the copy loop on both ends.
 #[test]
 fn copy_loop_carries_a_megabyte_each_way() {
+    copy_loop(TlsRecords::Direct);
+}
+
+/// The same over rustls's own record layer (`--tls-records rustls`), on both ends.
+#[test]
+fn copy_loop_over_rustls_records() {
+    copy_loop(TlsRecords::Rustls);
+}
+
+fn copy_loop(records: TlsRecords) {
     run(async move {
-        let e = env(100);
+        let e = env_full(100, Duration::from_secs(3600), None, records);
         let app = echo_app().await;
         let server = our_server(&e.ctx).await;
         let s = our_stream(
@@ -422,6 +438,7 @@ fn server_pings_drop_a_silent_client() {
             100,
             Duration::from_secs(3600),
             Some((Duration::from_millis(100), Duration::from_millis(200))),
+            TlsRecords::Direct,
         );
         let app = echo_app().await;
         let server = our_server(&e.ctx).await;
@@ -456,5 +473,53 @@ fn server_pings_drop_a_silent_client() {
             ended.is_ok(),
             "the server did not drop a connection that stopped answering PINGs"
         );
+    });
+}
+
+/// The direct TLS record layer on this test's engine (on uring: records opened in the ring's
+/// buffers, some split across two of them) against a tokio-rustls peer: 8 MiB each way, and
+/// a key update from the peer (update requested: we answer) in the middle of its stream.
+#[test]
+fn direct_tls_records_on_this_engine_against_rustls() {
+    run(async move {
+        let e = env(100);
+        let certs = e.certs.handle().load();
+        let (client_cfg, server_cfg) = (
+            certs.get(&id("client")).unwrap().client.clone(),
+            certs.get(&id("server")).unwrap().server.clone(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
+        let data: Vec<u8> = (0..8 << 20).map(|i| (i % 253) as u8).collect();
+        let expect = data.clone();
+        // The peer: reads 8 MiB, then sends 4 MiB, a key update, 4 MiB more, then closes.
+        let peer = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut t = acceptor.accept(s).await.unwrap();
+            let mut got = vec![0u8; expect.len()];
+            t.read_exact(&mut got).await.unwrap();
+            assert!(got == expect, "the peer got our 8 MiB intact");
+            t.write_all(&expect[..4 << 20]).await.unwrap();
+            t.get_mut().1.refresh_traffic_keys().unwrap();
+            t.write_all(&expect[4 << 20..]).await.unwrap();
+            t.shutdown().await.unwrap();
+            // Our KeyUpdate reply and close_notify: read, so closing does not reset.
+            let mut rest = Vec::new();
+            t.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        });
+        let tcp = our_connect(a).await;
+        let mut t = ringmesh::io::tls::connect(tcp, client_cfg, ringmesh::tls::dummy_server_name())
+            .await
+            .unwrap();
+        t.write_all(&data).await.unwrap();
+        t.flush().await.unwrap();
+        let mut back = Vec::new();
+        t.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back.len(), data.len());
+        assert!(back == data, "8 MiB back intact across the key update");
+        t.shutdown().await.unwrap();
+        peer.await.unwrap();
     });
 }

@@ -274,12 +274,12 @@ pub struct NodeArgs {
           value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
     pub h2_connection_window: u32,
 
-    /// Who protects HBONE's TLS records once the handshake is done: `rustls` — rustls's own
-    /// buffered record layer (tokio-rustls; the default: faster on bulk in the full bench);
-    /// `direct` — rustls runs the handshake and key schedule, ringmesh seals and opens records
-    /// in the buffers it sends from and receives into (lower request/response latency in
-    /// quick runs, fewer user-space copies).
-    #[arg(long, value_enum, default_value_t = TlsRecords::Rustls, env = env::TLS_RECORDS)]
+    /// Who protects HBONE's TLS records once the handshake is done: `direct` (default) —
+    /// rustls runs the handshake and key schedule, ringmesh seals and opens records in the
+    /// buffers it sends from and receives into (fewer user-space copies: more throughput,
+    /// less CPU per GB and lower latency, see bench/README.md); `rustls` — rustls's own
+    /// buffered record layer (tokio-rustls), kept as a fallback.
+    #[arg(long, value_enum, default_value_t = TlsRecords::Direct, env = env::TLS_RECORDS)]
     pub tls_records: TlsRecords,
 
     /// HTTP/2 maximum frame size (bytes; 16384 to 16777215, RFC 9113 §6.5.2).

@@ -11,9 +11,11 @@
 //! limit), NewSessionTicket (ignored: resumption is off), close_notify on shutdown and as a
 //! clean end on reads, and an alert before closing on a bad record.
 //!
-//! Copies per byte: received — ring buffer → read buffer (the copy every reader makes), then
-//! decrypted in place, then into h2's buffer; sent — h2's frames into the record (fused with
-//! sealing), then the record buffer goes to the socket without another copy. rustls's
+//! Copies per byte: received — on uring, records are opened where the ring received them
+//! and their plaintext is copied once, into h2's buffer (a record split across two ring
+//! buffers is gathered first); on epoll, the socket reads into `rx`, records are opened
+//! there and handed on; sent — h2's frames into the record (fused with sealing), then the
+//! record buffer goes to the socket without another copy. rustls's
 //! buffered API adds a plaintext `Vec` on receive and a record `Vec` plus a copy into the
 //! socket's buffer on send (`bench/README.md`).
 
@@ -38,6 +40,9 @@ use crate::tls::record::{self, Keys, PostHandshake, RecordError};
 const TX_MAX: usize = 256 * 1024;
 /// Sealed bytes that make a send of their own before h2 flushes.
 const PUSH_AT: usize = 64 * 1024;
+/// A bulk send buffer: one `poll_write` batch of full records.
+const BULK_BUF: usize =
+    TX_MAX + (TX_MAX / record::MAX_PLAIN + 1) * (record::HEADER + 1 + record::TAG);
 /// Room reserved for each read from the socket while data streams (several records).
 const RX_CHUNK: usize = 128 * 1024;
 /// Room for reads while the connection is quiet (one full record).
@@ -112,11 +117,6 @@ impl TlsStream {
         (!self.peer_certs.is_empty()).then_some(&self.peer_certs[..])
     }
 
-    /// Whether the socket runs on io_uring.
-    pub fn is_uring(&self) -> bool {
-        self.io.is_uring()
-    }
-
     fn fail_read(&mut self, kind: io::ErrorKind, msg: String) -> io::Error {
         self.read_err = Some((kind, msg.clone()));
         io::Error::new(kind, msg)
@@ -171,15 +171,22 @@ impl TlsStream {
                 self.spares = [None, None];
             }
             self.last_push = now;
+            let bulk = self.tx.capacity() >= BULK_BUF;
             let b = std::mem::take(&mut self.tx).freeze();
-            let slot = self.spares.iter().position(|s| s.is_none()).unwrap_or(0);
-            self.spares[slot] = Some(b.clone());
+            if bulk {
+                let slot = self.spares.iter().position(|s| s.is_none()).unwrap_or(0);
+                self.spares[slot] = Some(b.clone());
+            }
             self.out = Some(b);
         }
     }
 
     /// An empty buffer for at least `need` bytes: a spare the socket is done with, else new.
     fn take_spare(&mut self, need: usize) -> BytesMut {
+        if need < PUSH_AT {
+            // Control frames and small writes: a small buffer, not kept once sent.
+            return BytesMut::with_capacity(need.max(record::MAX_PLAIN));
+        }
         for slot in &mut self.spares {
             if let Some(b) = slot.take() {
                 match b.try_into_mut() {
@@ -192,7 +199,7 @@ impl TlsStream {
                 }
             }
         }
-        BytesMut::with_capacity(need.max(PUSH_AT * 2))
+        BytesMut::with_capacity(need.max(BULK_BUF))
     }
 
     fn queued(&self) -> usize {
@@ -214,16 +221,23 @@ impl TlsStream {
         };
         rec.advance(record::HEADER);
         rec.truncate(n);
-        match typ {
-            record::APPLICATION_DATA => {
-                if self.plain.is_empty() {
-                    self.plain = rec;
-                } else {
-                    self.plain.extend_from_slice(&rec);
-                }
+        if typ == record::APPLICATION_DATA {
+            if self.plain.is_empty() {
+                self.plain = rec;
+            } else {
+                self.plain.extend_from_slice(&rec);
             }
+        } else {
+            self.control(typ, &rec)?;
+        }
+        Ok(Some(()))
+    }
+
+    /// A record that is not application data, opened: post-handshake messages and alerts.
+    fn control(&mut self, typ: u8, body: &[u8]) -> io::Result<()> {
+        match typ {
             record::HANDSHAKE => {
-                let msgs = match record::post_handshake(&rec) {
+                let msgs = match record::post_handshake(body) {
                     Ok(m) => m,
                     Err(e) => return Err(self.bad_record(e)),
                 };
@@ -247,16 +261,113 @@ impl TlsStream {
                         },
                     }
                 }
+                Ok(())
             }
-            record::ALERT => match record::alert(&rec) {
-                Ok(()) => self.read_closed = true,
-                Err(msg) => {
-                    return Err(self.fail_read(io::ErrorKind::ConnectionAborted, msg));
+            record::ALERT => match record::alert(body) {
+                Ok(()) => {
+                    self.read_closed = true;
+                    Ok(())
                 }
+                Err(msg) => Err(self.fail_read(io::ErrorKind::ConnectionAborted, msg)),
             },
-            t => return Err(self.bad_record(RecordError::UnexpectedType(t))),
+            t => Err(self.bad_record(RecordError::UnexpectedType(t))),
         }
-        Ok(Some(()))
+    }
+
+    /// uring: opens whole records where the ring received them and copies their plaintext
+    /// straight into `buf` (the only user-space copy of received data); a record the ring
+    /// split across buffers is gathered in `rx` first. `None`: the engine has no such reads.
+    fn poll_read_in_place(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Option<Poll<io::Result<()>>> {
+        let mut ctrl: Option<(u8, Vec<u8>)> = None;
+        let mut bad: Option<RecordError> = None;
+        let TlsStream {
+            io,
+            rx_keys,
+            rx,
+            plain,
+            ..
+        } = self;
+        let start = buf.filled().len();
+        let polled = io.poll_read_in_place(cx, |chunk| {
+            let mut used = 0;
+            if !rx.is_empty() {
+                // Complete the record begun in an earlier buffer, and no more.
+                let want = match record::record_len(rx) {
+                    Ok(Some(len)) => len - rx.len(),
+                    Ok(None) => record::HEADER - rx.len(),
+                    Err(_) => return 0,
+                };
+                let n = want.min(chunk.len());
+                rx.extend_from_slice(&chunk[..n]);
+                return n;
+            }
+            while used < chunk.len() && ctrl.is_none() && bad.is_none() && plain.is_empty() {
+                // Stop before a record that may not fit once this call has delivered some
+                // plaintext (the caller's buffer may come partly filled: measure from here).
+                if buf.remaining() < record::MAX_PLAIN && buf.filled().len() > start {
+                    break;
+                }
+                let rest = &mut chunk[used..];
+                let len = match record::record_len(rest) {
+                    Ok(Some(len)) if rest.len() >= len => len,
+                    Ok(_) => {
+                        rx.extend_from_slice(rest);
+                        used = chunk.len();
+                        break;
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        break;
+                    }
+                };
+                match rx_keys.open(&mut rest[..len]) {
+                    Ok((typ, n)) => {
+                        let body = &rest[record::HEADER..record::HEADER + n];
+                        if typ == record::APPLICATION_DATA {
+                            let k = n.min(buf.remaining());
+                            buf.put_slice(&body[..k]);
+                            plain.extend_from_slice(&body[k..]);
+                        } else {
+                            ctrl = Some((typ, body.to_vec()));
+                        }
+                        used += len;
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        break;
+                    }
+                }
+            }
+            used
+        })?;
+        if let Some(e) = bad {
+            return Some(Poll::Ready(Err(self.bad_record(e))));
+        }
+        if let Some((typ, body)) = ctrl
+            && let Err(e) = self.control(typ, &body)
+        {
+            return Some(Poll::Ready(Err(e)));
+        }
+        Some(match polled {
+            Poll::Ready(Ok(0)) if buf.filled().len() == start => Poll::Ready(Err(self.eof())),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        })
+    }
+
+    /// The socket ended without close_notify.
+    fn eof(&mut self) -> io::Error {
+        let msg = if self.rx.is_empty() {
+            "peer closed the connection without sending TLS close_notify"
+        } else {
+            "peer closed the connection in the middle of a TLS record"
+        };
+        self.fail_read(io::ErrorKind::UnexpectedEof, msg.into())
     }
 }
 
@@ -284,13 +395,29 @@ impl AsyncRead for TlsStream {
             if me.read_closed {
                 return Poll::Ready(Ok(()));
             }
-            if me.open_next()?.is_some() {
-                // An alert queued by a bad record goes out with the next flush; KeyUpdate
-                // replies too.
-                if !me.tx.is_empty() {
-                    let _ = me.poll_push(cx);
-                }
+            let opened = me.open_next();
+            if !me.tx.is_empty() {
+                // A KeyUpdate reply, or the alert a bad record is owed: on its way now, not
+                // only with h2's next flush (after an error h2 closes without one).
+                let _ = me.poll_push(cx);
+            }
+            if opened?.is_some() {
                 continue;
+            }
+            let before = buf.filled().len();
+            match me.poll_read_in_place(cx, buf) {
+                Some(Poll::Ready(Ok(()))) => {
+                    if buf.filled().len() > before {
+                        if !me.tx.is_empty() {
+                            let _ = me.poll_push(cx);
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                    // Took a partial record into `rx`, or a control record: look again.
+                    continue;
+                }
+                Some(other) => return other,
+                None => {}
             }
             let want = match record::record_len(&me.rx) {
                 Ok(Some(len)) => len - me.rx.len(),
@@ -309,16 +436,11 @@ impl AsyncRead for TlsStream {
                 cx,
                 &mut me.rx
             ))?;
+            if n == 0 {
+                return Poll::Ready(Err(me.eof()));
+            }
             // Large reads while data streams, a small buffer once it is quiet.
             me.rx_size = if n * 2 >= room { RX_CHUNK } else { SMALL_RX };
-            if n == 0 {
-                let msg = if me.rx.is_empty() {
-                    "peer closed the connection without sending TLS close_notify"
-                } else {
-                    "peer closed the connection in the middle of a TLS record"
-                };
-                return Poll::Ready(Err(me.fail_read(io::ErrorKind::UnexpectedEof, msg.into())));
-            }
         }
     }
 }

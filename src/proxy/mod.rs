@@ -69,7 +69,7 @@ impl Default for ProxyConfig {
                 flags::HBONE_PORT,
             ],
             local_congestion: Some(flags::DEFAULT_LOCAL_TCP_CONGESTION.to_string()),
-            tls_records: flags::TlsRecords::Rustls,
+            tls_records: flags::TlsRecords::Direct,
         }
     }
 }

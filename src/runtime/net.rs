@@ -115,6 +115,20 @@ impl Stream {
         }
     }
 
+    /// Received bytes offered in place and writable to `f` (returns how many it consumed):
+    /// on uring they are the ring buffers the kernel received into; `None` on epoll, whose
+    /// reads go straight into the caller's buffer anyway.
+    pub fn poll_read_in_place(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: impl FnMut(&mut [u8]) -> usize,
+    ) -> Option<Poll<io::Result<usize>>> {
+        match self {
+            Stream::Uring(s) => Some(s.poll_read_in_place(cx, f)),
+            Stream::Epoll(_) => None,
+        }
+    }
+
     /// Writes `data` without copying it in user space: uring hands the buffer to the ring,
     /// epoll writes from it. Ready (and `data` is `None`) once all of it is accepted.
     pub fn poll_write_bytes(

@@ -162,6 +162,19 @@ impl BufMem {
         // SAFETY: inside the mapping (checked); the region is out of the ring (see above).
         unsafe { std::slice::from_raw_parts(self.ptr.add(start), len) }
     }
+
+    /// A received region, writable (TLS opens records in place).
+    ///
+    /// # Safety
+    /// The region must be out of the ring, not lent, and referenced by nothing else for the
+    /// returned slice's life: a buffer in exactly one socket's receive queue, used under the
+    /// driver's `&mut`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut(&self, start: usize, len: usize) -> &mut [u8] {
+        assert!(start + len <= self.len);
+        // SAFETY: inside the mapping (checked); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
 }
 
 impl Drop for BufMem {
@@ -294,8 +307,13 @@ impl BufRing {
         self.publish();
     }
 
-    fn slice(&self, bid: u16, off: usize, len: usize) -> &[u8] {
-        self.mem.slice(self.start(bid) + off, len)
+    /// Buffer `bid`'s received bytes, writable. Only for a buffer held in a socket's receive
+    /// queue (out of the ring, not lent): nothing else refers to it while `&mut self` lasts.
+    fn slice_mut(&mut self, bid: u16, off: usize, len: usize) -> &mut [u8] {
+        let start = self.start(bid) + off;
+        // SAFETY: received buffers sit in one socket's queue until consumed or lent, and a
+        // lent buffer leaves the queue first; `&mut self` keeps this the only live slice.
+        unsafe { self.mem.slice_mut(start, len) }
     }
 
     /// Offset of buffer `bid`'s data in the mapping (see [`RX_SKEW`]).
@@ -795,6 +813,17 @@ impl Driver {
         waker: &Waker,
         mut out: impl FnMut(&[u8]) -> usize,
     ) -> Option<io::Result<usize>> {
+        self.read_mut(idx, waker, |d| out(d))
+    }
+
+    /// [`Driver::read`] with the received bytes writable: the reader may transform them in
+    /// place (TLS opens records where they were received) before consuming them.
+    pub(crate) fn read_mut(
+        &mut self,
+        idx: usize,
+        waker: &Waker,
+        mut out: impl FnMut(&mut [u8]) -> usize,
+    ) -> Option<io::Result<usize>> {
         let mut total = 0;
         let result;
         {
@@ -806,9 +835,9 @@ impl Driver {
             } = self;
             let s = socks[idx].as_mut().expect("read on a freed socket");
             while let Some(c) = s.rx.front_mut() {
-                let data = match &c.src {
-                    Src::Ring(bid) => bufs.slice(*bid, c.off, c.len - c.off),
-                    Src::Heap(b) => &b[c.off..c.len],
+                let data = match &mut c.src {
+                    Src::Ring(bid) => bufs.slice_mut(*bid, c.off, c.len - c.off),
+                    Src::Heap(b) => &mut b[c.off..c.len],
                 };
                 let n = out(data);
                 if n == 0 {

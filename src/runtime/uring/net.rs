@@ -69,6 +69,20 @@ impl Stream {
         sock_addr(socket2::SockRef::from(&self.borrowed()).peer_addr()?)
     }
 
+    /// Offers the received bytes in place, writable, to `f`, which returns how many it
+    /// consumed (0 stops). Ready(Ok(0)) is end of stream; Pending registers the waker.
+    pub fn poll_read_in_place(
+        &self,
+        cx: &mut Context<'_>,
+        f: impl FnMut(&mut [u8]) -> usize,
+    ) -> Poll<io::Result<usize>> {
+        let h = &self.0;
+        match driver::with(|d| d.read_mut(h.idx, cx.waker(), f)) {
+            None => Poll::Pending,
+            Some(r) => Poll::Ready(r),
+        }
+    }
+
     /// Hands `data` to the ring without copying; `data` is taken once the socket's send
     /// queue has room (Pending until then).
     pub fn poll_write_bytes(
