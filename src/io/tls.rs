@@ -299,7 +299,10 @@ impl TlsStream {
                 let want = match record::record_len(rx) {
                     Ok(Some(len)) => len - rx.len(),
                     Ok(None) => record::HEADER - rx.len(),
-                    Err(_) => return 0,
+                    Err(e) => {
+                        bad = Some(e);
+                        return 0;
+                    }
                 };
                 let n = want.min(chunk.len());
                 rx.extend_from_slice(&chunk[..n]);
