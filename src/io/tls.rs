@@ -94,6 +94,9 @@ pub struct TlsStream {
     spares: [Option<Bytes>; 2],
     /// When records last went to the socket (stale spares are dropped, not kept forever).
     last_push: std::time::Instant,
+    /// Whether the last records handed to the socket were a bulk push (≥ `PUSH_AT`): data
+    /// is streaming, so the next buffer is a bulk one even if h2 writes it frame by frame.
+    streaming: bool,
     peer_certs: Vec<CertificateDer<'static>>,
     /// close_notify received: reads return end of stream.
     read_closed: bool,
@@ -171,6 +174,7 @@ impl TlsStream {
                 self.spares = [None, None];
             }
             self.last_push = now;
+            self.streaming = self.tx.len() >= PUSH_AT;
             let bulk = self.tx.capacity() >= BULK_BUF;
             let b = std::mem::take(&mut self.tx).freeze();
             if bulk {
@@ -183,8 +187,10 @@ impl TlsStream {
 
     /// An empty buffer for at least `need` bytes: a spare the socket is done with, else new.
     fn take_spare(&mut self, need: usize) -> BytesMut {
-        if need < PUSH_AT {
-            // Control frames and small writes: a small buffer, not kept once sent.
+        if need < PUSH_AT && !self.streaming {
+            // Control frames and small writes on a quiet connection: a small buffer, not
+            // kept once sent. (While data streams, h2 writes one frame per call: a small
+            // buffer would be grown, and copied, several times before each push.)
             return BytesMut::with_capacity(need.max(record::MAX_PLAIN));
         }
         for slot in &mut self.spares {
@@ -722,6 +728,7 @@ fn finish(
         out: None,
         spares: [None, None],
         last_push: std::time::Instant::now(),
+        streaming: false,
         peer_certs,
         read_closed: false,
         read_err: None,
