@@ -276,8 +276,8 @@ pub struct NodeArgs {
 
     /// Who protects HBONE's TLS records once the handshake is done: `direct` (default) —
     /// rustls runs the handshake and key schedule, ringmesh seals and opens records in the
-    /// buffers it sends from and receives into (fewer user-space copies: more throughput,
-    /// less CPU per GB and lower latency, see bench/README.md); `rustls` — rustls's own
+    /// buffers it sends from and receives into (fewer user-space copies; measured in
+    /// bench/README.md); `rustls` — rustls's own
     /// buffered record layer (tokio-rustls), kept as a fallback.
     #[arg(long, value_enum, default_value_t = TlsRecords::Direct, env = env::TLS_RECORDS)]
     pub tls_records: TlsRecords,
