@@ -16,6 +16,9 @@ fn bench(b: ringmesh::config::flags::BenchFlags) -> Result<i32, String> {
     if !b.no_raw {
         contenders.push(Contender::Raw);
     }
+    if b.relay {
+        contenders.push(Contender::Relay);
+    }
     if !b.no_ringmesh {
         contenders.extend(benchmark::ringmesh_contenders(&b.engines)?);
     }
@@ -79,6 +82,16 @@ fn main() -> std::process::ExitCode {
                     cmd,
                 } => cli::exec(&target, lab.as_deref(), &state_dir, &cmd),
                 LabCommand::Status { state_dir } => cli::status(&state_dir).map(|_| 0),
+                LabCommand::Relay { threads } => {
+                    let n = threads.unwrap_or_else(|| ringmesh::runtime::allowed_cpus().len());
+                    return match ringmesh::lab::relay::serve(n) {
+                        Ok(()) => std::process::ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("ringmesh lab relay: {e}");
+                            std::process::ExitCode::FAILURE
+                        }
+                    };
+                }
                 LabCommand::Serve {
                     file,
                     no_proxies,

@@ -26,6 +26,8 @@ use stats::{Latency, Summary};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Contender {
     Raw,
+    /// The floor: `ringmesh lab relay` (plaintext, no TLS or HTTP/2) in every ambient pod.
+    Relay,
     /// `ringmesh node` with extra arguments (e.g. `--io-engine epoll` for `ringmesh-epoll`).
     Ringmesh {
         name: String,
@@ -43,6 +45,7 @@ impl Contender {
     pub fn name(&self) -> &str {
         match self {
             Contender::Raw => "raw",
+            Contender::Relay => "relay",
             Contender::Ringmesh { name, .. } => name,
             Contender::Peer { name, .. } => name,
         }
@@ -83,6 +86,7 @@ pub fn parse_peer(s: &str) -> Result<Contender, String> {
             if !n.is_empty()
                 && !c.trim().is_empty()
                 && n != "raw"
+                && n != "relay"
                 && !n.starts_with("ringmesh") =>
         {
             Ok(Contender::Peer {
@@ -91,7 +95,7 @@ pub fn parse_peer(s: &str) -> Result<Contender, String> {
             })
         }
         _ => Err(format!(
-            "{s:?}: expected NAME=COMMAND (NAME not raw or ringmesh*), e.g. ztunnel='env FAKE_CA=true … ztunnel'"
+            "{s:?}: expected NAME=COMMAND (NAME not raw, relay or ringmesh*), e.g. ztunnel='env FAKE_CA=true … ztunnel'"
         )),
     }
 }
@@ -235,7 +239,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         apps::serve_sink(&ns, 9000).map_err(|e| e.to_string())?;
         apps::serve_echo(&ns, 8080, &s.name).map_err(|e| e.to_string())?;
         load::serve_hold(&ns, 9100).map_err(|e| e.to_string())?;
-        hbone_counter(&s.netns, true)?;
+        inbound_counters(&s.netns, true)?;
     }
     // The connection-rate test leaves thousands of TIME_WAIT sockets in the client pod for a
     // minute, and the next contender connecting to the same address would pay for them in
@@ -364,9 +368,11 @@ struct Targets {
     server_b_netns: String,
 }
 
-/// Adds (or reads) a byte counter of inbound TCP to port 15008 in a pod. The counter only
-/// grows (nft 1.0.6 cannot reset anonymous rule counters): callers take differences.
-fn hbone_counter(netns: &str, install: bool) -> Result<u64, String> {
+/// Adds (or reads) byte counters of inbound TCP in a pod: to port 15008 (HBONE) and to
+/// 15006 (where the capture rules redirect plaintext inbound; the relay contender's path).
+/// The counters only grow (nft 1.0.6 cannot reset anonymous rule counters): callers take
+/// differences.
+fn inbound_counters(netns: &str, install: bool) -> Result<Carried, String> {
     let nft = |args: &[&str], input: Option<&str>| {
         let mut v = vec!["netns", "exec", netns, "nft"];
         v.extend_from_slice(args);
@@ -376,27 +382,56 @@ fn hbone_counter(netns: &str, install: bool) -> Result<u64, String> {
         nft(
             &["-f", "-"],
             Some(
-                "table inet ringmesh-bench {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 15008 counter\n }\n}\n",
+                "table inet ringmesh-bench {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 15008 counter\n  tcp dport 15006 counter\n }\n}\n",
             ),
         )?;
-        return Ok(0);
+        return Ok(Carried::default());
     }
     let out = nft(&["list", "table", "inet", "ringmesh-bench"], None)?;
-    nft(
-        &["reset", "counters", "table", "inet", "ringmesh-bench"],
-        None,
-    )?;
-    Ok(out
-        .split_whitespace()
-        .skip_while(|w| *w != "bytes")
-        .nth(1)
-        .and_then(|b| b.parse().ok())
-        .unwrap_or(0))
+    let bytes = |port: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!("dport {port} ")))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .skip_while(|w| *w != "bytes")
+                    .nth(1)
+                    .and_then(|b| b.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    Ok(Carried {
+        hbone: bytes("15008"),
+        plain: bytes("15006"),
+    })
+}
+
+/// Bytes counted by [`inbound_counters`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Carried {
+    hbone: u64,
+    plain: u64,
 }
 
 fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String> {
     match c {
         Contender::Raw => run.set_capture(false).map_err(|e| e.to_string()),
+        Contender::Relay => {
+            run.set_capture(true).map_err(|e| e.to_string())?;
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let pods: Vec<String> = run
+                .lab
+                .pods
+                .iter()
+                .filter(|p| p.captured)
+                .map(|p| p.name.clone())
+                .collect();
+            for p in &pods {
+                run.start_in_pod(p, "relay", &exe, &["lab".into(), "relay".into()])
+                    .map_err(|e| e.to_string())?;
+            }
+            wait_logged(run, crate::lab::relay::READY, args.sizes.ready_timeout)
+                .map_err(|e| format!("never became ready: {e}"))
+        }
         Contender::Ringmesh { .. } | Contender::Peer { .. } => {
             run.set_capture(true).map_err(|e| e.to_string())?;
             let before = run.snapshot_counts();
@@ -428,12 +463,34 @@ fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String
                     }
                     r
                 }
-                Contender::Raw => unreachable!(),
+                Contender::Raw | Contender::Relay => unreachable!(),
             }
             .map_err(|e| e.to_string())?;
             run.wait_ready_after(&before, args.sizes.ready_timeout)
                 .map_err(|e| format!("never became ready: {e}"))
         }
+    }
+}
+
+/// Waits until every process the lab started has logged `line` (or one exits).
+fn wait_logged(run: &mut LabRun, line: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut all = true;
+        for p in run.proxies.iter_mut() {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                return Err(format!("{} exited ({st}): {}", p.node, log.trim()));
+            }
+            all &= std::fs::read_to_string(&p.log).is_ok_and(|l| l.contains(line));
+        }
+        if all {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("no {line:?} in {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -469,13 +526,15 @@ fn one_round(
     conn_dst: SocketAddr,
 ) -> Result<Round, String> {
     start(run, c, args)?;
-    let meshed = *c != Contender::Raw;
+    // Node proxies (HBONE) and the relay floor both put processes on the path.
+    let hbone = matches!(c, Contender::Ringmesh { .. } | Contender::Peer { .. });
+    let proxied = *c != Contender::Raw;
     let s = &args.sizes;
     let mut r = Round::default();
-    // Warm-up (handshakes, pools), then check the path really is HBONE.
+    // Warm-up (handshakes, pools), then check the path really is what it claims.
     load::bulk(client, t.cross_sink, 4 << 20, 1)?;
-    let before = hbone_counter(&t.server_b_netns, false)?;
-    if meshed {
+    let before = inbound_counters(&t.server_b_netns, false)?;
+    if hbone {
         r.rss_idle = Some(proxies_rss(run));
     }
     let (cpu0, user0) = (proxies_cpu(run), proxies_user_cpu(run));
@@ -489,14 +548,26 @@ fn one_round(
         let cpus = crate::runtime::allowed_cpus().len().max(1) as f64;
         r.machine_busy = Some((m1 - m0) / (secs * cpus));
     }
-    let carried = hbone_counter(&t.server_b_netns, false)?.saturating_sub(before);
-    if meshed {
-        if (carried as f64) < 0.9 * s.bulk_1_bytes as f64 {
+    let after = inbound_counters(&t.server_b_netns, false)?;
+    let need = 0.9 * s.bulk_1_bytes as f64;
+    if hbone {
+        let carried = after.hbone.saturating_sub(before.hbone);
+        if (carried as f64) < need {
             return Err(format!(
                 "its traffic did not go through HBONE: server-b's port 15008 carried {carried} bytes of a {}-byte transfer",
                 s.bulk_1_bytes
             ));
         }
+    } else if proxied {
+        let carried = after.plain.saturating_sub(before.plain);
+        if (carried as f64) < need {
+            return Err(format!(
+                "its traffic did not go through the relay: server-b's port 15006 carried {carried} bytes of a {}-byte transfer",
+                s.bulk_1_bytes
+            ));
+        }
+    }
+    if proxied {
         r.cpu_per_gb = Some((cpu1 - cpu0) / gb);
         r.user_cpu_per_gb = Some((user1 - user0) / gb);
     }
@@ -506,7 +577,7 @@ fn one_round(
     r.rr_1b = Some(load::rr_closed(client, t.cross_echo, 1, s.rr_n)?);
     let cpu2 = proxies_cpu(run);
     r.rr_1k = Some(load::rr_closed(client, t.cross_echo, 1024, s.rr_n)?);
-    if meshed {
+    if proxied {
         r.cpu_per_1000 = Some((proxies_cpu(run) - cpu2) / (s.rr_n as f64 / 1000.0));
     }
     r.rr_fixed = Some(load::rr_fixed_rate(
@@ -517,7 +588,8 @@ fn one_round(
         s.fixed_dur,
     )?);
     r.conn_per_s = Some(load::conn_rate(client, conn_dst, s.conn_dur, 4)?);
-    if meshed {
+    // Idle tunnels are a node proxy's memory; the relay keeps two copy buffers per connection.
+    if hbone {
         let tunnels = load::open_tunnels(client, t.cross_hold, s.tunnels)?;
         std::thread::sleep(Duration::from_millis(300));
         r.rss_tunnels = Some(proxies_rss(run));
@@ -657,6 +729,7 @@ mod tests {
             }
         );
         assert!(parse_peer("raw=x").is_err());
+        assert!(parse_peer("relay=x").is_err());
         assert!(parse_peer("noequals").is_err());
         assert!(parse_peer("x=  ").is_err());
     }

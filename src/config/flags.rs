@@ -83,6 +83,12 @@ pub struct BenchFlags {
     /// Leave out ringmesh itself.
     #[arg(long)]
     pub no_ringmesh: bool,
+    /// Add the `relay` contender, the floor: a plaintext TCP relay (`ringmesh lab relay`) in
+    /// every ambient pod instead of a node proxy. The path keeps its three TCP legs and two
+    /// user-space hops but has no TLS, HTTP/2 or policy, so it shows what moving the bytes
+    /// costs this machine and how close each node proxy gets to that.
+    #[arg(long)]
+    pub relay: bool,
     /// Run ringmesh once per I/O engine, side by side: `--engines uring,epoll` gives the
     /// contenders `ringmesh` (uring) and `ringmesh-epoll`. Default: one `ringmesh` on the
     /// node's default engine.
@@ -162,6 +168,14 @@ pub enum LabCommand {
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
+    },
+    /// A plaintext TCP relay for the pod netns it runs in (the bench's floor contender, see
+    /// `ringmesh bench --relay`): connections the capture rules redirect to 15001 and 15006 go
+    /// on to their original destination, with no TLS, no HTTP/2, no policy. IPv4 only.
+    Relay {
+        /// Threads, each with its own SO_REUSEPORT listeners (default: one per allowed CPU).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Show the labs that are up.
     Status {

@@ -11,6 +11,7 @@
 pub mod apps;
 pub mod capture;
 pub mod cli;
+pub mod relay;
 pub mod run;
 pub mod topology;
 pub mod zds_server;

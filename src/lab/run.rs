@@ -16,6 +16,7 @@ use crate::inpod::Netns;
 
 /// A node proxy process started by the lab (killed on drop).
 pub struct ProxyProc {
+    /// The node (or, for the bench's relay, the pod) it runs in.
     pub node: String,
     pub child: Child,
     pub log: PathBuf,
@@ -131,10 +132,39 @@ impl LabRun {
         let netns = self
             .node_netns(node)
             .ok_or_else(|| LabError::Topology(format!("no node {node}")))?;
-        let log = self.dir.join(format!("{node}.{tag}.log"));
+        self.start_in_netns(&netns, node, tag, program, args, env)
+    }
+
+    /// Starts `program args…` in a pod's netns, logging to `<dir>/<pod>.<tag>.log`.
+    pub fn start_in_pod(
+        &mut self,
+        pod: &str,
+        tag: &str,
+        program: &Path,
+        args: &[String],
+    ) -> Result<(), LabError> {
+        let netns = self
+            .lab
+            .pod(pod)
+            .map(|p| p.netns.clone())
+            .ok_or_else(|| LabError::Topology(format!("no pod {pod}")))?;
+        self.start_in_netns(&netns, pod, tag, program, args, &[])
+    }
+
+    /// Starts `program args…` in `netns`; `who` (a node or pod) names the log and the process.
+    fn start_in_netns(
+        &mut self,
+        netns: &str,
+        who: &str,
+        tag: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), LabError> {
+        let log = self.dir.join(format!("{who}.{tag}.log"));
         let f = std::fs::File::create(&log).map_err(|e| io_err(&log, e))?;
         let child = Command::new("ip")
-            .args(["netns", "exec", &netns])
+            .args(["netns", "exec", netns])
             .arg(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -147,7 +177,7 @@ impl LabRun {
                 source,
             })?;
         self.proxies.push(ProxyProc {
-            node: node.to_string(),
+            node: who.to_string(),
             child,
             log,
         });
