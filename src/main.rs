@@ -17,7 +17,8 @@ fn bench(b: ringmesh::config::flags::BenchFlags) -> Result<i32, String> {
         contenders.push(Contender::Raw);
     }
     if b.relay {
-        contenders.push(Contender::Relay);
+        contenders.push(Contender::Relay { tls: false });
+        contenders.push(Contender::Relay { tls: true });
     }
     if !b.no_ringmesh {
         contenders.extend(benchmark::ringmesh_contenders(&b.engines)?);
@@ -82,9 +83,18 @@ fn main() -> std::process::ExitCode {
                     cmd,
                 } => cli::exec(&target, lab.as_deref(), &state_dir, &cmd),
                 LabCommand::Status { state_dir } => cli::status(&state_dir).map(|_| 0),
-                LabCommand::Relay { threads } => {
+                LabCommand::Relay {
+                    threads,
+                    tls,
+                    ca_cert,
+                    ca_key,
+                } => {
                     let n = threads.unwrap_or_else(|| ringmesh::runtime::allowed_cpus().len());
-                    return match ringmesh::lab::relay::serve(n) {
+                    let ca = match (tls, &ca_cert, &ca_key) {
+                        (true, Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                        _ => None,
+                    };
+                    return match ringmesh::lab::relay::serve(n, ca) {
                         Ok(()) => std::process::ExitCode::SUCCESS,
                         Err(e) => {
                             eprintln!("ringmesh lab relay: {e}");

@@ -1,4 +1,4 @@
-//! `ringmesh bench --quick` as CI runs it: raw, the relay floor and ringmesh side by side,
+//! `ringmesh bench --quick` as CI runs it: raw, the relay floors and ringmesh side by side,
 //! the JSON has the shape and sane values, and a contender that does not proxy is
 //! reported INVALID, never as fast. Root.
 
@@ -47,7 +47,7 @@ fn netns_bench_quick_json_and_invalid_contender() {
     assert!(o.status.success(), "bench failed:\n{stdout}\n{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let c = &v["contenders"];
-    for name in ["raw", "relay", "ringmesh"] {
+    for name in ["raw", "relay", "relay-tls", "ringmesh"] {
         assert_eq!(c[name]["valid"], true, "{name}: {v}");
         for k in [
             "bulk_1_gbps",
@@ -68,15 +68,17 @@ fn netns_bench_quick_json_and_invalid_contender() {
         );
         assert!(c["raw"][k].is_null(), "raw has no proxy: {k} must be null");
     }
-    // The relay floor carried the bytes through its two hops (the bench checks server-b's
-    // port 15006 counter, else it would be INVALID), so it has CPU figures but, not being a
-    // node proxy, no idle-tunnel memory.
-    assert!(
-        c["relay"]["cpu_s_per_gb"].as_f64().unwrap_or(-1.0) > 0.0,
-        "{v}"
-    );
-    assert!(c["relay"]["bytes_per_tunnel"].is_null(), "{v}");
-    assert!(stdout.contains("ringmesh / relay"), "{stdout}");
+    // The relay floors carried the bytes through their two hops (the bench checks server-b's
+    // port 15006 or 15008 counter, else they would be INVALID), so they have CPU figures but,
+    // not being node proxies, no idle-tunnel memory.
+    for name in ["relay", "relay-tls"] {
+        assert!(
+            c[name]["cpu_s_per_gb"].as_f64().unwrap_or(-1.0) > 0.0,
+            "{v}"
+        );
+        assert!(c[name]["bytes_per_tunnel"].is_null(), "{v}");
+        assert!(stdout.contains(&format!("ringmesh / {name} ")), "{stdout}");
+    }
     // The contender that never proxies is INVALID, with the reason, and has no figures.
     assert_eq!(c["idle"]["valid"], false, "{v}");
     assert!(

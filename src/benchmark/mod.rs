@@ -26,8 +26,11 @@ use stats::{Latency, Summary};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Contender {
     Raw,
-    /// The floor: `ringmesh lab relay` (plaintext, no TLS or HTTP/2) in every ambient pod.
-    Relay,
+    /// A floor: `ringmesh lab relay` in every ambient pod (no HTTP/2; `tls`: mutual TLS on
+    /// the middle leg, else plaintext).
+    Relay {
+        tls: bool,
+    },
     /// `ringmesh node` with extra arguments (e.g. `--io-engine epoll` for `ringmesh-epoll`).
     Ringmesh {
         name: String,
@@ -45,7 +48,8 @@ impl Contender {
     pub fn name(&self) -> &str {
         match self {
             Contender::Raw => "raw",
-            Contender::Relay => "relay",
+            Contender::Relay { tls: false } => "relay",
+            Contender::Relay { tls: true } => "relay-tls",
             Contender::Ringmesh { name, .. } => name,
             Contender::Peer { name, .. } => name,
         }
@@ -86,7 +90,7 @@ pub fn parse_peer(s: &str) -> Result<Contender, String> {
             if !n.is_empty()
                 && !c.trim().is_empty()
                 && n != "raw"
-                && n != "relay"
+                && !n.starts_with("relay")
                 && !n.starts_with("ringmesh") =>
         {
             Ok(Contender::Peer {
@@ -95,7 +99,7 @@ pub fn parse_peer(s: &str) -> Result<Contender, String> {
             })
         }
         _ => Err(format!(
-            "{s:?}: expected NAME=COMMAND (NAME not raw, relay or ringmesh*), e.g. ztunnel='env FAKE_CA=true … ztunnel'"
+            "{s:?}: expected NAME=COMMAND (NAME not raw, relay* or ringmesh*), e.g. ztunnel='env FAKE_CA=true … ztunnel'"
         )),
     }
 }
@@ -369,7 +373,7 @@ struct Targets {
 }
 
 /// Adds (or reads) byte counters of inbound TCP in a pod: to port 15008 (HBONE) and to
-/// 15006 (where the capture rules redirect plaintext inbound; the relay contender's path).
+/// 15006 (where the capture rules redirect plaintext inbound; the plaintext relay's path).
 /// The counters only grow (nft 1.0.6 cannot reset anonymous rule counters): callers take
 /// differences.
 fn inbound_counters(netns: &str, install: bool) -> Result<Carried, String> {
@@ -415,8 +419,18 @@ struct Carried {
 fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String> {
     match c {
         Contender::Raw => run.set_capture(false).map_err(|e| e.to_string()),
-        Contender::Relay => {
+        Contender::Relay { tls } => {
             run.set_capture(true).map_err(|e| e.to_string())?;
+            let mut relay_args: Vec<String> = vec!["lab".into(), "relay".into()];
+            if *tls {
+                relay_args.extend([
+                    "--tls".into(),
+                    "--ca-cert".into(),
+                    run.ca_cert.display().to_string(),
+                    "--ca-key".into(),
+                    run.ca_key.display().to_string(),
+                ]);
+            }
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let pods: Vec<String> = run
                 .lab
@@ -426,7 +440,7 @@ fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String
                 .map(|p| p.name.clone())
                 .collect();
             for p in &pods {
-                run.start_in_pod(p, "relay", &exe, &["lab".into(), "relay".into()])
+                run.start_in_pod(p, c.name(), &exe, &relay_args)
                     .map_err(|e| e.to_string())?;
             }
             wait_logged(run, crate::lab::relay::READY, args.sizes.ready_timeout)
@@ -463,7 +477,7 @@ fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String
                     }
                     r
                 }
-                Contender::Raw | Contender::Relay => unreachable!(),
+                Contender::Raw | Contender::Relay { .. } => unreachable!(),
             }
             .map_err(|e| e.to_string())?;
             run.wait_ready_after(&before, args.sizes.ready_timeout)
@@ -526,7 +540,7 @@ fn one_round(
     conn_dst: SocketAddr,
 ) -> Result<Round, String> {
     start(run, c, args)?;
-    // Node proxies (HBONE) and the relay floor both put processes on the path.
+    // Node proxies (HBONE) and the relay floors all put processes on the path.
     let hbone = matches!(c, Contender::Ringmesh { .. } | Contender::Peer { .. });
     let proxied = *c != Contender::Raw;
     let s = &args.sizes;
@@ -549,23 +563,18 @@ fn one_round(
         r.machine_busy = Some((m1 - m0) / (secs * cpus));
     }
     let after = inbound_counters(&t.server_b_netns, false)?;
+    // HBONE and the TLS relay arrive on 15008, the plaintext relay on 15006.
     let need = 0.9 * s.bulk_1_bytes as f64;
-    if hbone {
-        let carried = after.hbone.saturating_sub(before.hbone);
-        if (carried as f64) < need {
-            return Err(format!(
-                "its traffic did not go through HBONE: server-b's port 15008 carried {carried} bytes of a {}-byte transfer",
-                s.bulk_1_bytes
-            ));
-        }
-    } else if proxied {
-        let carried = after.plain.saturating_sub(before.plain);
-        if (carried as f64) < need {
-            return Err(format!(
-                "its traffic did not go through the relay: server-b's port 15006 carried {carried} bytes of a {}-byte transfer",
-                s.bulk_1_bytes
-            ));
-        }
+    let (carried, port) = match c {
+        Contender::Relay { tls: false } => (after.plain.saturating_sub(before.plain), 15006),
+        _ => (after.hbone.saturating_sub(before.hbone), 15008),
+    };
+    if proxied && (carried as f64) < need {
+        let what = if hbone { "HBONE" } else { "the relay" };
+        return Err(format!(
+            "its traffic did not go through {what}: server-b's port {port} carried {carried} bytes of a {}-byte transfer",
+            s.bulk_1_bytes
+        ));
     }
     if proxied {
         r.cpu_per_gb = Some((cpu1 - cpu0) / gb);
@@ -588,7 +597,7 @@ fn one_round(
         s.fixed_dur,
     )?);
     r.conn_per_s = Some(load::conn_rate(client, conn_dst, s.conn_dur, 4)?);
-    // Idle tunnels are a node proxy's memory; the relay keeps two copy buffers per connection.
+    // Idle tunnels are a node proxy's memory; a relay keeps two copy buffers per connection.
     if hbone {
         let tunnels = load::open_tunnels(client, t.cross_hold, s.tunnels)?;
         std::thread::sleep(Duration::from_millis(300));
@@ -730,6 +739,7 @@ mod tests {
         );
         assert!(parse_peer("raw=x").is_err());
         assert!(parse_peer("relay=x").is_err());
+        assert!(parse_peer("relay-tls=x").is_err());
         assert!(parse_peer("noequals").is_err());
         assert!(parse_peer("x=  ").is_err());
     }

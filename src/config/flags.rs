@@ -83,10 +83,11 @@ pub struct BenchFlags {
     /// Leave out ringmesh itself.
     #[arg(long)]
     pub no_ringmesh: bool,
-    /// Add the `relay` contender, the floor: a plaintext TCP relay (`ringmesh lab relay`) in
-    /// every ambient pod instead of a node proxy. The path keeps its three TCP legs and two
-    /// user-space hops but has no TLS, HTTP/2 or policy, so it shows what moving the bytes
-    /// costs this machine and how close each node proxy gets to that.
+    /// Add the floors as contenders: `relay`, a plaintext TCP relay (`ringmesh lab relay`) in
+    /// every ambient pod instead of a node proxy, and `relay-tls`, the same with mutual TLS
+    /// on the middle leg. The path keeps its three TCP legs and two user-space hops but has
+    /// no HTTP/2 or policy (and `relay` no TLS), so they show what moving the bytes costs this
+    /// machine and how close each node proxy gets to that.
     #[arg(long)]
     pub relay: bool,
     /// Run ringmesh once per I/O engine, side by side: `--engines uring,epoll` gives the
@@ -176,6 +177,16 @@ pub enum LabCommand {
         /// Threads, each with its own SO_REUSEPORT listeners (default: one per allowed CPU).
         #[arg(long)]
         threads: Option<usize>,
+        /// Carry the middle leg in mutual TLS 1.3 (ringmesh's TLS configs, a certificate from
+        /// the lab's CA) to the destination pod's relay on 15008.
+        #[arg(long, requires_all = ["ca_cert", "ca_key"])]
+        tls: bool,
+        /// The lab CA's certificate (PEM), for --tls.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// The lab CA's key (PEM), for --tls.
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
     },
     /// Show the labs that are up.
     Status {
