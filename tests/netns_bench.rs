@@ -1,4 +1,4 @@
-//! `ringmesh bench --quick` as CI runs it: raw, the relay floors and ringmesh side by side,
+//! `ringmesh bench --quick` as CI runs it: raw, the two relays and ringmesh side by side,
 //! the JSON has the shape and sane values, and a contender that does not proxy is
 //! reported INVALID, never as fast. Root.
 
@@ -68,7 +68,7 @@ fn netns_bench_quick_json_and_invalid_contender() {
         );
         assert!(c["raw"][k].is_null(), "raw has no proxy: {k} must be null");
     }
-    // The relay floors carried the bytes through their two hops (the bench checks server-b's
+    // The relays carried the bytes through their two hops (the bench checks server-b's
     // port 15006 or 15008 counter, else they would be INVALID), so they have CPU figures but,
     // not being node proxies, no idle-tunnel memory.
     for name in ["relay", "relay-tls"] {

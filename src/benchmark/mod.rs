@@ -26,7 +26,7 @@ use stats::{Latency, Summary};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Contender {
     Raw,
-    /// A floor: `ringmesh lab relay` in every ambient pod (no HTTP/2; `tls`: mutual TLS on
+    /// A reference: `ringmesh lab relay` in every ambient pod (no HTTP/2; `tls`: mutual TLS on
     /// the middle leg, else plaintext).
     Relay {
         tls: bool,
@@ -540,7 +540,7 @@ fn one_round(
     conn_dst: SocketAddr,
 ) -> Result<Round, String> {
     start(run, c, args)?;
-    // Node proxies (HBONE) and the relay floors all put processes on the path.
+    // Node proxies (HBONE) and the relays all put processes on the path.
     let hbone = matches!(c, Contender::Ringmesh { .. } | Contender::Peer { .. });
     let proxied = *c != Contender::Raw;
     let s = &args.sizes;

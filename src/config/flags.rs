@@ -83,11 +83,11 @@ pub struct BenchFlags {
     /// Leave out ringmesh itself.
     #[arg(long)]
     pub no_ringmesh: bool,
-    /// Add the floors as contenders: `relay`, a plaintext TCP relay (`ringmesh lab relay`) in
-    /// every ambient pod instead of a node proxy, and `relay-tls`, the same with mutual TLS
-    /// on the middle leg. The path keeps its three TCP legs and two user-space hops but has
-    /// no HTTP/2 or policy (and `relay` no TLS), so they show what moving the bytes costs this
-    /// machine and how close each node proxy gets to that.
+    /// Add two reference contenders: `relay`, a plaintext TCP relay (`ringmesh lab relay`) in
+    /// every ambient pod instead of a node proxy — the floor: the path's three TCP legs and
+    /// two user-space hops, what moving the bytes alone costs this machine — and `relay-tls`,
+    /// the same with mutual TLS on the middle leg the textbook way (tokio-rustls). Neither
+    /// has HTTP/2 or policy.
     #[arg(long)]
     pub relay: bool,
     /// Run ringmesh once per I/O engine, side by side: `--engines uring,epoll` gives the
@@ -170,9 +170,10 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// A plaintext TCP relay for the pod netns it runs in (the bench's floor contender, see
-    /// `ringmesh bench --relay`): connections the capture rules redirect to 15001 and 15006 go
-    /// on to their original destination, with no TLS, no HTTP/2, no policy. IPv4 only.
+    /// A TCP relay for the pod netns it runs in (the bench's reference contenders, see
+    /// `ringmesh bench --relay`): connections the capture rules redirect to 15001 and 15006
+    /// go on to their original destination, in plaintext (or --tls), with no HTTP/2 and no
+    /// policy. IPv4 only.
     Relay {
         /// Threads, each with its own SO_REUSEPORT listeners (default: one per allowed CPU).
         #[arg(long)]

@@ -11,10 +11,11 @@
 //! capture rules leave alone, as for HBONE), says the original port in two bytes inside the
 //! TLS stream, and the inbound side on 15008 connects on to that port of its own pod.
 //!
-//! What they measure: what moving the bytes through two user-space hops costs on this
-//! machine, without and with TLS — the part of a node proxy that no proxy design avoids
-//! without kTLS or splice. `ringmesh bench --relay` runs both as contenders so a run shows how
-//! close each node proxy gets to those floors. Built like ringmesh's shards (one thread and
+//! What they measure: the plaintext relay, what moving the bytes through two user-space hops
+//! costs on this machine — the floor, the part of a node proxy that no proxy design avoids
+//! without kTLS or splice; the TLS relay, what TLS costs done the textbook way (rustls'
+//! buffered API through tokio-rustls; ringmesh's own record layer does better). `ringmesh
+//! bench --relay` runs both as contenders so a run shows where each node proxy stands. Built like ringmesh's shards (one thread and
 //! one single-threaded runtime per CPU, a SO_REUSEPORT listener each), copying with tokio's
 //! `copy_bidirectional_with_sizes` and 256 KiB buffers (ringmesh's receive size); not a
 //! product: IPv4 only, no limits, no metrics, no HTTP/2.
