@@ -1,24 +1,25 @@
-//! `ringmesh lab relay`: the bench's floor — a plaintext TCP relay run inside an ambient pod's
-//! netns, where the capture rules send the pod's outbound connections (15001) and inbound
-//! connections (15006). Each accepted connection goes on to its original destination
-//! (`SO_ORIGINAL_DST`) from a socket marked 0x539, which the capture rules let through, so a
-//! meshed path keeps its three TCP legs (app → relay in the client pod → relay in the
-//! server pod → app) but carries no TLS, no HTTP/2 and no policy.
+//! `ringmesh lab relay`: the bench's reference contenders. A plaintext TCP relay run inside
+//! an ambient pod's netns, where the capture rules send the pod's outbound connections
+//! (15001) and inbound connections (15006). Each accepted connection goes on to its original
+//! destination (`SO_ORIGINAL_DST`) from a socket marked 0x539, which the capture rules let
+//! through, so a meshed path keeps its three TCP legs (app → relay in the client pod → relay
+//! in the server pod → app) but carries no TLS, no HTTP/2 and no policy.
 //!
-//! With `--tls` the middle leg is mutual TLS 1.3 instead, with certificates from the lab's CA
-//! and ringmesh's own TLS configs (same suites, same verification; rustls through
-//! tokio-rustls): the outbound side connects to the destination's port 15008 (which the
-//! capture rules leave alone, as for HBONE), says the original port in two bytes inside the
-//! TLS stream, and the inbound side on 15008 connects on to that port of its own pod.
+//! With `--tls` the middle leg is mutual TLS 1.3 instead, with a certificate from the lab's CA
+//! and ringmesh's own TLS configs (same suites, same chain verification; no SPIFFE identity
+//! check after the handshake; rustls through tokio-rustls): the outbound side connects to the
+//! destination's port 15008 (which the capture rules leave alone, as for HBONE), says the
+//! original port in two bytes inside the TLS stream, and the inbound side on 15008 connects on
+//! to that port of its own pod.
 //!
 //! What they measure: the plaintext relay, what moving the bytes through two user-space hops
 //! costs on this machine — the floor, the part of a node proxy that no proxy design avoids
 //! without kTLS or splice; the TLS relay, what TLS costs done the textbook way (rustls'
 //! buffered API through tokio-rustls; ringmesh's own record layer does better). `ringmesh
-//! bench --relay` runs both as contenders so a run shows where each node proxy stands. Built like ringmesh's shards (one thread and
-//! one single-threaded runtime per CPU, a SO_REUSEPORT listener each), copying with tokio's
-//! `copy_bidirectional_with_sizes` and 256 KiB buffers (ringmesh's receive size); not a
-//! product: IPv4 only, no limits, no metrics, no HTTP/2.
+//! bench --relay` runs both as contenders so a run shows where each node proxy stands. Built
+//! like ringmesh's shards (one thread and one single-threaded runtime per CPU, a SO_REUSEPORT
+//! listener each), copying with tokio's `copy_bidirectional_with_sizes` and 256 KiB buffers
+//! (ringmesh's receive size); not a product: IPv4 only, no limits, no metrics, no HTTP/2.
 
 use std::net::SocketAddr;
 use std::path::Path;
