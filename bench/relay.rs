@@ -8,6 +8,9 @@
 //! so each side runs its two directions one after the other. No HBONE, HTTP/2, identities or
 //! policy: the point is what the copies and the crypto alone cost on this machine, the floor
 //! under any node proxy's CPU per GB.
+//!
+//! `ringmesh bench --relay` runs the same idea as contenders beside the node proxies, with
+//! `ringmesh lab relay` (`src/lab/relay.rs`: a process behind the real capture rules).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};

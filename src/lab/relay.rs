@@ -20,6 +20,12 @@
 //! like ringmesh's shards (one thread and one single-threaded runtime per CPU, a SO_REUSEPORT
 //! listener each), copying with tokio's `copy_bidirectional_with_sizes` and 256 KiB buffers
 //! (ringmesh's receive size); not a product: IPv4 only, no limits, no metrics, no HTTP/2.
+//!
+//! `bench/relay.rs` is the other relay in the tree: in-process threads for the
+//! `l4_throughput` cargo bench, on explicit ports (no capture), CPU from thread clocks. This
+//! one is a process so `ringmesh bench` can treat it like any node proxy (its CPU from /proc,
+//! started per pod, behind the real capture rules). Folding `l4_throughput` onto this one
+//! would leave one relay; not done yet.
 
 use std::net::SocketAddr;
 use std::path::Path;
