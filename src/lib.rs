@@ -34,9 +34,11 @@ pub mod inpod;
 pub mod io;
 pub mod lab;
 pub mod policy;
+pub mod proto;
 pub mod proxy;
 #[allow(unsafe_code)] // the platform layer (io_uring engine); each block has a SAFETY comment
 pub mod runtime;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod xds;

@@ -247,7 +247,7 @@ fn netns_zds_enrolment() {
         out >= sent as f64,
         "source-side request bytes {out} < {sent}"
     );
-    assert!(m.contains("istio_active_proxy_count 1"), "{m}");
+    assert!(m.contains("workload_manager_active_proxy_count 1"), "{m}");
     eprintln!("zds test: {got} request bytes counted at the destination");
 
     // config_dump: workloads, the ZDS pod with its info, its certificate.

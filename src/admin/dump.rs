@@ -94,8 +94,8 @@ fn cert_json(der: &[u8]) -> Value {
     let (serial, from, to) = match x509_parser::parse_x509_certificate(der) {
         Ok((_, c)) => (
             c.raw_serial_as_string().replace(':', ""),
-            rfc3339(c.validity().not_before.timestamp()),
-            rfc3339(c.validity().not_after.timestamp()),
+            crate::telemetry::rfc3339(c.validity().not_before.timestamp()),
+            crate::telemetry::rfc3339(c.validity().not_after.timestamp()),
         ),
         Err(_) => Default::default(),
     };
@@ -105,14 +105,4 @@ fn cert_json(der: &[u8]) -> Value {
         "validFrom": from,
         "expirationTime": to,
     })
-}
-
-fn rfc3339(ts: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }

@@ -61,38 +61,55 @@ impl Snapshot {
         policies: Vec<Authorization>,
     ) -> Result<Snapshot, Vec<StateError>> {
         let mut errs = Vec::new();
+        let workloads = workloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut w)| {
+                errs.extend(w.apply_defaults(i));
+                Arc::new(w)
+            })
+            .collect();
+        let (s, index_errs) = Self::index(
+            version,
+            workloads,
+            services.into_iter().map(Arc::new).collect(),
+            policies.into_iter().map(Arc::new).collect(),
+        );
+        errs.extend(index_errs);
+        if errs.is_empty() { Ok(s) } else { Err(errs) }
+    }
+
+    /// Indexes resources that were each validated on their own (xDS converts and checks
+    /// every resource as it arrives). Conflicts between them do not stop the build: the
+    /// later entry wins and each conflict is returned, so a control plane's mistake about one
+    /// address never takes the rest of the mesh down.
+    pub fn build_lenient(
+        version: u64,
+        workloads: Vec<Arc<Workload>>,
+        services: Vec<Arc<Service>>,
+        policies: Vec<Arc<Authorization>>,
+    ) -> (Snapshot, Vec<StateError>) {
+        Self::index(version, workloads, services, policies)
+    }
+
+    fn index(
+        version: u64,
+        workloads: Vec<Arc<Workload>>,
+        services: Vec<Arc<Service>>,
+        policies: Vec<Arc<Authorization>>,
+    ) -> (Snapshot, Vec<StateError>) {
+        let mut errs = Vec::new();
         let mut s = Snapshot {
             version,
             ..Default::default()
         };
-        for (i, mut w) in workloads.into_iter().enumerate() {
+        for (i, w) in workloads.into_iter().enumerate() {
             let entry = format!("workloads[{i}] (uid {:?}, name {:?})", w.uid, w.name);
             let err = |field, reason: String| StateError {
                 entry: entry.clone(),
                 field,
                 reason,
             };
-            if w.uid.is_empty() {
-                errs.push(err("uid", "must be set".into()));
-            }
-            if w.namespace.is_empty() {
-                errs.push(err("namespace", "must be set".into()));
-            }
-            if w.trust_domain.is_empty() {
-                w.trust_domain = DEFAULT_TRUST_DOMAIN.into();
-            }
-            if w.service_account.is_empty() {
-                w.service_account = "default".into();
-            }
-            for key in w.services.keys() {
-                if key.split_once('/').is_none() {
-                    errs.push(err(
-                        "services",
-                        format!("key {key:?} is not <namespace>/<hostname>"),
-                    ));
-                }
-            }
-            let w = Arc::new(w);
             if !w.name.is_empty() {
                 s.by_name
                     .insert((w.namespace.clone(), w.name.clone()), w.clone());
@@ -120,7 +137,6 @@ impl Snapshot {
             if svc.hostname.is_empty() {
                 errs.push(err("hostname", "must be set".into()));
             }
-            let svc = Arc::new(svc);
             for vip in &svc.vips {
                 if let Some(other) = s.by_vip.insert(vip.address, svc.clone()) {
                     errs.push(err(
@@ -178,7 +194,6 @@ impl Snapshot {
             list.sort_by(|a, b| a.workload.uid.cmp(&b.workload.uid));
         }
         for (i, p) in policies.into_iter().enumerate() {
-            let p = Arc::new(p);
             if s.policy_by_key.insert(p.key(), p.clone()).is_some() {
                 errs.push(StateError {
                     entry: format!("policies[{i}] ({})", p.key()),
@@ -197,7 +212,7 @@ impl Snapshot {
             }
             s.policies.push(p);
         }
-        if errs.is_empty() { Ok(s) } else { Err(errs) }
+        (s, errs)
     }
 
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {

@@ -197,6 +197,41 @@ fn one() -> u32 {
 }
 
 impl Workload {
+    /// Checks the fields a workload cannot do without and fills the xDS defaults (empty
+    /// trust domain → `cluster.local`, empty service account → `default`). `i` is its
+    /// position, for the messages.
+    pub fn apply_defaults(&mut self, i: usize) -> Vec<super::StateError> {
+        let entry = format!("workloads[{i}] (uid {:?}, name {:?})", self.uid, self.name);
+        let err = |field, reason: &str| super::StateError {
+            entry: entry.clone(),
+            field,
+            reason: reason.to_string(),
+        };
+        let mut errs = Vec::new();
+        if self.uid.is_empty() {
+            errs.push(err("uid", "must be set"));
+        }
+        if self.namespace.is_empty() {
+            errs.push(err("namespace", "must be set"));
+        }
+        if self.trust_domain.is_empty() {
+            self.trust_domain = super::DEFAULT_TRUST_DOMAIN.into();
+        }
+        if self.service_account.is_empty() {
+            self.service_account = "default".into();
+        }
+        for key in self.services.keys() {
+            if key.split_once('/').is_none() {
+                errs.push(super::StateError {
+                    entry: entry.clone(),
+                    field: "services",
+                    reason: format!("key {key:?} is not <namespace>/<hostname>"),
+                });
+            }
+        }
+        errs
+    }
+
     pub fn identity(&self) -> Identity {
         Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
     }

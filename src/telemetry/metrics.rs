@@ -165,12 +165,116 @@ impl ShardMetrics {
     }
 }
 
+/// Control-plane counters (xDS stream, CA requests); written by the control thread only.
+#[derive(Debug, Default)]
+pub struct ControlMetrics {
+    xds_terminations: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// type URL → (responses, resource payload bytes).
+    xds_messages: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+    /// result ("success" / "failure") → requests.
+    ca_requests: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl ControlMetrics {
+    /// One xDS stream ended; `reason` is ztunnel's label value (`ConnectionError`, `Error`,
+    /// `Reconnect`, `Complete`).
+    pub fn xds_termination(&self, reason: &'static str) {
+        *self
+            .xds_terminations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// One xDS response of `type_url` carrying `bytes` of resource payload.
+    pub fn xds_message(&self, type_url: &str, bytes: u64) {
+        let mut m = self.xds_messages.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(type_url.to_string()).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    }
+
+    /// One certificate signing request to the CA, and whether it succeeded.
+    pub fn ca_request(&self, ok: bool) {
+        *self
+            .ca_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(if ok { "success" } else { "failure" })
+            .or_default() += 1;
+    }
+
+    fn register_istio(&self, istio: &mut Registry) {
+        let term: Family<Vec<(String, String)>, Counter> = Family::default();
+        for (r, n) in self
+            .xds_terminations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            term.get_or_create(&vec![("reason".into(), r.to_string())])
+                .inc_by(*n);
+        }
+        istio.register(
+            "xds_connection_terminations",
+            "The total number of completed connections to xds server (unstable)",
+            term,
+        );
+        let msgs: Family<Vec<(String, String)>, Counter> = Family::default();
+        let bytes: Family<Vec<(String, String)>, Counter> = Family::default();
+        for (url, (n, b)) in self
+            .xds_messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let l = vec![("url".into(), url.clone())];
+            msgs.get_or_create(&l).inc_by(*n);
+            bytes.get_or_create(&l).inc_by(*b);
+        }
+        istio.register(
+            "xds_message",
+            "Total number of messages received (unstable)",
+            msgs,
+        );
+        istio.register_with_unit(
+            "xds_message",
+            "Total number of bytes received (unstable)",
+            prometheus_client::registry::Unit::Bytes,
+            bytes,
+        );
+    }
+
+    fn register_root(&self, root: &mut Registry) {
+        let ca: Family<Vec<(String, String)>, Counter> = Family::default();
+        for (r, n) in self
+            .ca_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            ca.get_or_create(&vec![("result".into(), r.to_string())])
+                .inc_by(*n);
+        }
+        root.register(
+            "ringmesh_ca_requests",
+            "Certificate signing requests sent to the CA, by result",
+            ca,
+        );
+    }
+}
+
 /// Every shard's metrics, plus process-level gauges; encodes on scrape.
 #[derive(Debug, Default)]
 pub struct Metrics {
     shards: Mutex<Vec<Arc<ShardMetrics>>>,
     pub active_pods: AtomicU64,
     pub engine: Mutex<String>,
+    pub control: Arc<ControlMetrics>,
+    /// Certificates by state (`Available`, `Initializing`, `Unavailable`), set by the
+    /// certificate manager.
+    pub cert_states: Mutex<std::collections::BTreeMap<&'static str, i64>>,
 }
 
 impl Metrics {
@@ -247,10 +351,28 @@ impl Metrics {
         istio.register("build", "Istio component build info", build);
         let pods: Gauge = Gauge::default();
         pods.set(self.active_pods.load(Ordering::Relaxed) as i64);
-        istio.register(
-            "active_proxy_count",
-            "The total number of active pod proxies",
+        let certs: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for (st, n) in self
+            .cert_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            certs
+                .get_or_create(&vec![("state".into(), st.to_string())])
+                .set(*n);
+        }
+        self.control.register_istio(istio);
+        self.control.register_root(&mut reg);
+        reg.register(
+            "workload_manager_active_proxy_count",
+            "The total number of active pod proxies (ztunnel's name)",
             pods,
+        );
+        reg.register(
+            "ringmesh_certificates",
+            "Workload certificates held, by state",
+            certs,
         );
         let engine: Family<Vec<(String, String)>, Gauge> = Family::default();
         engine
