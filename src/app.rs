@@ -1,6 +1,9 @@
-//! Start-up and shutdown order of `ringmesh node`: config → CA and certificates → shards →
-//! admin endpoints → pods (`--pod`, then ZDS) → the control loop (reload on SIGHUP or file
-//! change, certificate rotation, ZDS requests, shutdown on SIGTERM/SIGINT/quitquitquit).
+//! Start-up and shutdown order of `ringmesh node`: settings (flags, then ztunnel's
+//! environment) → config (the local file now, or an empty snapshot that xDS fills) → CA and
+//! certificates → shards → admin endpoints → pods (`--pod`; ZDS at once in file mode, only
+//! after the first xDS sync in xDS mode, as ztunnel) → the control loop (xDS snapshots,
+//! reload on SIGHUP or file change, certificate rotation and CA answers, ZDS requests,
+//! shutdown on SIGTERM/SIGINT/quitquitquit).
 //!
 //! The control thread is the only writer of the published snapshots; shards only read them.
 
@@ -15,13 +18,15 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AdminState, Endpoints, PodInfo, PodStatus};
+use crate::config::env::{AuthSource, CaSource, ConfigSource, ControlPlane, Endpoint};
 use crate::config::{
     self,
     flags::{IoEngine, NodeArgs, OrigSrc, UringTaskRun},
 };
 use crate::hbone::H2Settings;
 use crate::identity::ca::Ca;
-use crate::identity::store::CertManager;
+use crate::identity::caclient::CaClient;
+use crate::identity::store::{CertManager, Fetched, Issuer};
 use crate::inpod::Netns;
 use crate::inpod::zds::Action;
 use crate::inpod::zds_client::{self, ZdsEvent};
@@ -29,6 +34,7 @@ use crate::proxy::{Pod, PodListeners, ProxyConfig, ShardCtx};
 use crate::runtime::{self, Shard};
 use crate::state::{Snapshot, StateHandle};
 use crate::telemetry::metrics::Metrics;
+use crate::xds::{XdsConfig, XdsEvent, grpc};
 
 /// Errors that stop `ringmesh node` from starting.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +59,10 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Settings(String),
+    #[error(transparent)]
+    ControlPlane(#[from] grpc::GrpcError),
 }
 
 /// Where a pod came from: `--pod` pods stay for the process's life; ZDS pods follow ZDS.
@@ -65,70 +75,144 @@ enum Source {
 /// The running node proxy, as the control thread sees it.
 pub struct Node {
     args: NodeArgs,
+    plane: ControlPlane,
     state: StateHandle,
     certs: CertManager,
+    cert_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Fetched>>,
     shards: Vec<Shard<ShardCtx>>,
     pods: HashMap<String, (Arc<Pod>, Source)>,
     version_tx: tokio::sync::watch::Sender<u64>,
     config_stamp: Option<(SystemTime, u64)>,
     admin: Arc<AdminState>,
     metrics: Arc<Metrics>,
+    /// The ZDS socket, until ZDS is started (xDS mode waits for the first sync).
+    zds_waiting: Option<PathBuf>,
 }
 
-/// Runs the node proxy until SIGTERM/SIGINT or `POST /quitquitquit`.
-pub fn run(args: NodeArgs) -> Result<(), StartError> {
+/// Runs the node proxy until SIGTERM/SIGINT or `POST /quitquitquit`. `ztunnel_defaults`:
+/// started as `ringmesh proxy ztunnel` (ztunnel's defaults where nothing is set).
+pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
+    let vars = config::env::vars();
+    let plane = config::env::control_plane(&args, &vars, ztunnel_defaults, &|p| p.exists())
+        .map_err(StartError::Settings)?;
+    let unsupported = config::env::unsupported(&vars);
+    if !unsupported.is_empty() {
+        tracing::warn!(
+            "ztunnel settings ringmesh does not support (ignored): {}",
+            unsupported.join("; ")
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(StartError::Control)?;
     rt.block_on(async move {
-        let mut node = Node::start(args)?;
+        let mut node = Node::start(args, plane)?;
         node.serve_admin().await?;
-        let zds = node.zds_socket();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        if let Some(path) = &zds {
+        let (zds_tx, zds_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (xds_tx, xds_rx) = tokio::sync::mpsc::unbounded_channel();
+        node.zds_waiting = node.zds_socket();
+        if node.zds_waiting.is_some() {
             node.admin.set_pending("workload proxy manager", true);
-            zds_client::spawn(path.clone(), tx.clone(), node.args.zds_max_backoff)
-                .map_err(StartError::Control)?;
         }
-        node.control_loop(rx).await;
-        drop(tx);
+        if let ConfigSource::Xds(x) = node.plane.source.clone() {
+            node.admin.set_pending("state manager", true);
+            let cfg = node.xds_config(&x)?;
+            tracing::info!(
+                "xDS from {} (node id {}, cluster {}); pods are enrolled after the first sync",
+                cfg.target.uri,
+                node.plane.node_id,
+                node.plane.cluster_id
+            );
+            crate::xds::client::spawn(
+                cfg,
+                xds_tx.clone(),
+                node.metrics.control.clone(),
+                node.admin.xds.clone(),
+            );
+        } else {
+            node.start_zds(&zds_tx)?;
+        }
+        node.control_loop(zds_rx, zds_tx.clone(), xds_rx).await;
+        drop(zds_tx);
+        drop(xds_tx);
         node.shutdown();
         Ok(())
     })
 }
 
+/// A gRPC target from an endpoint's settings and the shared credentials.
+fn target(
+    what: &'static str,
+    e: &Endpoint,
+    plane: &ControlPlane,
+) -> Result<grpc::Target, StartError> {
+    Ok(grpc::Target {
+        what,
+        uri: grpc::parse_address(what, &e.address)?,
+        root: e.root.clone(),
+        alt_hostname: e.alt_hostname.clone(),
+        auth: plane.auth.clone(),
+        cluster_id: plane.cluster_id.clone(),
+        headers: e.headers.clone(),
+    })
+}
+
 impl Node {
-    /// Loads config, issues certificates, starts shards and enrols the `--pod` pods.
-    pub fn start(args: NodeArgs) -> Result<Node, StartError> {
-        let snap = config::load(&args.config, 1)?;
-        let config_stamp = stamp(&args.config);
-        tracing::info!(
-            config = %args.config.display(),
-            workloads = snap.workloads.len(),
-            services = snap.services.len(),
-            policies = snap.policies.len(),
-            "config loaded"
-        );
+    /// Loads config, sets up the CA, starts shards and enrols the `--pod` pods.
+    pub fn start(args: NodeArgs, plane: ControlPlane) -> Result<Node, StartError> {
+        let (snap, config_stamp) = match &plane.source {
+            ConfigSource::File(path) => {
+                let snap = config::load(path, 1)?;
+                tracing::info!(
+                    config = %path.display(),
+                    workloads = snap.workloads.len(),
+                    services = snap.services.len(),
+                    policies = snap.policies.len(),
+                    "config loaded"
+                );
+                (snap, stamp(path))
+            }
+            ConfigSource::Xds(_) => (Snapshot::build_lenient(1, vec![], vec![], vec![]).0, None),
+        };
         let now = SystemTime::now();
-        let ca = match (&args.ca_cert, &args.ca_key) {
-            (Some(c), Some(k)) => Ca::load(c, k)?,
-            _ => {
+        let metrics = Arc::new(Metrics::default());
+        let issuer = match &plane.ca {
+            CaSource::BuiltIn(Some((c, k))) => Issuer::BuiltIn(Box::new(Ca::load(c, k)?)),
+            CaSource::BuiltIn(None) => {
                 tracing::info!("no --ca-cert/--ca-key: generated a root CA for this process");
-                Ca::generate(now)?
+                Issuer::BuiltIn(Box::new(Ca::generate(now)?))
+            }
+            CaSource::Istio(e) => {
+                let t = target("CA", e, &plane)?;
+                if matches!(plane.auth, AuthSource::None) {
+                    tracing::warn!(
+                        "no token for the CA ({} does not exist and --auth-token / AUTH_TOKEN is unset): istiod will refuse the certificate requests",
+                        config::flags::DEFAULT_TOKEN
+                    );
+                }
+                tracing::info!(
+                    "workload certificates from the Istio CA at {} (this node holds no CA key)",
+                    t.uri
+                );
+                Issuer::Istio(Arc::new(CaClient::new(t, args.cert_ttl)))
             }
         };
-        let certs = CertManager::new(ca, args.cert_ttl)?;
+        let (certs, cert_rx) = CertManager::new(issuer, args.cert_ttl, Some(metrics.clone()));
         let state: StateHandle = Arc::new(ArcSwap::from_pointee(snap));
-        let n = args
-            .shards
-            .unwrap_or_else(|| runtime::allowed_cpus().len())
-            .max(1);
+        let cpus = runtime::allowed_cpus().len().max(1);
+        let n = match args.shards {
+            Some(t) => t.resolve(cpus),
+            None => args
+                .cpu_limit
+                .filter(|&c| c > 0)
+                .map_or(cpus, |c| c.min(cpus)),
+        }
+        .max(1);
         let cfg = Arc::new(proxy_config(&args));
         let local_cc = cfg.local_congestion.clone();
         let (engine, uring) = io_engine(&args)?;
         tracing::info!(shards = n, orig_src = ?cfg.orig_src, "starting shards (engine: {engine})");
-        let metrics = Arc::new(Metrics::default());
         *metrics.engine.lock().unwrap_or_else(|e| e.into_inner()) = engine.name().into();
         let (version_tx, version_rx) = tokio::sync::watch::channel(1u64);
         let shard_metrics: Vec<_> = (0..n).map(|_| metrics.shard()).collect();
@@ -153,19 +237,23 @@ impl Node {
             metrics: metrics.clone(),
             pods: Default::default(),
             pending: Default::default(),
-            config: effective_config(&args, n, engine, local_cc.as_deref()),
+            config: effective_config(&args, &plane, n, engine, local_cc.as_deref()),
+            xds: Default::default(),
             quit: tokio::sync::Notify::new(),
         });
         let mut node = Node {
             args,
+            plane,
             state,
             certs,
+            cert_rx: Some(cert_rx),
             shards,
             pods: HashMap::new(),
             version_tx,
             config_stamp,
             admin,
             metrics,
+            zds_waiting: None,
         };
         for p in node.args.pods.clone() {
             let netns = Netns::open(&p.netns)?;
@@ -185,6 +273,40 @@ impl Node {
                 .await
                 .map_err(|source| StartError::Admin { addr, what, source })?;
             tokio::spawn(admin::serve(l, self.admin.clone(), which));
+        }
+        Ok(())
+    }
+
+    fn xds_config(&self, x: &Endpoint) -> Result<XdsConfig, StartError> {
+        let p = &self.plane;
+        let c = &self.args.control;
+        Ok(XdsConfig {
+            target: target("xDS", x, p)?,
+            node: crate::proto::discovery::Node {
+                id: p.node_id.clone(),
+                metadata: Some(crate::xds::client::node_metadata(
+                    &c.pod_name,
+                    &c.pod_namespace,
+                    &c.instance_ip,
+                    &c.node_name,
+                    &p.metadata,
+                    &p.metadata_json,
+                )),
+                ..Default::default()
+            },
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: self.args.xds_max_backoff,
+        })
+    }
+
+    /// Connects to istio-cni's ZDS socket (once).
+    fn start_zds(
+        &mut self,
+        tx: &tokio::sync::mpsc::UnboundedSender<ZdsEvent>,
+    ) -> Result<(), StartError> {
+        if let Some(path) = self.zds_waiting.take() {
+            zds_client::spawn(path, tx.clone(), self.args.zds_max_backoff)
+                .map_err(StartError::Control)?;
         }
         Ok(())
     }
@@ -329,10 +451,14 @@ impl Node {
         }
     }
 
-    /// Re-reads the config; a bad file is rejected and the old snapshot keeps serving.
+    /// Re-reads the config file; a bad file is rejected and the old snapshot keeps serving.
+    /// (Nothing to do in xDS mode.)
     pub fn reload(&mut self, why: &str) {
+        let ConfigSource::File(path) = self.plane.source.clone() else {
+            return;
+        };
         let version = self.state.load().version + 1;
-        match config::load(&self.args.config, version) {
+        match config::load(&path, version) {
             Ok(snap) => {
                 tracing::info!(
                     version,
@@ -356,7 +482,26 @@ impl Node {
         let _ = self.version_tx.send(v);
     }
 
-    async fn control_loop(&mut self, mut zds: tokio::sync::mpsc::UnboundedReceiver<ZdsEvent>) {
+    /// Publishes a snapshot that xDS built (its version follows the published one).
+    fn publish_xds(&mut self, mut snap: Snapshot) {
+        snap.version = self.state.load().version + 1;
+        tracing::debug!(
+            version = snap.version,
+            workloads = snap.workloads.len(),
+            "xDS snapshot published"
+        );
+        self.publish(snap);
+    }
+
+    async fn control_loop(
+        &mut self,
+        mut zds: tokio::sync::mpsc::UnboundedReceiver<ZdsEvent>,
+        zds_tx: tokio::sync::mpsc::UnboundedSender<ZdsEvent>,
+        mut xds: tokio::sync::mpsc::UnboundedReceiver<XdsEvent>,
+    ) {
+        let Some(mut cert_rx) = self.cert_rx.take() else {
+            return;
+        };
         let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::hangup()),
             signal(SignalKind::terminate()),
@@ -368,25 +513,40 @@ impl Node {
         let mut poll = tokio::time::interval(self.args.config_poll);
         let admin = self.admin.clone();
         loop {
-            let rotate_in = self
-                .certs
-                .next_refresh()
-                .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                .unwrap_or(Duration::from_secs(60))
-                .min(Duration::from_secs(60));
+            // An overdue refresh is due now (not in 60 s: the poll tick would recreate that
+            // sleep forever).
+            let rotate_in = match self.certs.next_refresh() {
+                Some(t) => t
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+                None => Duration::from_secs(60),
+            }
+            .min(Duration::from_secs(60));
             tokio::select! {
                 _ = hup.recv() => self.reload("SIGHUP"),
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
                 _ = admin.quit.notified() => { tracing::info!("quitquitquit: shutting down"); return; }
                 _ = poll.tick() => {
-                    let now = stamp(&self.args.config);
-                    if now.is_some() && now != self.config_stamp {
-                        self.config_stamp = now;
-                        self.reload("file changed");
+                    if let ConfigSource::File(path) = &self.plane.source {
+                        let now = stamp(path);
+                        if now.is_some() && now != self.config_stamp {
+                            self.config_stamp = now;
+                            self.reload("file changed");
+                        }
                     }
                 }
                 _ = tokio::time::sleep(rotate_in) => self.reconcile_certs(),
+                Some(f) = cert_rx.recv() => self.certs.fetched(f, SystemTime::now()),
+                Some(ev) = xds.recv() => match ev {
+                    XdsEvent::Snapshot(snap) => self.publish_xds(*snap),
+                    XdsEvent::Synced => {
+                        self.admin.set_pending("state manager", false);
+                        if let Err(e) = self.start_zds(&zds_tx) {
+                            tracing::error!("cannot start ZDS: {e}");
+                        }
+                    }
+                },
                 Some(ev) = zds.recv() => match ev {
                     ZdsEvent::Connected => self.admin.set_pending("workload proxy manager", true),
                     ZdsEvent::Disconnected(_) => self.admin.set_pending("workload proxy manager", true),
@@ -446,12 +606,38 @@ fn io_engine(args: &NodeArgs) -> Result<(runtime::Engine, runtime::UringOpts), S
 
 fn effective_config(
     args: &NodeArgs,
+    plane: &ControlPlane,
     shards: usize,
     engine: runtime::Engine,
     local_cc: Option<&str>,
 ) -> serde_json::Value {
+    let (source, config_file, xds_address) = match &plane.source {
+        ConfigSource::File(p) => ("file", Some(p.display().to_string()), None),
+        ConfigSource::Xds(e) => ("xds", None, Some(e.address.clone())),
+    };
+    let (ca, ca_address) = match &plane.ca {
+        CaSource::BuiltIn(_) => ("builtIn", None),
+        CaSource::Istio(e) => ("istio", Some(e.address.clone())),
+    };
+    let auth = match &plane.auth {
+        AuthSource::None => "none".to_string(),
+        AuthSource::File(p) => format!("file {}", p.display()),
+        AuthSource::Static(_) => "static (hidden)".to_string(),
+    };
     serde_json::json!({
-        "configFile": args.config.display().to_string(),
+        "configSource": source,
+        "configFile": config_file,
+        "xdsAddress": xds_address,
+        "caSource": ca,
+        "caAddress": ca_address,
+        "authToken": auth,
+        "clusterId": plane.cluster_id,
+        "nodeId": plane.node_id,
+        "network": args.control.network,
+        "nodeName": args.control.node_name,
+        "keepalive": if args.keepalive_enabled {
+            serde_json::json!({"time": args.keepalive_time.as_secs(), "interval": args.keepalive_interval.as_secs(), "retries": args.keepalive_retries})
+        } else { serde_json::Value::Null },
         "shards": shards,
         "pinCores": args.pin_cores,
         "ioEngine": engine.name(),
@@ -486,7 +672,7 @@ pub fn proxy_config(args: &NodeArgs) -> ProxyConfig {
             stream_window: args.h2_stream_window,
             connection_window: args.h2_connection_window,
             frame_size: args.h2_frame_size,
-            client_max_streams: args.pool_max_streams,
+            client_max_streams: args.pool_max_streams as usize,
             ping_interval: args.ping_interval,
             ping_timeout: args.ping_timeout,
             ..H2Settings::default()
@@ -494,6 +680,13 @@ pub fn proxy_config(args: &NodeArgs) -> ProxyConfig {
         connect_timeout: args.connect_timeout,
         pool_idle_timeout: args.pool_idle_timeout,
         local_congestion: local_congestion(&args.local_tcp_congestion),
+        keepalive: args
+            .keepalive_enabled
+            .then_some(crate::runtime::sockopt::Keepalive {
+                time: args.keepalive_time,
+                interval: args.keepalive_interval,
+                retries: args.keepalive_retries,
+            }),
         tls_records: args.tls_records,
         ..ProxyConfig::default()
     }

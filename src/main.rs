@@ -50,11 +50,33 @@ fn bench(b: ringmesh::config::flags::BenchFlags) -> Result<i32, String> {
 
 fn main() -> std::process::ExitCode {
     ringmesh::telemetry::init();
+    // The node's variables are checked before the flags parse them, so a bad value is
+    // refused with the variable's name.
+    if matches!(
+        std::env::args().nth(1).as_deref(),
+        Some("node") | Some("proxy")
+    ) {
+        let errs = ringmesh::config::env::check(&ringmesh::config::env::vars());
+        if !errs.is_empty() {
+            eprintln!("ringmesh: invalid environment:\n  {}", errs.join("\n  "));
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let cli = Cli::parse();
     let result: Result<i32, String> = match cli.command {
-        Command::Node(args) => ringmesh::app::run(*args)
+        Command::Node(args) => ringmesh::app::run(*args, false)
             .map(|_| 0)
             .map_err(|e| e.to_string()),
+        Command::Proxy(_) => match Cli::try_parse_from(["ringmesh", "node"]) {
+            // `proxy ztunnel` takes no flags: every setting comes from the environment.
+            Ok(Cli {
+                command: Command::Node(args),
+            }) => ringmesh::app::run(*args, true)
+                .map(|_| 0)
+                .map_err(|e| e.to_string()),
+            Ok(_) => Err("internal: `node` did not parse as the node command".into()),
+            Err(e) => Err(e.to_string()),
+        },
         Command::Ca(CaCommand::Init { cert, key }) => ringmesh::app::ca_init(&cert, &key)
             .map(|_| 0)
             .map_err(|e| e.to_string()),

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use ringmesh::config::flags::{OrigSrc, TlsRecords};
 use ringmesh::identity::Identity;
 use ringmesh::identity::ca::Ca;
-use ringmesh::identity::store::CertManager;
+use ringmesh::identity::store::{CertManager, Issuer};
 use ringmesh::inpod::Netns;
 use ringmesh::proxy::pool::{PoolKey, StreamError};
 use ringmesh::proxy::{Pod, ProxyConfig, ShardCtx, h2conn, inbound};
@@ -49,7 +49,7 @@ fn env_full(
 ) -> Env {
     let snap = ringmesh::config::snapshot_from_str("t.yaml", CFG, 1).unwrap();
     let ca = Ca::generate(SystemTime::now()).unwrap();
-    let mut certs = CertManager::new(ca, ttl).unwrap();
+    let (mut certs, _fetched) = CertManager::new(Issuer::BuiltIn(Box::new(ca)), ttl, None);
     let ids: BTreeSet<_> = ["srv", "cli"]
         .iter()
         .map(|u| snap.identity_of(u).unwrap())

@@ -52,9 +52,10 @@ pub fn config_dump(st: &AdminState) -> Value {
         .certs
         .values()
         .map(|c| {
-            let chain = &c.issued.chain;
-            let leaf: Vec<Value> = chain.iter().take(1).map(|d| cert_json(d)).collect();
-            let roots: Vec<Value> = chain.iter().skip(1).map(|d| cert_json(d)).collect();
+            // certChain: the leaf and intermediates; rootCerts: the trust anchors (istioctl's
+            // layout).
+            let leaf: Vec<Value> = c.issued.chain.iter().map(|d| cert_json(d)).collect();
+            let roots: Vec<Value> = c.issued.roots.iter().map(|d| cert_json(d)).collect();
             json!({
                 "identity": c.issued.identity.to_string(),
                 "state": "Available",
@@ -62,6 +63,14 @@ pub fn config_dump(st: &AdminState) -> Value {
                 "rootCerts": roots,
             })
         })
+        .chain(certs.pending.iter().map(|(id, state)| {
+            json!({
+                "identity": id.to_string(),
+                "state": state,
+                "certChain": [],
+                "rootCerts": [],
+            })
+        }))
         .collect();
     certificates.sort_by_key(|v| v["identity"].as_str().unwrap_or("").to_string());
     let pods = st.pods.lock().unwrap_or_else(|e| e.into_inner());
@@ -82,6 +91,7 @@ pub fn config_dump(st: &AdminState) -> Value {
         "certificates": certificates,
         "workloadState": workload_state,
         "config": st.config,
+        "xds": st.xds.lock().map(|x| serde_json::to_value(&*x).unwrap_or(Value::Null)).unwrap_or(Value::Null),
         "version": {"component": "ringmesh", "version": env!("CARGO_PKG_VERSION"), "configVersion": snap.version},
     })
 }
@@ -93,7 +103,8 @@ fn cert_json(der: &[u8]) -> Value {
     );
     let (serial, from, to) = match x509_parser::parse_x509_certificate(der) {
         Ok((_, c)) => (
-            c.raw_serial_as_string().replace(':', ""),
+            // Decimal, as ztunnel writes it and istioctl parses it.
+            c.serial.to_str_radix(10),
             crate::telemetry::rfc3339(c.validity().not_before.timestamp()),
             crate::telemetry::rfc3339(c.validity().not_after.timestamp()),
         ),

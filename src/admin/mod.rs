@@ -49,6 +49,8 @@ pub struct AdminState {
     pub pending: Mutex<Vec<&'static str>>,
     /// Effective settings, shown under `config` in the dump.
     pub config: serde_json::Value,
+    /// The xDS stream's state (xDS mode), shown under `xds` in the dump.
+    pub xds: Arc<Mutex<crate::xds::XdsStatus>>,
     pub quit: tokio::sync::Notify,
 }
 

@@ -7,19 +7,56 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Environment variable names (each flag can also be set from its variable).
+/// ringmesh's own variables are `RINGMESH_*`; the others are ztunnel's (the names Istio's
+/// ztunnel Helm chart sets), so the chart configures ringmesh unchanged. `config::env` has
+/// the whole list of ztunnel's variables and what ringmesh does with each.
 pub mod env {
-    pub const CONFIG: &str = "RINGMESH_CONFIG";
-    pub const SHARDS: &str = "RINGMESH_SHARDS";
     pub const IO_ENGINE: &str = "RINGMESH_IO_ENGINE";
     pub const LOCAL_TCP_CONGESTION: &str = "RINGMESH_LOCAL_TCP_CONGESTION";
-    pub const H2_STREAM_WINDOW: &str = "RINGMESH_H2_STREAM_WINDOW";
-    pub const H2_CONNECTION_WINDOW: &str = "RINGMESH_H2_CONNECTION_WINDOW";
-    pub const H2_FRAME_SIZE: &str = "RINGMESH_H2_FRAME_SIZE";
     pub const TLS_RECORDS: &str = "RINGMESH_TLS_RECORDS";
     pub const CA_CERT: &str = "RINGMESH_CA_CERT";
     pub const CA_KEY: &str = "RINGMESH_CA_KEY";
+    // ztunnel's names.
+    pub const LOCAL_XDS_PATH: &str = "LOCAL_XDS_PATH";
+    pub const SHARDS: &str = "ZTUNNEL_WORKER_THREADS";
+    pub const CPU_LIMIT: &str = "ZTUNNEL_CPU_LIMIT";
+    pub const H2_STREAM_WINDOW: &str = "HTTP2_STREAM_WINDOW_SIZE";
+    pub const H2_CONNECTION_WINDOW: &str = "HTTP2_CONNECTION_WINDOW_SIZE";
+    pub const H2_FRAME_SIZE: &str = "HTTP2_FRAME_SIZE";
+    pub const POOL_MAX_STREAMS: &str = "POOL_MAX_STREAMS_PER_CONNECTION";
+    pub const POOL_IDLE: &str = "POOL_UNUSED_RELEASE_TIMEOUT";
+    pub const KEEPALIVE_TIME: &str = "KEEPALIVE_TIME";
+    pub const KEEPALIVE_INTERVAL: &str = "KEEPALIVE_INTERVAL";
+    pub const KEEPALIVE_RETRIES: &str = "KEEPALIVE_RETRIES";
+    pub const KEEPALIVE_ENABLED: &str = "KEEPALIVE_ENABLED";
+    pub const SECRET_TTL: &str = "SECRET_TTL";
+    pub const PACKET_MARK: &str = "PACKET_MARK";
+    pub const ORIG_SRC: &str = "ENABLE_ORIG_SRC";
+    pub const XDS_ADDRESS: &str = "XDS_ADDRESS";
+    pub const XDS_ROOT_CA: &str = "XDS_ROOT_CA";
+    pub const ALT_XDS_HOSTNAME: &str = "ALT_XDS_HOSTNAME";
+    pub const CA_ADDRESS: &str = "CA_ADDRESS";
+    pub const CA_ROOT_CA: &str = "CA_ROOT_CA";
+    pub const ALT_CA_HOSTNAME: &str = "ALT_CA_HOSTNAME";
+    pub const AUTH_TOKEN: &str = "AUTH_TOKEN";
+    pub const META_CLUSTER_ID: &str = "ISTIO_META_CLUSTER_ID";
+    pub const CLUSTER_ID: &str = "CLUSTER_ID";
+    pub const NETWORK: &str = "NETWORK";
+    pub const POD_NAME: &str = "POD_NAME";
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    pub const NODE_NAME: &str = "NODE_NAME";
+    pub const INSTANCE_IP: &str = "INSTANCE_IP";
+    pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
+    pub const XDS_ON_DEMAND: &str = "XDS_ON_DEMAND";
+    pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
     pub const LOG: &str = "RUST_LOG";
+    pub const LOG_FORMAT: &str = "LOG_FORMAT";
     pub const ZDS_SOCKET: &str = "INPOD_UDS";
+    /// Prefixes of variable families: extra xDS / CA request metadata, proxy metadata.
+    pub const XDS_HEADER_PREFIX: &str = "XDS_HEADER_";
+    pub const CA_HEADER_PREFIX: &str = "CA_HEADER_";
+    pub const META_PREFIX: &str = "ISTIO_META_";
+    pub const META_JSON_PREFIX: &str = "ISTIO_METAJSON_";
 }
 
 /// Ports the node proxy opens inside each pod's network namespace (fixed, as in ztunnel).
@@ -32,6 +69,10 @@ pub const DEFAULT_LOCAL_TCP_CONGESTION: &str = "cubic";
 pub const DEFAULT_ZDS_SOCKET: &str = "/var/run/ztunnel/ztunnel.sock";
 /// The packet mark on every proxy socket (ztunnel's 1337); capture rules skip it.
 pub const DEFAULT_MARK: u32 = 0x539;
+/// Where Istio's ztunnel chart mounts the mesh root (the `istio-ca-root-cert` ConfigMap).
+pub const DEFAULT_ROOT_CA: &str = "/var/run/secrets/istio/root-cert.pem";
+/// Where Istio's ztunnel chart mounts the projected service-account token (audience istio-ca).
+pub const DEFAULT_TOKEN: &str = "/var/run/secrets/tokens/istio-token";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +94,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the node proxy.
     Node(Box<NodeArgs>),
+    /// Run as Istio's ztunnel chart starts ztunnel (`args: [proxy, ztunnel]`): the node proxy
+    /// configured from ztunnel's environment variables only (see README.md, "ztunnel's
+    /// environment"), with ztunnel's defaults — xDS and CA from istiod at
+    /// istiod.istio-system.svc:15012 inside Kubernetes (localhost:15012 elsewhere) unless
+    /// XDS_ADDRESS / LOCAL_XDS_PATH say otherwise.
+    Proxy(ProxyArgs),
     /// Manage the built-in CA's root.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -65,6 +112,13 @@ pub enum Command {
     /// Benchmark raw (no mesh), ringmesh and any --peer node proxy side by side in one run,
     /// interleaved, in the lab (root).
     Bench(BenchFlags),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Which proxy: `ztunnel` (the node proxy).
+    #[arg(value_parser = ["ztunnel"])]
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -233,20 +287,30 @@ pub enum OrigSrc {
 
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
-    /// ztunnel local config (LOCAL_XDS YAML: workloads, services, policies). Re-read on SIGHUP
-    /// and when it changes; a bad new file is rejected and the old config keeps serving.
-    #[arg(long, env = env::CONFIG)]
-    pub config: PathBuf,
+    /// ztunnel local config (LOCAL_XDS YAML: workloads, services, policies) instead of istiod.
+    /// Re-read on SIGHUP and when it changes; a bad new file is rejected and the old config
+    /// keeps serving. One of --config and --xds-address is needed.
+    #[arg(long, env = env::LOCAL_XDS_PATH)]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub control: ControlPlaneFlags,
 
     /// Enrol a local pod: UID is the workload uid in the config, NETNS_PATH its network
     /// namespace (e.g. /var/run/netns/NAME). Repeatable.
     #[arg(long = "pod", value_name = "UID=NETNS_PATH", value_parser = parse_pod)]
     pub pods: Vec<PodArg>,
 
-    /// Number of shards (threads, each with its own runtime and listeners). Default: one per
-    /// CPU this process may run on.
-    #[arg(long, env = env::SHARDS)]
-    pub shards: Option<usize>,
+    /// Number of shards (threads, each with its own runtime and listeners): N, N% of the CPUs
+    /// this process may run on, or 0 for all of them. Default: one per allowed CPU, at most
+    /// --cpu-limit.
+    #[arg(long, env = env::SHARDS, value_parser = parse_threads)]
+    pub shards: Option<Threads>,
+
+    /// CPUs the proxy may use (the chart sets it from the container's CPU limit, or the
+    /// node's allocatable CPUs): caps the default shard count.
+    #[arg(long, env = env::CPU_LIMIT)]
+    pub cpu_limit: Option<usize>,
 
     /// Pin shard N to the N-th allowed CPU.
     #[arg(long)]
@@ -270,17 +334,34 @@ pub struct NodeArgs {
     #[arg(long, env = env::CA_KEY, requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
 
-    /// Lifetime of workload certificates; each is rotated at half of it.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    /// Lifetime of workload certificates (asked of the CA); each is rotated at half of it.
+    #[arg(long, default_value = "24h", env = env::SECRET_TTL, value_parser = parse_duration)]
     pub cert_ttl: Duration,
 
-    /// Keep the client's source IP on inbound connections to the app.
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Keep the client's source IP on inbound connections to the app: auto, on (also
+    /// `true`), off (also `false`).
+    #[arg(long, default_value = "auto", env = env::ORIG_SRC, value_parser = parse_orig_src)]
     pub orig_src: OrigSrc,
 
     /// SO_MARK on every proxy socket (capture rules skip marked packets).
-    #[arg(long, default_value_t = DEFAULT_MARK)]
+    #[arg(long, default_value_t = DEFAULT_MARK, env = env::PACKET_MARK)]
     pub mark: u32,
+
+    /// TCP keepalive on app-facing connections: idle time before the first probe.
+    #[arg(long, default_value = "180s", env = env::KEEPALIVE_TIME, value_parser = parse_duration)]
+    pub keepalive_time: Duration,
+
+    /// TCP keepalive: time between probes.
+    #[arg(long, default_value = "180s", env = env::KEEPALIVE_INTERVAL, value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// TCP keepalive: unanswered probes before the connection is dropped.
+    #[arg(long, default_value_t = 9, env = env::KEEPALIVE_RETRIES)]
+    pub keepalive_retries: u32,
+
+    /// TCP keepalive on app-facing connections at all (true/false).
+    #[arg(long, default_value = "true", env = env::KEEPALIVE_ENABLED, value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub keepalive_enabled: bool,
 
     /// TCP congestion control on the pod-local legs: the app's connection into the node
     /// proxy and the proxy's connection to the app, both inside the pod's netns, never on a
@@ -314,11 +395,12 @@ pub struct NodeArgs {
     pub h2_frame_size: u32,
 
     /// Streams per pooled HBONE connection before another is opened.
-    #[arg(long, default_value_t = 100)]
-    pub pool_max_streams: usize,
+    #[arg(long, default_value_t = 100, env = env::POOL_MAX_STREAMS,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub pool_max_streams: u16,
 
     /// An HBONE connection unused this long is released.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", env = env::POOL_IDLE, value_parser = parse_duration)]
     pub pool_idle_timeout: Duration,
 
     /// HTTP/2 PING interval on HBONE connections.
@@ -347,6 +429,10 @@ pub struct NodeArgs {
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub zds_max_backoff: Duration,
 
+    /// Longest pause between xDS reconnection attempts after errors (from 10ms, doubling).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub xds_max_backoff: Duration,
+
     /// Admin API (config_dump, quitquitquit); keep it on localhost.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
@@ -362,6 +448,137 @@ pub struct NodeArgs {
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub config_poll: Duration,
+}
+
+/// Istio's control plane: istiod's xDS and CA, and who this node proxy is to them. Every
+/// flag falls back to the variable Istio's ztunnel chart sets.
+#[derive(Debug, Clone, Args)]
+pub struct ControlPlaneFlags {
+    /// istiod's xDS address (`host:port` or `https://host:port`; port 15012 if none): the
+    /// workloads, services and policies come from there (delta ADS) instead of --config.
+    #[arg(long, env = env::XDS_ADDRESS)]
+    pub xds_address: Option<String>,
+
+    /// Root certificate the xDS server is verified with: a PEM file, inline PEM, or SYSTEM.
+    #[arg(long, default_value = DEFAULT_ROOT_CA, env = env::XDS_ROOT_CA)]
+    pub xds_root_ca: String,
+
+    /// Also accept the xDS server's certificate for this name (when the address is an IP or
+    /// another name than the certificate's).
+    #[arg(long, env = env::ALT_XDS_HOSTNAME)]
+    pub alt_xds_hostname: Option<String>,
+
+    /// Istio CA address (`IstioCertificateService`). Default: the xDS address when there is
+    /// one, else the built-in CA (--ca-cert/--ca-key or a generated root).
+    #[arg(long, env = env::CA_ADDRESS, conflicts_with_all = ["ca_cert", "ca_key"])]
+    pub ca_address: Option<String>,
+
+    /// Root certificate the CA server is verified with (a PEM file, inline PEM, or SYSTEM).
+    /// Peers are verified with the root the CA returns, not this one.
+    #[arg(long, default_value = DEFAULT_ROOT_CA, env = env::CA_ROOT_CA)]
+    pub ca_root_ca: String,
+
+    /// Also accept the CA server's certificate for this name.
+    #[arg(long, env = env::ALT_CA_HOSTNAME)]
+    pub alt_ca_hostname: Option<String>,
+
+    /// Bearer token for xDS and the CA: a file (re-read on every call) or the token itself.
+    /// Default: /var/run/secrets/tokens/istio-token when it exists.
+    #[arg(long, env = env::AUTH_TOKEN)]
+    pub auth_token: Option<String>,
+
+    /// The cluster this node is in (`clusterid` header). Default: $ISTIO_META_CLUSTER_ID,
+    /// else $CLUSTER_ID, else Kubernetes.
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+
+    /// The network this node is on (multi-network meshes).
+    #[arg(long, default_value = "", env = env::NETWORK)]
+    pub network: String,
+
+    /// This proxy's pod name (xDS node id).
+    #[arg(long, default_value = "", env = env::POD_NAME)]
+    pub pod_name: String,
+
+    /// This proxy's namespace (xDS node id; istiod checks it against the token).
+    #[arg(long, default_value = "", env = env::POD_NAMESPACE)]
+    pub pod_namespace: String,
+
+    /// The Kubernetes node this proxy serves.
+    #[arg(long, default_value = "", env = env::NODE_NAME)]
+    pub node_name: String,
+
+    /// This proxy's pod IP (xDS node id; 1.1.1.1 if unset, as ztunnel).
+    #[arg(long, default_value = "", env = env::INSTANCE_IP)]
+    pub instance_ip: String,
+
+    /// This proxy's service account.
+    #[arg(long, default_value = "", env = env::SERVICE_ACCOUNT)]
+    pub service_account: String,
+
+    /// Subscribe to workloads on demand (not supported: ringmesh subscribes to all of them,
+    /// which serves the same traffic; a log line says so).
+    #[arg(long, default_value = "false", env = env::XDS_ON_DEMAND, value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub xds_on_demand: bool,
+}
+
+/// `--shards` / `ZTUNNEL_WORKER_THREADS`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threads {
+    /// This many (0: one per allowed CPU).
+    Count(usize),
+    /// This share of the allowed CPUs, rounded up, at least 1.
+    Percent(f64),
+}
+
+impl Threads {
+    /// The shard count on a machine with `cpus` allowed CPUs.
+    pub fn resolve(self, cpus: usize) -> usize {
+        match self {
+            Threads::Count(0) => cpus.max(1),
+            Threads::Count(n) => n,
+            Threads::Percent(p) => ((cpus as f64 * p / 100.0).ceil() as usize).max(1),
+        }
+    }
+}
+
+/// `N`, `N%` (0 < N ≤ 100) or `0`.
+pub fn parse_threads(s: &str) -> Result<Threads, String> {
+    let s = s.trim();
+    if let Some(p) = s.strip_suffix('%') {
+        let v: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: expected N, N% or 0"))?;
+        if !(v > 0.0 && v <= 100.0) {
+            return Err(format!(
+                "{s:?}: a percentage must be above 0 and at most 100"
+            ));
+        }
+        return Ok(Threads::Percent(v));
+    }
+    s.parse()
+        .map(Threads::Count)
+        .map_err(|_| format!("{s:?}: expected N (threads), N% (of the CPUs) or 0 (all CPUs)"))
+}
+
+/// `true` or `false` (any case), as ztunnel's boolean variables.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{s:?}: expected true or false")),
+    }
+}
+
+/// `auto`, `on`/`true`, `off`/`false`.
+pub fn parse_orig_src(s: &str) -> Result<OrigSrc, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(OrigSrc::Auto),
+        "on" | "true" => Ok(OrigSrc::On),
+        "off" | "false" => Ok(OrigSrc::Off),
+        _ => Err(format!("{s:?}: expected auto, on (true) or off (false)")),
+    }
 }
 
 /// `--pod UID=NETNS_PATH`.
@@ -436,24 +653,45 @@ pub enum UringTaskRun {
     Interrupt,
 }
 
-/// Parses `500ms`, `10s`, `5m`, `24h` (a bare number is seconds).
+/// Parses durations as ztunnel's variables are written: `500ms`, `10s`, `5m`, `24h`, `1d`,
+/// compounds like `1h30m` or `1m30s`, and a bare number as seconds (`300`). Units: ms, s/sec,
+/// m/min, h/hr, d (any case).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a duration like 500ms, 10s, 5m or 24h"))?;
-    let mul = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    Ok(Duration::from_secs(n * mul))
+    let t = s.trim();
+    let bad = || format!("{s:?}: expected a duration like 500ms, 10s, 5m, 1h30m or 24h");
+    if t.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = rest[..unit_len].trim().to_ascii_lowercase();
+        rest = &rest[unit_len..];
+        if !unit.chars().all(|c| c.is_ascii_alphabetic()) {
+            return Err(bad());
+        }
+        let d = match unit.as_str() {
+            "ms" => Duration::from_millis(n),
+            "" | "s" | "sec" | "secs" => Duration::from_secs(n),
+            "m" | "min" | "mins" => Duration::from_secs(n * 60),
+            "h" | "hr" | "hrs" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86400),
+            u => return Err(format!("{s:?}: unknown unit {u:?} (ms, s, m, h, d)")),
+        };
+        total += d;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -466,8 +704,14 @@ mod tests {
         assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        assert!(parse_duration("1d").is_err());
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("3m31").unwrap(), Duration::from_secs(211));
+        assert_eq!(parse_duration("2min").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("x").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
     }
 
     #[test]
@@ -487,7 +731,7 @@ mod tests {
         let Command::Node(n) = cli.command else {
             panic!()
         };
-        assert_eq!(n.shards, Some(2));
+        assert_eq!(n.shards, Some(Threads::Count(2)));
         assert_eq!(n.pods.len(), 1);
         assert_eq!(n.h2_stream_window, 4 * 1024 * 1024);
     }

@@ -4,6 +4,7 @@
 //! Owns: reading and parsing files, and errors that name the file, the entry and the field.
 //! Must not touch: sockets, shards, the published snapshot (the control thread publishes).
 
+pub mod env;
 pub mod flags;
 
 use std::path::Path;

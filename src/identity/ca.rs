@@ -39,14 +39,19 @@ pub enum CaError {
     Generate(#[from] rcgen::Error),
     #[error("identity {0} cannot be written as a URI SAN")]
     BadSan(String),
+    #[error("certificate signing request rejected: {0}")]
+    BadCsr(String),
 }
 
 /// A certificate and its key, issued for one workload identity.
 #[derive(Debug)]
 pub struct IssuedCert {
     pub identity: Identity,
-    /// Leaf first, then the root.
+    /// What this workload presents: the leaf first, then any intermediates (not the root).
     pub chain: Vec<CertificateDer<'static>>,
+    /// The trust anchors peers are verified against (the CA's root, or the roots an Istio
+    /// CA returned with this certificate).
+    pub roots: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
@@ -173,36 +178,98 @@ impl Ca {
         ttl: Duration,
     ) -> Result<IssuedCert, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, identity.trust_domain.as_str());
-        params.distinguished_name = dn;
-        let uri = identity.to_string();
-        params.subject_alt_names = vec![SanType::URI(
-            uri.clone().try_into().map_err(|_| CaError::BadSan(uri))?,
-        )];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let not_before = now - Duration::from_secs(60);
-        let not_after = now + ttl;
-        params.not_before = to_time(not_before);
-        params.not_after = to_time(not_after);
+        let (params, not_before, not_after) = leaf_params(identity, now, ttl)?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             identity: identity.clone(),
-            chain: vec![cert.der().clone(), self.root_der.clone()],
+            chain: vec![cert.der().clone()],
+            roots: vec![self.root_der.clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             not_before,
             not_after,
         })
     }
+
+    /// Signs a PEM certificate signing request (as Istio's CA does for `CreateCertificate`):
+    /// the request's signature must verify; its subject and SANs are ignored, and the leaf
+    /// gets exactly `identity` as its URI SAN. Returns the leaf (DER).
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<CertificateDer<'static>, CaError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let (params, _, _) = leaf_params(identity, now, ttl)?;
+        csr.params = params;
+        Ok(csr.signed_by(&self.issuer)?.der().clone())
+    }
+
+    /// Issues a TLS server certificate for DNS names and IP addresses (the lab's control
+    /// plane serves xDS and the CA with one).
+    pub fn issue_server(
+        &self,
+        dns: &[String],
+        ips: &[std::net::IpAddr],
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(dns.to_vec())?;
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            dns.first().map(String::as_str).unwrap_or("server"),
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = to_time(now - Duration::from_secs(60));
+        params.not_after = to_time(now + ttl);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((
+            vec![cert.der().clone(), self.root_der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        ))
+    }
+}
+
+/// A workload leaf's parameters: empty subject but O=<trust domain>, one URI SAN (the
+/// identity, critical as Istio marks it), digitalSignature+keyEncipherment,
+/// serverAuth+clientAuth.
+fn leaf_params(
+    identity: &Identity,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<(CertificateParams, SystemTime, SystemTime), CaError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, identity.trust_domain.as_str());
+    params.distinguished_name = dn;
+    let uri = identity.to_string();
+    params.subject_alt_names = vec![SanType::URI(
+        uri.clone().try_into().map_err(|_| CaError::BadSan(uri))?,
+    )];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let not_before = now - Duration::from_secs(60);
+    let not_after = now + ttl;
+    params.not_before = to_time(not_before);
+    params.not_after = to_time(not_after);
+    Ok((params, not_before, not_after))
 }
 
 fn to_time(t: SystemTime) -> time::OffsetDateTime {
@@ -223,7 +290,8 @@ mod tests {
         let ca = Ca::generate(now).unwrap();
         let id = Identity::new("cluster.local", "ns1", "sa1");
         let cert = ca.issue(&id, now, Duration::from_secs(24 * 3600)).unwrap();
-        assert_eq!(cert.chain.len(), 2);
+        assert_eq!(cert.chain.len(), 1);
+        assert_eq!(cert.roots, vec![ca.root().clone()]);
         let ids = crate::tls::identities_of(&cert.chain[0]);
         assert_eq!(ids, vec![id]);
         let half = cert.refresh_at().duration_since(now).unwrap();

@@ -1,10 +1,12 @@
 //! Workload identity: the SPIFFE id newtype, the built-in CA and the certificate store.
 //!
 //! Owns: parsing/printing `spiffe://<td>/ns/<ns>/sa/<sa>`, issuing workload certificates
-//! (`ca`), and the published certificate snapshot with half-life rotation (`store`).
+//! (`ca`), asking an Istio CA for them (`caclient`), and the published certificate snapshot
+//! with half-life rotation (`store`).
 //! Must not touch: sockets or pod network namespaces. The store is driven by the control thread.
 
 pub mod ca;
+pub mod caclient;
 pub mod store;
 
 use std::fmt;

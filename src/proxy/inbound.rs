@@ -41,15 +41,13 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
         Ok(a) => a,
         Err(_) => return,
     };
-    let snap = ctx.state.load_full();
-    let Some(w) = pod.workload(&snap) else {
+    let Some(id) = super::wait_for(|| pod.workload(&ctx.state.load()).map(|w| w.identity())).await
+    else {
         tracing::warn!(pod = %pod.uid, %peer, "HBONE connection for a pod that is not in the config: closing");
         return;
     };
-    let id = w.identity();
-    drop(snap);
-    let Some(cert) = ctx.certs.load().get(&id).cloned() else {
-        tracing::warn!(pod = %pod.uid, %peer, "no certificate yet for {id}: closing HBONE connection");
+    let Some(cert) = super::wait_for(|| ctx.certs.load().get(&id).cloned()).await else {
+        tracing::warn!(pod = %pod.uid, %peer, "no certificate for {id} (the CA has not issued one): closing HBONE connection");
         return;
     };
     let handshake = async {
@@ -304,7 +302,11 @@ async fn admit(
     )
     .await
     .map_err(Reject::Unavailable)?;
-    crate::runtime::sockopt::tune_app_conn(&up, ctx.cfg.local_congestion.as_deref());
+    crate::runtime::sockopt::tune_app_conn(
+        &up,
+        ctx.cfg.local_congestion.as_deref(),
+        ctx.cfg.keepalive,
+    );
     Ok((dst, uid, id, up))
 }
 

@@ -28,7 +28,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
 async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     // The peer is another pod, over the network: the node's congestion control stays.
-    sockopt::tune_app_conn(&s, None);
+    sockopt::tune_app_conn(&s, None, ctx.cfg.keepalive);
     let peer = SocketAddr::new(hbone::normalize(peer.ip()), peer.port());
     let dst = match sockopt::original_dst(&s) {
         Ok(d) => SocketAddr::new(hbone::normalize(d.ip()), d.port()),

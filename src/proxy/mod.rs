@@ -52,6 +52,8 @@ pub struct ProxyConfig {
     pub local_congestion: Option<String>,
     /// Who protects HBONE's TLS records after the handshake.
     pub tls_records: flags::TlsRecords,
+    /// TCP keepalive on app-facing connections (None: off).
+    pub keepalive: Option<crate::runtime::sockopt::Keepalive>,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +71,7 @@ impl Default for ProxyConfig {
                 flags::HBONE_PORT,
             ],
             local_congestion: Some(flags::DEFAULT_LOCAL_TCP_CONGESTION.to_string()),
+            keepalive: Some(crate::runtime::sockopt::Keepalive::default()),
             tls_records: flags::TlsRecords::Direct,
         }
     }
@@ -101,6 +104,27 @@ impl Pod {
                 .and_then(|i| snap.workload_by_name(&i.namespace, &i.name))
         })
     }
+}
+
+/// How long a connection waits for state the control plane has not delivered yet (a newly
+/// enrolled pod's workload, its first certificate from the CA): ztunnel holds such
+/// connections too, rather than refusing them in the first seconds of a pod's life.
+pub const LATE_STATE_WAIT: Duration = Duration::from_secs(5);
+
+/// `f()` now, or — if it has nothing yet — polled every 20 ms for up to
+/// [`LATE_STATE_WAIT`]. The common case (state present) costs one call.
+pub async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    if let Some(v) = f() {
+        return Some(v);
+    }
+    let deadline = std::time::Instant::now() + LATE_STATE_WAIT;
+    while std::time::Instant::now() < deadline {
+        crate::runtime::engine::sleep(Duration::from_millis(20)).await;
+        if let Some(v) = f() {
+            return Some(v);
+        }
+    }
+    None
 }
 
 /// One shard's listeners for one pod, made inside the pod's netns by the control thread.

@@ -193,7 +193,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
 
 async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    sockopt::tune_app_conn(&s, ctx.cfg.local_congestion.as_deref());
+    sockopt::tune_app_conn(&s, ctx.cfg.local_congestion.as_deref(), ctx.cfg.keepalive);
     let orig = match sockopt::original_dst(&s) {
         Ok(o) => o,
         Err(e) => {
@@ -201,8 +201,13 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
             return;
         }
     };
-    let snap = ctx.state.load_full();
-    let Some(src) = pod.workload(&snap).cloned() else {
+    let found = super::wait_for(|| {
+        let snap = ctx.state.load_full();
+        let w = pod.workload(&snap).cloned()?;
+        Some((snap, w))
+    })
+    .await;
+    let Some((snap, src)) = found else {
         let counters = Counters::default();
         let e = format!("pod {} is not in the config: refusing its traffic", pod.uid);
         log_complete(
@@ -343,12 +348,9 @@ async fn hbone_out(
     counters: &Rc<Counters>,
 ) -> Result<(), String> {
     let src_id = src.identity();
-    let cert = ctx
-        .certs
-        .load()
-        .get(&src_id)
-        .cloned()
-        .ok_or_else(|| format!("no certificate yet for {src_id}"))?;
+    let cert = super::wait_for(|| ctx.certs.load().get(&src_id).cloned())
+        .await
+        .ok_or_else(|| format!("no certificate for {src_id} (the CA has not issued one)"))?;
     let key = PoolKey {
         src: src_id,
         dst: expected.to_vec(),

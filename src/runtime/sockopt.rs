@@ -33,16 +33,35 @@ pub fn original_dst(s: &impl AsFd) -> io::Result<SocketAddr> {
         .unwrap_or(local))
 }
 
-/// TCP_NODELAY and ztunnel's keepalive (180 s idle, 180 s interval, 9 probes) on an
-/// app-facing connection; `local_cc` (a congestion control name) only for a connection
-/// that stays inside the pod's netns.
-pub fn tune_app_conn(s: &impl AsFd, local_cc: Option<&str>) {
+/// TCP keepalive settings (ztunnel's defaults: 180 s idle, 180 s interval, 9 probes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub time: Duration,
+    pub interval: Duration,
+    pub retries: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            time: Duration::from_secs(180),
+            interval: Duration::from_secs(180),
+            retries: 9,
+        }
+    }
+}
+
+/// TCP_NODELAY and keepalive (when `ka` is set) on an app-facing connection; `local_cc` (a
+/// congestion control name) only for a connection that stays inside the pod's netns.
+pub fn tune_app_conn(s: &impl AsFd, local_cc: Option<&str>, ka: Option<Keepalive>) {
     let _ = SockRef::from(s).set_tcp_nodelay(true);
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(180))
-        .with_interval(Duration::from_secs(180))
-        .with_retries(9);
-    let _ = SockRef::from(s).set_tcp_keepalive(&ka);
+    if let Some(k) = ka {
+        let ka = TcpKeepalive::new()
+            .with_time(k.time)
+            .with_interval(k.interval)
+            .with_retries(k.retries);
+        let _ = SockRef::from(s).set_tcp_keepalive(&ka);
+    }
     if let Some(cc) = local_cc {
         // Checked at start (`congestion_available`); a failure here leaves the default.
         let _ = SockRef::from(s).set_tcp_congestion(cc.as_bytes());

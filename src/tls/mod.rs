@@ -53,10 +53,19 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// The server config of one workload identity: presents its certificate, requires a client
 /// certificate that chains to `roots` and carries a SPIFFE id of the same trust domain.
 pub fn server_config(cert: &IssuedCert, roots: Arc<RootCertStore>) -> Arc<ServerConfig> {
+    try_server_config(cert, roots).expect("a certificate we just issued matches its key")
+}
+
+/// [`server_config`] for a certificate that came from elsewhere (an Istio CA): a chain that
+/// does not match its key, or an empty root store, is an error instead of a panic.
+pub fn try_server_config(
+    cert: &IssuedCert,
+    roots: Arc<RootCertStore>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = provider();
     let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
-        .expect("a root store with one anchor always builds a client verifier");
+        .map_err(|e| rustls::Error::General(format!("trust anchors: {e}")))?;
     let verifier = Arc::new(TrustDomainVerifier {
         inner,
         trust_domain: cert.identity.trust_domain.clone(),
@@ -65,13 +74,12 @@ pub fn server_config(cert: &IssuedCert, roots: Arc<RootCertStore>) -> Arc<Server
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3 with AES-GCM suites is a valid protocol set")
         .with_client_cert_verifier(verifier)
-        .with_single_cert(cert.chain.clone(), cert.key.clone_key())
-        .expect("a certificate we just issued matches its key");
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
     cfg.enable_secret_extraction = true;
-    Arc::new(cfg)
+    Ok(Arc::new(cfg))
 }
 
 /// The client config of one workload identity: presents its certificate, sends no SNI, keeps
@@ -81,12 +89,29 @@ pub fn client_config(cert: &IssuedCert, roots: Arc<RootCertStore>) -> Arc<Client
     client_config_with(cert, roots, provider())
 }
 
+/// [`client_config`] for a certificate that came from elsewhere: errors instead of panics.
+pub fn try_client_config(
+    cert: &IssuedCert,
+    roots: Arc<RootCertStore>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    try_client_config_with(cert, roots, provider())
+}
+
 /// [`client_config`] with another crypto provider (tests offer a single cipher suite).
 pub(crate) fn client_config_with(
     cert: &IssuedCert,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
 ) -> Arc<ClientConfig> {
+    try_client_config_with(cert, roots, provider)
+        .expect("a certificate we just issued matches its key")
+}
+
+fn try_client_config_with(
+    cert: &IssuedCert,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
     let verifier = Arc::new(ChainVerifier {
         roots,
         algs: provider.signature_verification_algorithms,
@@ -96,14 +121,13 @@ pub(crate) fn client_config_with(
         .expect("TLS 1.3 with AES-GCM suites is a valid protocol set")
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
-        .expect("a certificate we just issued matches its key");
+        .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     cfg.enable_sni = false;
     cfg.resumption = rustls::client::Resumption::disabled();
     // The direct record layer (`io::tls`) takes the traffic keys over after the handshake.
     cfg.enable_secret_extraction = true;
-    Arc::new(cfg)
+    Ok(Arc::new(cfg))
 }
 
 /// The server name rustls is given: a dummy, as ztunnel does; identity is checked by SAN.

@@ -10,7 +10,6 @@
 //! tonic's TLS features, so the version, suites and name check are ours.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,27 +25,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-/// Where the server's trust anchors come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RootSource {
-    /// A PEM file (re-read on every connect, so a rotated root is picked up).
-    File(PathBuf),
-    /// PEM text given inline.
-    Pem(String),
-    /// The system's trust store (`SYSTEM`).
-    System,
-}
-
-/// Where the bearer token comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthSource {
-    /// No token (then no `clusterid` either, as ztunnel).
-    None,
-    /// A token file, re-read on every call (Kubernetes rotates projected tokens).
-    File(PathBuf),
-    /// A token given inline.
-    Static(String),
-}
+pub use crate::config::env::{AuthSource, RootSource};
 
 /// One control-plane endpoint and how to authenticate to it.
 #[derive(Debug, Clone)]
