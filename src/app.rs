@@ -92,6 +92,9 @@ pub struct Node {
 /// Runs the node proxy until SIGTERM/SIGINT or `POST /quitquitquit`. `ztunnel_defaults`:
 /// started as `ringmesh proxy ztunnel` (ztunnel's defaults where nothing is set).
 pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
+    // A parent may have started us with these blocked (the signal mask is inherited across
+    // exec; the lab's holder blocks them): the shutdown and reload signals must arrive.
+    unblock_signals();
     let vars = config::env::vars();
     let plane = config::env::control_plane(&args, &vars, ztunnel_defaults, &|p| p.exists())
         .map_err(StartError::Settings)?;
@@ -564,6 +567,18 @@ impl Node {
         for s in self.shards {
             s.stop();
         }
+    }
+}
+
+/// Unblocks SIGTERM, SIGINT and SIGHUP for this thread (and the threads it starts).
+pub fn unblock_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    if let Err(e) = set.thread_unblock() {
+        tracing::warn!("cannot unblock SIGTERM/SIGINT/SIGHUP: {e}");
     }
 }
 

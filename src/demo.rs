@@ -22,6 +22,8 @@ pub struct DemoArgs {
     pub bulk_bytes: u64,
     pub pings: usize,
     pub json: Option<PathBuf>,
+    /// Node proxies from the local config file and the built-in CA instead of xDS.
+    pub local_config: bool,
     pub state_dir: PathBuf,
 }
 
@@ -46,7 +48,21 @@ pub struct Report {
     pub bytes_carried: f64,
     /// The I/O engines the node proxies report (ringmesh_io_engine), e.g. ["uring"].
     pub io_engines: Vec<String>,
+    /// Where the node proxies got their config: `xds` (the lab's control plane) or `file`.
+    pub config_source: String,
+    /// xDS mode: what the lab's control plane saw (ACKs, NACKs, certificates issued).
+    pub control_plane: Option<ControlPlaneReport>,
     pub ok: bool,
+}
+
+/// What the lab's control plane saw during the demo.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlPlaneReport {
+    pub node_proxies: usize,
+    pub acks: usize,
+    pub nacks: usize,
+    pub certificates: usize,
+    pub refused: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,12 +124,23 @@ pub fn run(args: &DemoArgs) -> Result<Report, String> {
     let dir = args.state_dir.join(&topo.name);
     let guard = crate::lab::run::cleanup_on_signal().map_err(|e| e.to_string())?;
     let mut run = step(
-        "lab: 2 nodes, 5 pods (4 in the mesh), service echo, policy deny-client-b",
+        "lab: 2 nodes, 5 pods (4 in the mesh), service echo, policy deny-client-b, a control plane (xDS + CA)",
         || LabRun::up(topo.clone(), &dir).map_err(|e| e.to_string()),
     )?;
+    if args.local_config {
+        run.mode = crate::lab::run::NodeMode::File;
+    }
+    let source = match run.mode {
+        crate::lab::run::NodeMode::Xds => "xds",
+        crate::lab::run::NodeMode::File => "file",
+    };
     let info = run.lab.clone_info();
     step(
-        "node proxies: `ringmesh node` on node-a and node-b, pods enrolled over ZDS",
+        if source == "xds" {
+            "node proxies: `ringmesh node` on node-a and node-b, config over xDS and certificates from the lab's istiod, pods enrolled over ZDS"
+        } else {
+            "node proxies: `ringmesh node` on node-a and node-b, config from a local file and the built-in CA, pods enrolled over ZDS"
+        },
         || {
             run.start_ringmesh(&[])
                 .and_then(|_| run.wait_ready(Duration::from_secs(20)))
@@ -281,8 +308,48 @@ pub fn run(args: &DemoArgs) -> Result<Report, String> {
         p99: apps::percentile_us(&rtts, 99.0),
         p999: apps::percentile_us(&rtts, 99.9),
     };
-    let ok = paths.iter().all(|p| p.ok);
+    let control_plane = guard
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .filter(|_| source == "xds")
+        .and_then(|r| r.istiod.as_ref())
+        .map(|i| {
+            use crate::lab::istiod::Event;
+            let ev = i.events();
+            let mut nodes: Vec<&String> = ev
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Connected { node_id } => Some(node_id),
+                    _ => None,
+                })
+                .collect();
+            nodes.sort();
+            nodes.dedup();
+            let count = |f: &dyn Fn(&Event) -> bool| ev.iter().filter(|e| f(e)).count();
+            ControlPlaneReport {
+                node_proxies: nodes.len(),
+                acks: count(&|e| matches!(e, Event::Ack { .. })),
+                nacks: count(&|e| matches!(e, Event::Nack { .. })),
+                certificates: count(&|e| matches!(e, Event::Certificate { refused: None, .. })),
+                refused: count(&|e| {
+                    matches!(
+                        e,
+                        Event::Certificate {
+                            refused: Some(_),
+                            ..
+                        }
+                    )
+                }),
+            }
+        });
+    let ok = paths.iter().all(|p| p.ok)
+        && control_plane
+            .as_ref()
+            .is_none_or(|c| c.nacks == 0 && c.refused == 0 && c.node_proxies == 2);
     let report = Report {
+        config_source: source.to_string(),
+        control_plane,
         throughput_gbps: args.bulk_bytes as f64 * 8.0 / bulk / 1e9,
         bulk_bytes: args.bulk_bytes,
         latency_us: lat,
@@ -359,6 +426,13 @@ fn print_report(r: &Report, secs: f64) {
         "  engine     {} (ringmesh_io_engine of the node proxies)",
         r.io_engines.join(", ")
     );
+    match &r.control_plane {
+        Some(c) => println!(
+            "  control    xDS from the lab's istiod: {} node proxies, {} ACKs, {} NACKs; {} workload certificates from its CA ({} refused); no CA key on the nodes",
+            c.node_proxies, c.acks, c.nacks, c.certificates, c.refused
+        ),
+        None => println!("  control    local config file and the built-in CA on each node"),
+    }
     println!(
         "\n  result     {}",
         if r.ok {

@@ -85,6 +85,7 @@ fn main() -> std::process::ExitCode {
             bulk_bytes: d.bulk_bytes,
             pings: d.pings,
             json: d.json,
+            local_config: d.local_config,
             state_dir: d.state_dir,
         })
         .map(|r| if r.ok { 0 } else { 2 }),
@@ -95,8 +96,9 @@ fn main() -> std::process::ExitCode {
                 LabCommand::Up {
                     file,
                     no_proxies,
+                    local_config,
                     state_dir,
-                } => cli::up(&file, no_proxies, &state_dir).map(|_| 0),
+                } => cli::up(&file, no_proxies, local_config, &state_dir).map(|_| 0),
                 LabCommand::Down { lab, state_dir } => cli::down(&lab, &state_dir).map(|_| 0),
                 LabCommand::Exec {
                     target,
@@ -127,8 +129,9 @@ fn main() -> std::process::ExitCode {
                 LabCommand::Serve {
                     file,
                     no_proxies,
+                    local_config,
                     state_dir,
-                } => cli::serve(&file, no_proxies, &state_dir).map(|_| 0),
+                } => cli::serve(&file, no_proxies, local_config, &state_dir).map(|_| 0),
             };
             r.map_err(|e| e.to_string())
         }

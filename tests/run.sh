@@ -38,6 +38,13 @@ for engine in ${RINGMESH_TEST_ENGINES:-uring epoll}; do
   total_p=$(( ${total_p:-0} + passed ))
   total_f=$(( ${total_f:-0} + failed ))
 done
+# The deployment files: manifests valid for Kubernetes, YAML clean, seccomp profile well-formed.
+if bash deploy/validate.sh; then
+  summary+=("deploy: manifests valid")
+else
+  rc=1
+  summary+=("deploy: validate.sh FAILED")
+fi
 printf '%s\n' "${summary[@]}"
 echo "tests: ${total_p} passed, ${total_f} failed"
 exit "$rc"

@@ -183,6 +183,10 @@ pub struct DemoFlags {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Run the node proxies from a local config file with the built-in CA instead of xDS
+    /// and certificates from the lab's control plane.
+    #[arg(long)]
+    pub local_config: bool,
     /// Where labs keep their state (configs, CA, ZDS sockets, logs).
     #[arg(long, default_value = LAB_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -198,9 +202,14 @@ pub enum LabCommand {
     Up {
         /// Topology file (see src/lab/demo.yaml for the format).
         file: PathBuf,
-        /// Leave the nodes without a node proxy (start any ZDS-speaking proxy yourself).
+        /// Leave the nodes without a node proxy (start any ZDS-speaking proxy yourself; the
+        /// summary prints the environment a ztunnel needs for the lab's control plane).
         #[arg(long)]
         no_proxies: bool,
+        /// Run the node proxies from the lab's local config file with the built-in CA,
+        /// instead of xDS and certificates from the lab's control plane.
+        #[arg(long)]
+        local_config: bool,
         #[arg(long, default_value = LAB_STATE_DIR)]
         state_dir: PathBuf,
     },
@@ -254,6 +263,8 @@ pub enum LabCommand {
         file: PathBuf,
         #[arg(long)]
         no_proxies: bool,
+        #[arg(long)]
+        local_config: bool,
         #[arg(long, default_value = LAB_STATE_DIR)]
         state_dir: PathBuf,
     },

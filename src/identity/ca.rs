@@ -111,6 +111,33 @@ impl Ca {
         })
     }
 
+    /// An intermediate CA under this one (ECDSA P-256, valid a year): its `root()` is the
+    /// intermediate's own certificate, which it signs leaves with. (The lab's control plane
+    /// signs with one, so chains carry an intermediate as a real mesh CA's may.)
+    pub fn intermediate(&self, now: SystemTime) -> Result<Ca, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "ringmesh");
+        dn.push(DnType::CommonName, "ringmesh intermediate CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = to_time(now - Duration::from_secs(60));
+        params.not_after = to_time(now + Duration::from_secs(365 * 24 * 3600));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Ca {
+            root_pem: cert.pem(),
+            root_der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
     /// Loads a root from PEM files (certificate, PKCS#8 key).
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
         let read = |p: &Path| {

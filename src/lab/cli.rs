@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::run::{LabRun, cleanup_on_signal, remove_netns_with_prefix};
+use super::run::{LabRun, NodeMode, cleanup_on_signal, remove_netns_with_prefix};
 use super::topology::Topology;
 use super::{LabError, check_privileges, list_netns};
 
@@ -39,7 +39,7 @@ fn read_pid(dir: &Path) -> Option<i32> {
 }
 
 /// `lab up`: starts the holder process and waits until the lab is ready.
-pub fn up(file: &Path, no_proxies: bool, state: &Path) -> Result<(), LabError> {
+pub fn up(file: &Path, no_proxies: bool, local_config: bool, state: &Path) -> Result<(), LabError> {
     check_privileges()?;
     let topo = read_topology(file)?;
     let dir = state.join(&topo.name);
@@ -63,6 +63,9 @@ pub fn up(file: &Path, no_proxies: bool, state: &Path) -> Result<(), LabError> {
         .arg(state);
     if no_proxies {
         cmd.arg("--no-proxies");
+    }
+    if local_config {
+        cmd.arg("--local-config");
     }
     use std::os::unix::process::CommandExt;
     let mut child = cmd
@@ -104,15 +107,39 @@ pub fn up(file: &Path, no_proxies: bool, state: &Path) -> Result<(), LabError> {
     )))
 }
 
-/// `lab serve`: holds the lab until SIGTERM/SIGINT, then tears it down.
-pub fn serve(file: &Path, no_proxies: bool, state: &Path) -> Result<(), LabError> {
+/// `lab serve`: holds the lab until SIGTERM/SIGINT, then tears it down. While it is up, a
+/// change to the topology file's services, policies, labels or accounts is pushed to the node
+/// proxies over xDS (and written to the local config file); pods and nodes are fixed.
+pub fn serve(
+    file: &Path,
+    no_proxies: bool,
+    local_config: bool,
+    state: &Path,
+) -> Result<(), LabError> {
     let held = cleanup_on_signal().map_err(|e| LabError::Topology(e.to_string()))?;
     let topo = read_topology(file)?;
     let dir = state.join(&topo.name);
     let mut run = LabRun::up(topo, &dir)?;
+    if local_config {
+        run.mode = NodeMode::File;
+    }
     std::fs::write(dir.join("pid"), std::process::id().to_string())
         .map_err(|e| LabError::Topology(e.to_string()))?;
     let mut summary = String::new();
+    summary.push_str(&match run.mode {
+        NodeMode::Xds => format!(
+            "control plane: xDS and CA at {} (netns {}-istiod), certificate for {}, root {}\n",
+            run.xds_address(),
+            run.topo.name,
+            super::CONTROL_PLANE_NAME,
+            run.ca_cert.display()
+        ),
+        NodeMode::File => format!(
+            "node config: local file {} with the built-in CA ({})\n",
+            run.config.display(),
+            run.ca_cert.display()
+        ),
+    });
     if !no_proxies {
         run.start_ringmesh(&[])?;
         run.wait_ready(Duration::from_secs(30))?;
@@ -125,6 +152,14 @@ pub fn serve(file: &Path, no_proxies: bool, state: &Path) -> Result<(), LabError
             run.node_netns(&n.name).unwrap_or_default(),
             run.zds_socket(&n.name).display()
         ));
+        if no_proxies && run.mode == NodeMode::Xds {
+            let env: Vec<String> = run
+                .ztunnel_env(&n.name)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            summary.push_str(&format!("  ztunnel env: {}\n", env.join(" ")));
+        }
     }
     for p in &run.lab.pods {
         summary.push_str(&format!(
@@ -142,9 +177,50 @@ pub fn serve(file: &Path, no_proxies: bool, state: &Path) -> Result<(), LabError
     summary.push_str(&format!("config: {}\n", run.config.display()));
     std::fs::write(dir.join("ready"), &summary).map_err(|e| LabError::Topology(e.to_string()))?;
     *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
+    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = stamp(file);
     loop {
-        std::thread::park();
+        std::thread::sleep(Duration::from_secs(1));
+        let now = stamp(file);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(run) = guard.as_mut() else { continue };
+        match read_topology(file) {
+            Ok(t) if same_shape(&t, &run.topo) => match run.set_topology(t) {
+                Ok(()) => eprintln!(
+                    "lab: {} changed: config pushed to the node proxies",
+                    file.display()
+                ),
+                Err(e) => eprintln!(
+                    "lab: {} changed but could not be applied: {e}",
+                    file.display()
+                ),
+            },
+            Ok(_) => eprintln!(
+                "lab: {} changed its nodes or pods: restart the lab for those (services, policies, labels and accounts are pushed live)",
+                file.display()
+            ),
+            Err(e) => eprintln!(
+                "lab: {} changed but is not a valid topology, keeping the old one: {e}",
+                file.display()
+            ),
+        }
     }
+}
+
+/// Whether two topologies have the same nodes and pods (names and nodes).
+fn same_shape(a: &Topology, b: &Topology) -> bool {
+    let pods = |t: &Topology| -> Vec<(String, String)> {
+        t.pods
+            .iter()
+            .map(|p| (p.name.clone(), p.node.clone()))
+            .collect()
+    };
+    let nodes = |t: &Topology| -> Vec<String> { t.nodes.iter().map(|n| n.name.clone()).collect() };
+    a.name == b.name && nodes(a) == nodes(b) && pods(a) == pods(b)
 }
 
 /// `lab down`: stops the holder, then removes whatever is left. Idempotent.

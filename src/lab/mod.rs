@@ -11,6 +11,7 @@
 pub mod apps;
 pub mod capture;
 pub mod cli;
+pub mod istiod;
 pub mod relay;
 pub mod run;
 pub mod topology;
@@ -80,6 +81,29 @@ fn route_via(netns: &str, net: &str, hop: &str) -> Result<(), LabError> {
     run("ip", &["-n", netns, "route", "add", net, "via", hop]).map(|_| ())
 }
 
+/// A veth from `ns` (`ifname`, with `ip`/24) to the fabric's bridge (`port`).
+fn attach_to_fabric(
+    fabric: &str,
+    ns: &str,
+    ifname: &str,
+    port: &str,
+    ip: Ipv4Addr,
+) -> Result<(), LabError> {
+    run(
+        "ip",
+        &[
+            "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", port, "netns", fabric,
+        ],
+    )?;
+    run("ip", &["-n", fabric, "link", "set", port, "master", "br0"])?;
+    run("ip", &["-n", fabric, "link", "set", port, "up"])?;
+    run(
+        "ip",
+        &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", ifname],
+    )
+    .map(|_| ())
+}
+
 /// A pod's or node bridge's IPv6 address: `fd00:198:18:<node>::<host>`.
 pub fn node_ip6(node: u8, host: u16) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x198, 0x18, node as u16, 0, 0, 0, host)
@@ -92,6 +116,14 @@ fn node_net6(node: u8) -> String {
 fn fabric_ip6(node: u8) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x198, 0x19, 0xff, 0, 0, 0, node as u16)
 }
+
+/// Where the lab's control plane (xDS and CA, port 15012) listens: on the fabric between the
+/// nodes, outside every pod subnet.
+pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 250);
+
+/// The name the control plane's certificate is for (istiod's service name), checked by
+/// the node proxies through ALT_XDS_HOSTNAME / ALT_CA_HOSTNAME since they dial an IP.
+pub const CONTROL_PLANE_NAME: &str = "istiod.istio-system.svc";
 
 /// A set of namespaces that is removed whole when dropped.
 #[derive(Debug)]
@@ -264,32 +296,8 @@ impl Lab {
         )?;
         run("ip", &["-n", &ns, "link", "set", "br0", "up"])?;
         // Uplink to the fabric.
-        let port = format!("n{index}");
-        run(
-            "ip",
-            &[
-                "-n", &ns, "link", "add", "up0", "type", "veth", "peer", "name", &port, "netns",
-                &fabric,
-            ],
-        )?;
-        run(
-            "ip",
-            &["-n", &fabric, "link", "set", &port, "master", "br0"],
-        )?;
-        run("ip", &["-n", &fabric, "link", "set", &port, "up"])?;
         let fabric_ip = Ipv4Addr::new(198, 19, 255, index);
-        run(
-            "ip",
-            &[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{fabric_ip}/24"),
-                "dev",
-                "up0",
-            ],
-        )?;
+        attach_to_fabric(&fabric, &ns, "up0", &format!("n{index}"), fabric_ip)?;
         run(
             "ip",
             &[
@@ -417,6 +425,20 @@ impl Lab {
 
     pub fn pod(&self, name: &str) -> Option<&LabPod> {
         self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// Adds the control plane's netns (`<prefix>-istiod`), on the fabric at
+    /// [`CONTROL_PLANE_IP`] so every node reaches it directly, as nodes reach istiod's service.
+    /// Returns its netns name. Needs at least one node (the fabric).
+    pub fn add_control_plane(&mut self) -> Result<String, LabError> {
+        let fabric = self
+            .fabric
+            .clone()
+            .ok_or_else(|| LabError::Topology("add a node before the control plane".into()))?;
+        let ns = self.add_netns("istiod")?;
+        attach_to_fabric(&fabric, &ns, "eth0", "cp", CONTROL_PLANE_IP)?;
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        Ok(ns)
     }
 
     /// A copy of the lab's names and addresses.

@@ -87,6 +87,7 @@ struct Listeners {
 /// Binds one SO_REUSEPORT listener per port and thread, then relays until killed. With
 /// `tls = Some((ca_cert, ca_key))` the middle leg is mutual TLS (see the module docs).
 pub fn serve(threads: usize, tls: Option<(&Path, &Path)>) -> Result<(), String> {
+    crate::app::unblock_signals();
     let threads = threads.max(1);
     let tls = tls.map(|(c, k)| Tls::new(c, k)).transpose()?;
     let inbound_port = if tls.is_some() { TLS_INBOUND } else { INBOUND };

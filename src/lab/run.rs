@@ -9,10 +9,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::istiod::{Caller, Istiod, IstiodConfig};
 use super::topology::Topology;
 use super::zds_server::ZdsServer;
-use super::{Lab, LabError};
+use super::{CONTROL_PLANE_IP, CONTROL_PLANE_NAME, Lab, LabError};
 use crate::inpod::Netns;
+
+/// Where the lab's node proxies get their config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeMode {
+    /// From the lab's control plane over xDS, certificates from its CA (the default).
+    Xds,
+    /// From the lab's local config file, certificates from the built-in CA (--ca-cert/key).
+    File,
+}
+
+/// The control plane's port (istiod's xDS + CA port).
+pub const CONTROL_PLANE_PORT: u16 = 15012;
 
 /// A node proxy process started by the lab (killed on drop).
 pub struct ProxyProc {
@@ -47,6 +60,10 @@ pub struct LabRun {
     pub ca_key: PathBuf,
     pub proxies: Vec<ProxyProc>,
     pub zds: Vec<(String, ZdsServer)>,
+    /// The control plane (xDS + CA) the node proxies use in xDS mode.
+    pub istiod: Option<Istiod>,
+    /// How `start_ringmesh` configures the node proxies.
+    pub mode: NodeMode,
     pub lab: Lab,
 }
 
@@ -66,12 +83,50 @@ impl LabRun {
             lab.add_pod(node, &p.name, p.ambient())?;
         }
         let config = dir.join("config.yaml");
-        let cfg = crate::config::to_yaml(&topo.local_config(&lab));
-        std::fs::write(&config, cfg).map_err(|e| io_err(&config, e))?;
+        let local = topo.local_config(&lab);
+        std::fs::write(&config, crate::config::to_yaml(&local)).map_err(|e| io_err(&config, e))?;
         let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-        crate::identity::ca::Ca::generate(std::time::SystemTime::now())
-            .and_then(|ca| ca.save(&ca_cert, &ca_key))
+        let ca = crate::identity::ca::Ca::generate(std::time::SystemTime::now())
             .map_err(|e| LabError::Topology(e.to_string()))?;
+        ca.save(&ca_cert, &ca_key)
+            .map_err(|e| LabError::Topology(e.to_string()))?;
+        // The control plane: a token per node proxy (its account and node, as a bound
+        // service-account token says), istiod's names, the topology's config.
+        let cp_netns = lab.add_control_plane()?;
+        let mut tokens = std::collections::HashMap::new();
+        for n in &topo.nodes {
+            let token = format!("{:032x}", rand::random::<u128>());
+            let path = dir.join(format!("{}.token", n.name));
+            std::fs::write(&path, &token).map_err(|e| io_err(&path, e))?;
+            tokens.insert(
+                token,
+                Caller {
+                    namespace: "istio-system".into(),
+                    service_account: "ztunnel".into(),
+                    node: Some(n.name.clone()),
+                },
+            );
+        }
+        let ns = Netns::open(&PathBuf::from(format!("/var/run/netns/{cp_netns}")))
+            .map_err(|e| LabError::Topology(e.to_string()))?;
+        let addr = SocketAddr::from((CONTROL_PLANE_IP, CONTROL_PLANE_PORT));
+        let listener = ns
+            .run(|| std::net::TcpListener::bind(addr))
+            .map_err(|e| LabError::Topology(e.to_string()))?
+            .map_err(|e| LabError::Topology(format!("control plane: bind {addr}: {e}")))?;
+        let istiod = Istiod::start(
+            listener,
+            IstiodConfig {
+                root: ca,
+                trust_domain: topo.trust_domain.clone(),
+                tokens,
+                trusted_node_accounts: vec![("istio-system".into(), "ztunnel".into())],
+                server_names: vec![CONTROL_PLANE_NAME.into()],
+                server_ips: vec![],
+            },
+            local,
+        )
+        .map_err(LabError::Topology)?;
         let mut zds = Vec::new();
         for n in &topo.nodes {
             let sock = dir.join(format!("{}.sock", n.name));
@@ -87,8 +142,65 @@ impl LabRun {
             ca_key,
             proxies: Vec::new(),
             zds,
+            istiod: Some(istiod),
+            mode: NodeMode::Xds,
             lab,
         })
+    }
+
+    /// The control plane's address, as node proxies dial it.
+    pub fn xds_address(&self) -> String {
+        format!("https://{CONTROL_PLANE_IP}:{CONTROL_PLANE_PORT}")
+    }
+
+    /// The token file of a node's proxy.
+    pub fn token(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.token"))
+    }
+
+    /// Serves a new topology's config (same pods; services, policies, labels and accounts
+    /// may change) to the node proxies, and rewrites the local config file.
+    pub fn set_topology(&mut self, topo: Topology) -> Result<(), LabError> {
+        let local = topo.local_config(&self.lab);
+        std::fs::write(&self.config, crate::config::to_yaml(&local))
+            .map_err(|e| io_err(&self.config, e))?;
+        if let Some(i) = &self.istiod {
+            i.set_config(local);
+        }
+        self.topo = topo;
+        Ok(())
+    }
+
+    /// The environment a ztunnel needs on `node` to use this lab's control plane and ZDS, by
+    /// ztunnel's own variable names.
+    pub fn ztunnel_env(&self, node: &str) -> Vec<(String, String)> {
+        let ca = self.ca_cert.display().to_string();
+        let fabric = self
+            .lab
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.fabric_ip.to_string())
+            .unwrap_or_default();
+        [
+            ("XDS_ADDRESS", self.xds_address()),
+            ("CA_ADDRESS", self.xds_address()),
+            ("XDS_ROOT_CA", ca.clone()),
+            ("CA_ROOT_CA", ca),
+            ("ALT_XDS_HOSTNAME", CONTROL_PLANE_NAME.to_string()),
+            ("ALT_CA_HOSTNAME", CONTROL_PLANE_NAME.to_string()),
+            ("AUTH_TOKEN", self.token(node).display().to_string()),
+            ("ISTIO_META_CLUSTER_ID", "Kubernetes".to_string()),
+            ("POD_NAME", format!("ztunnel-{node}")),
+            ("POD_NAMESPACE", "istio-system".to_string()),
+            ("SERVICE_ACCOUNT", "ztunnel".to_string()),
+            ("NODE_NAME", node.to_string()),
+            ("INSTANCE_IP", fabric),
+            ("INPOD_UDS", self.zds_socket(node).display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 
     pub fn zds_socket(&self, node: &str) -> PathBuf {
@@ -103,21 +215,57 @@ impl LabRun {
             .map(|n| n.netns.clone())
     }
 
-    /// The arguments of `ringmesh node` for a node of this lab.
+    /// The arguments of `ringmesh node` for a node of this lab, in the lab's mode.
     pub fn ringmesh_args(&self, node: &str) -> Vec<String> {
-        vec![
+        self.ringmesh_args_for(node, self.mode)
+    }
+
+    /// The arguments of `ringmesh node` for a node of this lab: xDS mode (the control plane,
+    /// its CA, the node's token; no CA key on the node) or file mode (the local config file
+    /// and the built-in CA with the lab's root).
+    pub fn ringmesh_args_for(&self, node: &str, mode: NodeMode) -> Vec<String> {
+        let mut v: Vec<String> = vec![
             "node".into(),
-            "--config".into(),
-            self.config.display().to_string(),
             "--zds-socket".into(),
             self.zds_socket(node).display().to_string(),
             "--zds-max-backoff".into(),
             "500ms".into(),
-            "--ca-cert".into(),
-            self.ca_cert.display().to_string(),
-            "--ca-key".into(),
-            self.ca_key.display().to_string(),
-        ]
+        ];
+        match mode {
+            NodeMode::File => v.extend([
+                "--config".into(),
+                self.config.display().to_string(),
+                "--ca-cert".into(),
+                self.ca_cert.display().to_string(),
+                "--ca-key".into(),
+                self.ca_key.display().to_string(),
+            ]),
+            NodeMode::Xds => {
+                let flag = |k: &str| match k {
+                    "XDS_ADDRESS" => Some("--xds-address"),
+                    "XDS_ROOT_CA" => Some("--xds-root-ca"),
+                    "CA_ROOT_CA" => Some("--ca-root-ca"),
+                    "ALT_XDS_HOSTNAME" => Some("--alt-xds-hostname"),
+                    "ALT_CA_HOSTNAME" => Some("--alt-ca-hostname"),
+                    "AUTH_TOKEN" => Some("--auth-token"),
+                    "ISTIO_META_CLUSTER_ID" => Some("--cluster-id"),
+                    "POD_NAME" => Some("--pod-name"),
+                    "POD_NAMESPACE" => Some("--pod-namespace"),
+                    "SERVICE_ACCOUNT" => Some("--service-account"),
+                    "NODE_NAME" => Some("--node-name"),
+                    "INSTANCE_IP" => Some("--instance-ip"),
+                    _ => None,
+                };
+                for (k, val) in self.ztunnel_env(node) {
+                    if let Some(f) = flag(&k) {
+                        v.push(f.into());
+                        v.push(val);
+                    }
+                }
+                v.extend(["--xds-max-backoff".into(), "1s".into()]);
+            }
+        }
+        v
     }
 
     /// Starts `program args…` in a node's netns, logging to `<dir>/<node>.<tag>.log`.
@@ -278,6 +426,7 @@ impl Drop for LabRun {
     fn drop(&mut self) {
         self.proxies.clear();
         self.zds.clear();
+        self.istiod = None;
         let _ = self.lab.cleanup();
     }
 }

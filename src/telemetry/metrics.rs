@@ -278,6 +278,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Metrics around existing control-plane counters (the xDS client may start first).
+    pub fn with_control(control: Arc<ControlMetrics>) -> Metrics {
+        Metrics {
+            control,
+            ..Default::default()
+        }
+    }
+
     /// Registers a new shard and returns its metrics.
     pub fn shard(&self) -> Arc<ShardMetrics> {
         let m = Arc::new(ShardMetrics::default());
