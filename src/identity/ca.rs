@@ -55,16 +55,19 @@ pub struct IssuedCert {
     pub key: PrivateKeyDer<'static>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When this process got it.
+    pub issued_at: SystemTime,
 }
 
 impl IssuedCert {
-    /// When this certificate should be replaced: at half of its lifetime, as ztunnel does.
+    /// When this certificate should be replaced: half-way through its lifetime, as ztunnel
+    /// does — counted from when it was issued, not from a back-dated `notBefore` (CAs
+    /// back-date it for clock skew: istiod by 2 minutes, which with a short TTL would put
+    /// the half-way point in the past and rotate without end).
     pub fn refresh_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + life / 2
+        let start = self.not_before.max(self.issued_at);
+        let life = self.not_after.duration_since(start).unwrap_or_default();
+        start + life / 2
     }
 }
 
@@ -214,6 +217,7 @@ impl Ca {
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             not_before,
             not_after,
+            issued_at: now,
         })
     }
 
@@ -320,9 +324,17 @@ mod tests {
         assert_eq!(cert.chain.len(), 1);
         assert_eq!(cert.roots, vec![ca.root().clone()]);
         let ids = crate::tls::identities_of(&cert.chain[0]);
-        assert_eq!(ids, vec![id]);
+        assert_eq!(ids, vec![id.clone()]);
         let half = cert.refresh_at().duration_since(now).unwrap();
         assert!(half > Duration::from_secs(11 * 3600) && half < Duration::from_secs(13 * 3600));
+        // A short lifetime with a back-dated notBefore still refreshes half-way from issue
+        // (not at once, which would rotate without end).
+        let short = ca.issue(&id, now, Duration::from_secs(8)).unwrap();
+        assert!(short.not_before < now);
+        assert_eq!(
+            short.refresh_at().duration_since(now).unwrap(),
+            Duration::from_secs(4)
+        );
     }
 
     #[test]

@@ -200,6 +200,7 @@ pub fn parse_chain(
         key,
         not_before,
         not_after,
+        issued_at: SystemTime::now(),
     })
 }
 

@@ -62,6 +62,9 @@ pub struct LabRun {
     pub zds: Vec<(String, ZdsServer)>,
     /// The control plane (xDS + CA) the node proxies use in xDS mode.
     pub istiod: Option<Istiod>,
+    /// The control plane's netns and the node proxies' tokens (kept across restarts).
+    cp_netns: String,
+    tokens: std::collections::HashMap<String, Caller>,
     /// How `start_ringmesh` configures the node proxies.
     pub mode: NodeMode,
     pub lab: Lab,
@@ -86,9 +89,8 @@ impl LabRun {
         let local = topo.local_config(&lab);
         std::fs::write(&config, crate::config::to_yaml(&local)).map_err(|e| io_err(&config, e))?;
         let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-        let ca = crate::identity::ca::Ca::generate(std::time::SystemTime::now())
-            .map_err(|e| LabError::Topology(e.to_string()))?;
-        ca.save(&ca_cert, &ca_key)
+        crate::identity::ca::Ca::generate(std::time::SystemTime::now())
+            .and_then(|ca| ca.save(&ca_cert, &ca_key))
             .map_err(|e| LabError::Topology(e.to_string()))?;
         // The control plane: a token per node proxy (its account and node, as a bound
         // service-account token says), istiod's names, the topology's config.
@@ -107,7 +109,41 @@ impl LabRun {
                 },
             );
         }
-        let ns = Netns::open(&PathBuf::from(format!("/var/run/netns/{cp_netns}")))
+        let mut zds = Vec::new();
+        for n in &topo.nodes {
+            let sock = dir.join(format!("{}.sock", n.name));
+            let pods = topo.zds_pods(&n.name, &lab);
+            let server = ZdsServer::start(sock.clone(), pods).map_err(|e| io_err(&sock, e))?;
+            zds.push((n.name.clone(), server));
+        }
+        let mut run = LabRun {
+            topo,
+            dir: dir.to_path_buf(),
+            config,
+            ca_cert,
+            ca_key,
+            proxies: Vec::new(),
+            zds,
+            istiod: None,
+            cp_netns,
+            tokens,
+            mode: NodeMode::Xds,
+            lab,
+        };
+        run.start_control_plane(local)?;
+        Ok(run)
+    }
+
+    /// Starts the control plane (again) in its netns, serving `config`. A restart keeps the
+    /// root and the tokens; the intermediate CA is new, as after an istiod restart with a
+    /// self-signed root re-read from its secret.
+    pub fn start_control_plane(
+        &mut self,
+        config: crate::config::LocalConfig,
+    ) -> Result<(), LabError> {
+        let root = crate::identity::ca::Ca::load(&self.ca_cert, &self.ca_key)
+            .map_err(|e| LabError::Topology(e.to_string()))?;
+        let ns = Netns::open(&PathBuf::from(format!("/var/run/netns/{}", self.cp_netns)))
             .map_err(|e| LabError::Topology(e.to_string()))?;
         let addr = SocketAddr::from((CONTROL_PLANE_IP, CONTROL_PLANE_PORT));
         let listener = ns
@@ -117,35 +153,23 @@ impl LabRun {
         let istiod = Istiod::start(
             listener,
             IstiodConfig {
-                root: ca,
-                trust_domain: topo.trust_domain.clone(),
-                tokens,
+                root,
+                trust_domain: self.topo.trust_domain.clone(),
+                tokens: self.tokens.clone(),
                 trusted_node_accounts: vec![("istio-system".into(), "ztunnel".into())],
                 server_names: vec![CONTROL_PLANE_NAME.into()],
                 server_ips: vec![],
             },
-            local,
+            config,
         )
         .map_err(LabError::Topology)?;
-        let mut zds = Vec::new();
-        for n in &topo.nodes {
-            let sock = dir.join(format!("{}.sock", n.name));
-            let pods = topo.zds_pods(&n.name, &lab);
-            let server = ZdsServer::start(sock.clone(), pods).map_err(|e| io_err(&sock, e))?;
-            zds.push((n.name.clone(), server));
-        }
-        Ok(LabRun {
-            topo,
-            dir: dir.to_path_buf(),
-            config,
-            ca_cert,
-            ca_key,
-            proxies: Vec::new(),
-            zds,
-            istiod: Some(istiod),
-            mode: NodeMode::Xds,
-            lab,
-        })
+        self.istiod = Some(istiod);
+        Ok(())
+    }
+
+    /// Stops the control plane (its connections drop at once, as when istiod goes away).
+    pub fn stop_control_plane(&mut self) {
+        self.istiod = None;
     }
 
     /// The control plane's address, as node proxies dial it.
@@ -335,6 +359,11 @@ impl LabRun {
     /// Starts `ringmesh node` (this executable) on every node.
     pub fn start_ringmesh(&mut self, extra: &[String]) -> Result<(), LabError> {
         let exe = std::env::current_exe().map_err(|e| LabError::Topology(e.to_string()))?;
+        self.start_ringmesh_exe(&exe, extra)
+    }
+
+    /// Starts `EXE node …` on every node (tests pass the ringmesh binary).
+    pub fn start_ringmesh_exe(&mut self, exe: &Path, extra: &[String]) -> Result<(), LabError> {
         let nodes: Vec<String> = self.topo.nodes.iter().map(|n| n.name.clone()).collect();
         for n in nodes {
             let mut args = self.ringmesh_args(&n);
@@ -342,7 +371,7 @@ impl LabRun {
             self.start_in_node(
                 &n,
                 "ringmesh",
-                &exe,
+                exe,
                 &args,
                 &[("RUST_LOG".into(), "info".into())],
             )?;
