@@ -105,6 +105,9 @@ pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
             unsupported.join("; ")
         );
     }
+    if args.dry_run {
+        return dry_run(&args, &plane);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -142,6 +145,37 @@ pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
         node.shutdown();
         Ok(())
     })
+}
+
+/// `--dry-run`: checks what can be checked without starting (the config file parses and
+/// validates; the control-plane addresses parse) and prints the effective settings.
+fn dry_run(args: &NodeArgs, plane: &ControlPlane) -> Result<(), StartError> {
+    if let ConfigSource::File(p) = &plane.source {
+        config::load(p, 1)?;
+    }
+    if let ConfigSource::Xds(e) = &plane.source {
+        target("xDS", e, plane)?;
+    }
+    if let CaSource::Istio(e) = &plane.ca {
+        target("CA", e, plane)?;
+    }
+    let cpus = runtime::allowed_cpus().len().max(1);
+    let shards = match args.shards {
+        Some(t) => t.resolve(cpus),
+        None => args
+            .cpu_limit
+            .filter(|&c| c > 0)
+            .map_or(cpus, |c| c.min(cpus)),
+    }
+    .max(1);
+    let engine = match args.io_engine {
+        IoEngine::Uring => runtime::Engine::Uring,
+        IoEngine::Epoll => runtime::Engine::Epoll,
+    };
+    let cc = local_congestion(&args.local_tcp_congestion);
+    let v = effective_config(args, plane, shards, engine, cc.as_deref());
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(())
 }
 
 /// A gRPC target from an endpoint's settings and the shared credentials.
@@ -650,6 +684,20 @@ fn effective_config(
         "nodeId": plane.node_id,
         "network": args.control.network,
         "nodeName": args.control.node_name,
+        "podName": args.control.pod_name,
+        "podNamespace": args.control.pod_namespace,
+        "instanceIp": args.control.instance_ip,
+        "serviceAccount": args.control.service_account,
+        "xdsRootCa": args.control.xds_root_ca,
+        "caRootCa": args.control.ca_root_ca,
+        "altXdsHostname": args.control.alt_xds_hostname,
+        "altCaHostname": args.control.alt_ca_hostname,
+        "xdsOnDemand": args.control.xds_on_demand,
+        "nodeMetadata": plane.metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .chain(plane.metadata_json.iter().cloned())
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
+        "cpuLimit": args.cpu_limit,
+        "zdsSocket": args.zds_socket.as_ref().map(|p| p.display().to_string()),
         "keepalive": if args.keepalive_enabled {
             serde_json::json!({"time": args.keepalive_time.as_secs(), "interval": args.keepalive_interval.as_secs(), "retries": args.keepalive_retries})
         } else { serde_json::Value::Null },

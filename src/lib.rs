@@ -24,14 +24,17 @@
 
 pub mod admin;
 pub mod app;
+#[cfg(feature = "lab")]
 pub mod benchmark;
 pub mod config;
+#[cfg(feature = "lab")]
 pub mod demo;
 pub mod hbone;
 pub mod identity;
 #[allow(unsafe_code)] // fd passing (SCM_RIGHTS); each block has a SAFETY comment
 pub mod inpod;
 pub mod io;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod policy;
 pub mod proto;

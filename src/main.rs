@@ -2,7 +2,9 @@
 
 use clap::Parser;
 
-use ringmesh::config::flags::{CaCommand, Cli, Command, LabCommand};
+#[cfg(feature = "lab")]
+use ringmesh::config::flags::LabCommand;
+use ringmesh::config::flags::{CaCommand, Cli, Command};
 
 /// mimalloc: per-thread free lists suit shard threads; the system allocator mmaps and faults
 /// in every large copy buffer (seen in `perf` as page faults on the bulk path).
@@ -10,6 +12,7 @@ use ringmesh::config::flags::{CaCommand, Cli, Command, LabCommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(feature = "lab")]
 fn bench(b: ringmesh::config::flags::BenchFlags) -> Result<i32, String> {
     use ringmesh::benchmark::{self, BenchArgs, Contender, Sizes};
     let mut contenders = Vec::new();
@@ -67,19 +70,23 @@ fn main() -> std::process::ExitCode {
         Command::Node(args) => ringmesh::app::run(*args, false)
             .map(|_| 0)
             .map_err(|e| e.to_string()),
-        Command::Proxy(_) => match Cli::try_parse_from(["ringmesh", "node"]) {
+        Command::Proxy(p) => match Cli::try_parse_from(["ringmesh", "node"]) {
             // `proxy ztunnel` takes no flags: every setting comes from the environment.
             Ok(Cli {
-                command: Command::Node(args),
-            }) => ringmesh::app::run(*args, true)
-                .map(|_| 0)
-                .map_err(|e| e.to_string()),
+                command: Command::Node(mut args),
+            }) => {
+                args.dry_run = p.dry_run;
+                ringmesh::app::run(*args, true)
+            }
+            .map(|_| 0)
+            .map_err(|e| e.to_string()),
             Ok(_) => Err("internal: `node` did not parse as the node command".into()),
             Err(e) => Err(e.to_string()),
         },
         Command::Ca(CaCommand::Init { cert, key }) => ringmesh::app::ca_init(&cert, &key)
             .map(|_| 0)
             .map_err(|e| e.to_string()),
+        #[cfg(feature = "lab")]
         Command::Demo(d) => ringmesh::demo::run(&ringmesh::demo::DemoArgs {
             keep: d.keep,
             bulk_bytes: d.bulk_bytes,
@@ -89,7 +96,9 @@ fn main() -> std::process::ExitCode {
             state_dir: d.state_dir,
         })
         .map(|r| if r.ok { 0 } else { 2 }),
+        #[cfg(feature = "lab")]
         Command::Bench(b) => bench(b),
+        #[cfg(feature = "lab")]
         Command::Lab(l) => {
             use ringmesh::lab::cli;
             let r = match l {

@@ -38,6 +38,14 @@ for engine in ${RINGMESH_TEST_ENGINES:-uring epoll}; do
   total_p=$(( ${total_p:-0} + passed ))
   total_f=$(( ${total_f:-0} + failed ))
 done
+# The binary a cluster runs (deploy/Containerfile) leaves out the lab, demo and bench: it must
+# still build without them.
+if cargo check --quiet --no-default-features --features mimalloc --bins; then
+  summary+=("product build (no lab/demo/bench): compiles")
+else
+  rc=1
+  summary+=("product build (no lab/demo/bench): FAILED")
+fi
 # The deployment files: manifests valid for Kubernetes, YAML clean, seccomp profile well-formed.
 if bash deploy/validate.sh; then
   summary+=("deploy: manifests valid")

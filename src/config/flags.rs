@@ -103,12 +103,15 @@ pub enum Command {
     /// Manage the built-in CA's root.
     #[command(subcommand)]
     Ca(CaCommand),
+    #[cfg(feature = "lab")]
     /// Bring up a local ambient mesh in network namespaces, drive traffic along every path,
     /// print a report, clean up (root).
     Demo(DemoFlags),
     /// Local ambient meshes in network namespaces, with the lab playing istio-cni (root).
+    #[cfg(feature = "lab")]
     #[command(subcommand)]
     Lab(LabCommand),
+    #[cfg(feature = "lab")]
     /// Benchmark raw (no mesh), ringmesh and any --peer node proxy side by side in one run,
     /// interleaved, in the lab (root).
     Bench(BenchFlags),
@@ -119,6 +122,9 @@ pub struct ProxyArgs {
     /// Which proxy: `ztunnel` (the node proxy).
     #[arg(value_parser = ["ztunnel"])]
     pub kind: String,
+    /// Print the effective settings and exit (as `ringmesh node --dry-run`).
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -455,6 +461,12 @@ pub struct NodeArgs {
     /// Readiness (/healthz/ready).
     #[arg(long, default_value = "[::]:15021")]
     pub readiness_addr: SocketAddr,
+
+    /// Print the effective settings (flags, then ztunnel's environment, then defaults) as
+    /// JSON — the `config` section of /config_dump — after checking the config file and the
+    /// control-plane addresses, and exit without starting anything.
+    #[arg(long)]
+    pub dry_run: bool,
 
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
