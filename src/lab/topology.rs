@@ -186,6 +186,7 @@ impl Topology {
                 w.node = p.node.clone();
                 w.workload_name = p.name.clone();
                 w.workload_type = "pod".into();
+                w.cluster_id = "Kubernetes".into();
                 w.canonical_name = p
                     .labels
                     .get("app")

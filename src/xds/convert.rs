@@ -4,7 +4,8 @@
 //!
 //! Pure: values in, values out. Every rejection names the field and what was wrong, so a
 //! NACK tells the control plane's operator what to fix. Defaults follow ztunnel's xDS path:
-//! empty trust domain → `cluster.local`, empty service account → `default`, no capacity → 1.
+//! empty trust domain → `cluster.local`, empty service account → `default`, empty cluster id
+//! → `Kubernetes`, no capacity → 1.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -154,7 +155,12 @@ pub fn workload(w: pb::Workload) -> Result<Workload, ConvertError> {
         application_tunnel,
         authorization_policies: w.authorization_policies,
         status,
-        cluster_id: w.cluster_id,
+        // ztunnel's xDS default.
+        cluster_id: if w.cluster_id.is_empty() {
+            "Kubernetes".to_string()
+        } else {
+            w.cluster_id
+        },
         locality: w
             .locality
             .map(|l| Locality {

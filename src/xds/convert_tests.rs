@@ -143,6 +143,7 @@ fn workload_defaults_as_ztunnel_xds() {
     assert_eq!(got.capacity, 1);
     assert_eq!(got.status, HealthStatus::Healthy);
     assert_eq!(got.workload_type, "deployment");
+    assert_eq!(got.cluster_id, "Kubernetes");
     let mut tcp = pod("u2");
     tcp.tunnel_protocol = pb::TunnelProtocol::None as i32;
     assert_eq!(workload(tcp).unwrap().protocol, Protocol::TCP);

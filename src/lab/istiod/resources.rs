@@ -341,7 +341,7 @@ workloads:
    waypoint: {destination: default/wp.default.svc.cluster.local, hboneMtlsPort: 15008},
    services: {"default/echo.default.svc.cluster.local": {80: 8080, 443: 0}}}
 - {uid: c1//Pod/default/b, name: b, namespace: default, serviceAccount: default, trustDomain: cluster.local,
-   workloadIps: ["198.18.2.2"], protocol: TCP, node: node-b, networkMode: HostNetwork, workloadType: deployment,
+   workloadIps: ["198.18.2.2"], protocol: TCP, node: node-b, networkMode: HostNetwork, workloadType: deployment, clusterId: Kubernetes,
    waypoint: {destination: /198.18.9.9, hboneMtlsPort: 15008}, services: {}}
 services:
 - {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, vips: ["/198.19.10.1"],
