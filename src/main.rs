@@ -24,7 +24,7 @@ fn bench(b: ringmesh::config::flags::BenchFlags) -> Result<i32, String> {
         contenders.push(Contender::Relay { tls: true });
     }
     if !b.no_ringmesh {
-        contenders.extend(benchmark::ringmesh_contenders(&b.engines)?);
+        contenders.extend(benchmark::ringmesh_contenders(&b.engines, &b.modes)?);
     }
     for p in &b.peers {
         contenders.push(benchmark::parse_peer(p)?);

@@ -31,10 +31,12 @@ pub enum Contender {
     Relay {
         tls: bool,
     },
-    /// `ringmesh node` with extra arguments (e.g. `--io-engine epoll` for `ringmesh-epoll`).
+    /// `ringmesh node` with extra arguments (e.g. `--io-engine epoll` for `ringmesh-epoll`),
+    /// configured over xDS by the lab's control plane or from its local config file.
     Ringmesh {
         name: String,
         args: Vec<String>,
+        mode: labrun::NodeMode,
     },
     /// A command started in each node's netns with `ZDS_SOCKET`, `CONFIG` (ztunnel local
     /// config), `CA_CERT`, `CA_KEY`, `NODE` in its environment.
@@ -56,31 +58,48 @@ impl Contender {
     }
 }
 
-/// The ringmesh contenders for `--engines`: none given → one `ringmesh` on the default
-/// engine; else `ringmesh` for uring and `ringmesh-epoll` for epoll, each forced by flag.
-pub fn ringmesh_contenders(engines: &[String]) -> Result<Vec<Contender>, String> {
-    if engines.is_empty() {
-        return Ok(vec![Contender::Ringmesh {
-            name: "ringmesh".into(),
-            args: vec![],
-        }]);
+/// The ringmesh contenders for `--engines` × `--modes`: no engine given → the node's default
+/// engine; `uring` is `ringmesh`, `epoll` adds `-epoll`; mode `xds` (the default) adds
+/// nothing, `file` adds `-file` (`--modes xds,file`: the same proxy both ways, to see what
+/// xDS costs on the data path).
+pub fn ringmesh_contenders(engines: &[String], modes: &[String]) -> Result<Vec<Contender>, String> {
+    let engines: Vec<(&str, Vec<String>)> = if engines.is_empty() {
+        vec![("", vec![])]
+    } else {
+        engines
+            .iter()
+            .map(|e| match e.as_str() {
+                "uring" => Ok(("", vec!["--io-engine".into(), "uring".into()])),
+                "epoll" => Ok(("-epoll", vec!["--io-engine".into(), "epoll".into()])),
+                other => Err(format!(
+                    "--engines: unknown engine {other:?} (uring, epoll)"
+                )),
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let modes: Vec<(&str, labrun::NodeMode)> = if modes.is_empty() {
+        vec![("", labrun::NodeMode::Xds)]
+    } else {
+        modes
+            .iter()
+            .map(|m| match m.as_str() {
+                "xds" => Ok(("", labrun::NodeMode::Xds)),
+                "file" => Ok(("-file", labrun::NodeMode::File)),
+                other => Err(format!("--modes: unknown mode {other:?} (xds, file)")),
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let mut out = Vec::new();
+    for (es, args) in &engines {
+        for (ms, mode) in &modes {
+            out.push(Contender::Ringmesh {
+                name: format!("ringmesh{es}{ms}"),
+                args: args.clone(),
+                mode: *mode,
+            });
+        }
     }
-    engines
-        .iter()
-        .map(|e| match e.as_str() {
-            "uring" => Ok(Contender::Ringmesh {
-                name: "ringmesh".into(),
-                args: vec!["--io-engine".into(), "uring".into()],
-            }),
-            "epoll" => Ok(Contender::Ringmesh {
-                name: "ringmesh-epoll".into(),
-                args: vec!["--io-engine".into(), "epoll".into()],
-            }),
-            other => Err(format!(
-                "--engines: unknown engine {other:?} (uring, epoll)"
-            )),
-        })
-        .collect()
+    Ok(out)
 }
 
 /// Parses `--peer NAME=COMMAND`.
@@ -450,9 +469,12 @@ fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String
             run.set_capture(true).map_err(|e| e.to_string())?;
             let before = run.snapshot_counts();
             match c {
-                Contender::Ringmesh { args: extra, .. } => {
+                Contender::Ringmesh {
+                    args: extra, mode, ..
+                } => {
                     let mut all = args.ringmesh_args.clone();
                     all.extend_from_slice(extra);
+                    run.mode = *mode;
                     run.start_ringmesh(&all)
                 }
                 Contender::Peer { name, command } => {
@@ -460,6 +482,10 @@ fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String
                         run.topo.nodes.iter().map(|n| n.name.clone()).collect();
                     let mut r = Ok(());
                     for n in nodes {
+                        // ZTUNNEL_ENV: a file of ztunnel's own variables for the lab's
+                        // control plane (`env $(cat "$ZTUNNEL_ENV") ztunnel` uses xDS and
+                        // its CA); not set directly, so a peer that is configured otherwise
+                        // (e.g. a ringmesh node with --config) does not pick them up.
                         let env = vec![
                             (
                                 "ZDS_SOCKET".into(),
@@ -469,6 +495,10 @@ fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String
                             ("CA_CERT".into(), run.ca_cert.display().to_string()),
                             ("CA_KEY".into(), run.ca_key.display().to_string()),
                             ("NODE".into(), n.clone()),
+                            (
+                                "ZTUNNEL_ENV".into(),
+                                run.ztunnel_env_file(&n).display().to_string(),
+                            ),
                         ];
                         let args = vec!["-c".to_string(), format!("exec {command}")];
                         r = r.and_then(|_| {

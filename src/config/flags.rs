@@ -133,8 +133,9 @@ pub struct BenchFlags {
     #[arg(long)]
     pub quick: bool,
     /// Another ZDS-speaking node proxy, started per node as `sh -c "exec COMMAND"` with
-    /// ZDS_SOCKET, CONFIG (ztunnel local config), CA_CERT, CA_KEY and NODE in its
-    /// environment. Repeatable.
+    /// ZDS_SOCKET, CONFIG (ztunnel local config), CA_CERT, CA_KEY, NODE and ZTUNNEL_ENV (a
+    /// file of ztunnel's variables for the lab's control plane: `env $(cat $ZTUNNEL_ENV)
+    /// ztunnel` runs ztunnel on xDS and the lab's CA) in its environment. Repeatable.
     #[arg(long = "peer", value_name = "NAME=COMMAND")]
     pub peers: Vec<String>,
     /// Leave out the raw (no mesh) baseline.
@@ -155,6 +156,11 @@ pub struct BenchFlags {
     /// node's default engine.
     #[arg(long, value_delimiter = ',', value_name = "ENGINE,...")]
     pub engines: Vec<String>,
+    /// Where ringmesh's node proxies get their config: `xds` (the lab's control plane and its
+    /// CA; the default) and/or `file` (the local config file and the built-in CA).
+    /// `--modes xds,file` runs both, as `ringmesh` and `ringmesh-file`.
+    #[arg(long, value_delimiter = ',', value_name = "MODE,...")]
+    pub modes: Vec<String>,
     /// Extra arguments for `ringmesh node` (e.g. --ringmesh-arg=--shards=1). Repeatable.
     #[arg(long = "ringmesh-arg", allow_hyphen_values = true)]
     pub ringmesh_args: Vec<String>,

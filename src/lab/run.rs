@@ -131,7 +131,21 @@ impl LabRun {
             lab,
         };
         run.start_control_plane(local)?;
+        for n in &run.topo.nodes {
+            let path = run.ztunnel_env_file(&n.name);
+            let text: String = run
+                .ztunnel_env(&n.name)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect();
+            std::fs::write(&path, text).map_err(|e| io_err(&path, e))?;
+        }
         Ok(run)
+    }
+
+    /// A file with [`LabRun::ztunnel_env`] as `KEY=VALUE` lines (`env $(cat FILE) ztunnel`).
+    pub fn ztunnel_env_file(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.ztunnel.env"))
     }
 
     /// Starts the control plane (again) in its netns, serving `config`. A restart keeps the
