@@ -2,8 +2,9 @@
 //!
 //! ```text
 //!              control thread (never touches data-plane sockets)
-//! config file ──► config ──► state::Snapshot (immutable, versioned) ──ArcSwap──► shards
-//! built-in CA ──► identity::store (certs + rustls configs) ─────────────ArcSwap──► shards
+//! config file ──► config ───────────┐
+//! istiod xDS ──► xds (delta ADS) ───┴─► state::Snapshot (immutable, versioned) ──ArcSwap──► shards
+//! built-in CA / istiod CA ──► identity::store (certs + rustls configs) ─────────ArcSwap──► shards
 //! --pod / ZDS ──► inpod: setns into the pod, N SO_REUSEPORT listeners ──mailbox──► shards
 //!
 //!              shard = one OS thread, one single-threaded runtime, no locks on the data path
@@ -13,12 +14,14 @@
 //!
 //! | thread        | count            | owns                                                   |
 //! |---------------|------------------|--------------------------------------------------------|
-//! | main/control  | 1                | config reload, CA + rotation, publishing snapshots     |
+//! | main/control  | 1                | config reload or xDS, CA (client) + rotation, snapshots |
 //! | `shard-N`     | 1 per core       | per pod: listeners 15001, 15006, 15008; pool; conns    |
 //!
 //! Layering (arrows only upward, checked by `tests/layering.rs`): pure cores (`state`,
-//! `policy`, `tls`, `hbone`, `config`) ← drivers (`io`) ← flows (`proxy`, `inpod`) ← wiring
-//! (`app`); `runtime` is the platform layer; `telemetry` is passive.
+//! `policy`, `tls`, `hbone`, `config`, `proto`) ← drivers (`io`) ← flows (`proxy`, `inpod`) ←
+//! wiring (`app`); the control thread's `xds`, `identity` and `admin` never touch the data
+//! plane; `runtime` is the platform layer; `telemetry` is passive. `lab`, `demo` and
+//! `benchmark` are behind the `lab` feature (default on; the cluster build leaves them out).
 
 #![deny(unsafe_code)]
 

@@ -40,8 +40,37 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>)> {
                 "crate::config",
             ],
         ),
-        ("proxy", vec!["crate::app", "crate::lab"]),
+        ("proxy", vec!["crate::app", "crate::lab", "crate::xds"]),
         ("inpod", vec!["crate::proxy", "crate::app", "crate::lab"]),
+        ("proto", pure(&["crate::"])),
+        // The control thread's modules never touch the data plane.
+        (
+            "xds",
+            vec![
+                "crate::proxy",
+                "crate::app",
+                "crate::lab",
+                "crate::inpod",
+                "crate::runtime",
+                "crate::io::",
+            ],
+        ),
+        (
+            "identity",
+            vec![
+                "crate::proxy",
+                "crate::app",
+                "crate::lab",
+                "crate::inpod",
+                "crate::runtime",
+            ],
+        ),
+        (
+            "admin",
+            vec!["crate::proxy", "crate::lab", "crate::inpod", "crate::xds::client::spawn"],
+        ),
+        // What a cluster runs is built without the lab (feature `lab`).
+        ("telemetry", vec!["crate::lab", "crate::demo", "crate::benchmark"]),
     ]
 }
 
@@ -92,6 +121,34 @@ fn layering_holds() {
         }
     }
     assert!(bad.is_empty(), "layering violations:\n{}", bad.join("\n"));
+}
+
+/// Only the lab, the demo and the bench (and the wiring that starts them) may use them: the
+/// cluster build leaves them out.
+#[test]
+fn only_lab_code_uses_the_lab() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rs_files(&src, &mut files);
+    let mut bad = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().to_string();
+        if ["lab/", "demo.rs", "benchmark/", "main.rs"]
+            .iter()
+            .any(|p| rel.starts_with(p))
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (n, line) in code_lines(&text) {
+            for m in ["crate::lab", "crate::demo", "crate::benchmark"] {
+                if line.contains(m) {
+                    bad.push(format!("{rel}:{}: uses {m}", n + 1));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
 #[test]
