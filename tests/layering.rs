@@ -67,10 +67,18 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>)> {
         ),
         (
             "admin",
-            vec!["crate::proxy", "crate::lab", "crate::inpod", "crate::xds::client::spawn"],
+            vec![
+                "crate::proxy",
+                "crate::lab",
+                "crate::inpod",
+                "crate::xds::client::spawn",
+            ],
         ),
         // What a cluster runs is built without the lab (feature `lab`).
-        ("telemetry", vec!["crate::lab", "crate::demo", "crate::benchmark"]),
+        (
+            "telemetry",
+            vec!["crate::lab", "crate::demo", "crate::benchmark"],
+        ),
     ]
 }
 

@@ -74,7 +74,8 @@ fn netns_lab_up_down_is_idempotent_and_leak_free() {
     assert!(ok && out.contains("already up"), "{out}");
     let (ok, out) = ringmesh(&["lab", "status", "--state-dir", s]);
     assert!(ok && out.contains(&format!("lab {name}: up")), "{out}");
-    assert!(out.contains("8 namespaces"), "{out}");
+    // fabric, 2 nodes, 5 pods and the control plane.
+    assert!(out.contains("9 namespaces"), "{out}");
     // exec in a pod and in a node; traffic through the proxies.
     let (ok, out) = ringmesh(&[
         "lab",
@@ -220,6 +221,15 @@ fn netns_demo_report() {
     // Both node proxies run the engine the suite asked for (uring unless told otherwise).
     let want = std::env::var("RINGMESH_IO_ENGINE").unwrap_or_else(|_| "uring".into());
     assert_eq!(r["io_engines"], serde_json::json!([want]), "{r}");
+    // The demo runs in xDS mode: both node proxies synced with the lab's control plane and
+    // got every certificate from its CA, nothing rejected either way.
+    assert_eq!(r["config_source"], "xds", "{r}");
+    let cp = &r["control_plane"];
+    assert_eq!(cp["node_proxies"], 2, "{r}");
+    assert!(cp["acks"].as_u64().unwrap() >= 4, "{r}");
+    assert_eq!(cp["nacks"], 0, "{r}");
+    assert_eq!(cp["certificates"], 4, "{r}");
+    assert_eq!(cp["refused"], 0, "{r}");
     assert_eq!(
         root_state("rmdemo"),
         before,

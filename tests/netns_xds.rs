@@ -415,6 +415,35 @@ fn netns_xds_rotation_and_ca_outage_keep_live_streams() {
         echo_from(&pod_ns(&run, "client-a"), server).unwrap(),
         "server-b 198.18.1.2"
     );
+    // The lab's CA, asked from node-a's netns with node-a's token (as its node proxy asks):
+    // client-a's identity (a pod on node-a) is signed, server-b's (a pod on node-b) refused.
+    let target = ringmesh::xds::grpc::Target {
+        what: "CA",
+        uri: ringmesh::xds::grpc::parse_address("CA", &run.xds_address()).unwrap(),
+        root: ringmesh::config::env::RootSource::File(run.ca_cert.clone()),
+        alt_hostname: Some(ringmesh::lab::CONTROL_PLANE_NAME.into()),
+        auth: ringmesh::config::env::AuthSource::File(run.token("node-a")),
+        cluster_id: "Kubernetes".into(),
+        headers: vec![],
+    };
+    let ca = ringmesh::identity::caclient::CaClient::new(target, Duration::from_secs(3600));
+    // One runtime for both calls: the client keeps its channel, whose tasks live there.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fetch = |who: &str| {
+        let id = ringmesh::identity::Identity::new("cluster.local", "default", who);
+        node_ns(&run, "node-a")
+            .run(|| rt.block_on(ca.fetch(&id)))
+            .unwrap()
+    };
+    assert!(fetch("client").is_ok());
+    let e = fetch("server").unwrap_err().to_string();
+    assert!(
+        e.contains("Unauthenticated") && e.contains("found on node \"node-a\""),
+        "{e}"
+    );
     // No node holds a CA key: the lab's key file is not among any node proxy's arguments.
     for p in &run.proxies {
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.child.id())).unwrap_or_default();
