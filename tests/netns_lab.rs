@@ -63,6 +63,17 @@ fn netns_lab_up_down_is_idempotent_and_leak_free() {
     let (f, s) = (file.to_str().unwrap(), state.to_str().unwrap());
     let before = root_state(&name);
     assert!(before.0.is_empty());
+    // If an assertion fails with the lab up, take it down anyway (its holder is a process of
+    // its own and would outlive the test).
+    struct Down(String, String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let _ = ringmesh(&["lab", "down", &self.0, "--state-dir", &self.1]);
+            }
+        }
+    }
+    let _down = Down(name.clone(), s.to_string());
 
     let (ok, out) = ringmesh(&["lab", "up", f, "--state-dir", s]);
     assert!(ok, "{out}");
