@@ -114,6 +114,35 @@ fn netns_lab_up_down_is_idempotent_and_leak_free() {
         "localhost:15021/healthz/ready",
     ]);
     assert!(ok && out.contains("ready"), "{out}");
+    // An edit of the topology file's policies is pushed to the node proxies over xDS.
+    let policies = |node: &str| -> usize {
+        let (_, out) = ringmesh(&[
+            "lab",
+            "exec",
+            node,
+            "--state-dir",
+            s,
+            "--",
+            "curl",
+            "-s",
+            "localhost:15000/config_dump",
+        ]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()["policies"]
+            .as_array()
+            .map_or(usize::MAX, |p| p.len())
+    };
+    assert_eq!(policies("node-b"), 1);
+    let text = topology(&name);
+    let without = &text[..text.find("policies:").unwrap()];
+    std::fs::write(&file, format!("{without}policies: []\n")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while policies("node-b") != 0 || policies("node-a") != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edited topology was not pushed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let (ok, out) = ringmesh(&["lab", "exec", "nope", "--state-dir", s, "--", "true"]);
     assert!(
         !ok && out.contains("no lab has a pod or node named \"nope\""),

@@ -28,7 +28,7 @@ for engine in ${RINGMESH_TEST_ENGINES:-uring epoll}; do
   echo "tests/run.sh: engine ${engine}"
   : >"$log"
   set +e
-  RINGMESH_IO_ENGINE=$engine cargo test --all-targets "$@" 2>&1 | tee "$log"
+  RINGMESH_IO_ENGINE=$engine cargo test --all-targets --no-fail-fast "$@" 2>&1 | tee "$log"
   r=${PIPESTATUS[0]}
   set -e
   [ "$r" = 0 ] || rc=$r
