@@ -159,15 +159,7 @@ fn dry_run(args: &NodeArgs, plane: &ControlPlane) -> Result<(), StartError> {
     if let CaSource::Istio(e) = &plane.ca {
         target("CA", e, plane)?;
     }
-    let cpus = runtime::allowed_cpus().len().max(1);
-    let shards = match args.shards {
-        Some(t) => t.resolve(cpus),
-        None => args
-            .cpu_limit
-            .filter(|&c| c > 0)
-            .map_or(cpus, |c| c.min(cpus)),
-    }
-    .max(1);
+    let shards = shard_count(args);
     let engine = match args.io_engine {
         IoEngine::Uring => runtime::Engine::Uring,
         IoEngine::Epoll => runtime::Engine::Epoll,
@@ -176,6 +168,20 @@ fn dry_run(args: &NodeArgs, plane: &ControlPlane) -> Result<(), StartError> {
     let v = effective_config(args, plane, shards, engine, cc.as_deref());
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     Ok(())
+}
+
+/// Shards: `--shards` (N, N% or 0 of the allowed CPUs), else one per allowed CPU, at most
+/// `--cpu-limit`.
+fn shard_count(args: &NodeArgs) -> usize {
+    let cpus = runtime::allowed_cpus().len().max(1);
+    match args.shards {
+        Some(t) => t.resolve(cpus),
+        None => args
+            .cpu_limit
+            .filter(|&c| c > 0)
+            .map_or(cpus, |c| c.min(cpus)),
+    }
+    .max(1)
 }
 
 /// A gRPC target from an endpoint's settings and the shared credentials.
@@ -237,15 +243,7 @@ impl Node {
         };
         let (certs, cert_rx) = CertManager::new(issuer, args.cert_ttl, Some(metrics.clone()));
         let state: StateHandle = Arc::new(ArcSwap::from_pointee(snap));
-        let cpus = runtime::allowed_cpus().len().max(1);
-        let n = match args.shards {
-            Some(t) => t.resolve(cpus),
-            None => args
-                .cpu_limit
-                .filter(|&c| c > 0)
-                .map_or(cpus, |c| c.min(cpus)),
-        }
-        .max(1);
+        let n = shard_count(&args);
         let cfg = Arc::new(proxy_config(&args));
         let local_cc = cfg.local_congestion.clone();
         let (engine, uring) = io_engine(&args)?;
