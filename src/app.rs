@@ -7,6 +7,8 @@
 //!
 //! The control thread is the only writer of the published snapshots; shards only read them.
 
+pub mod waypoint;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -184,6 +186,28 @@ fn shard_count(args: &NodeArgs) -> usize {
     .max(1)
 }
 
+/// The xDS client's settings: the target, ztunnel's node id and metadata, the backoff.
+fn xds_config(p: &ControlPlane, args: &NodeArgs, x: &Endpoint) -> Result<XdsConfig, StartError> {
+    let c = &args.control;
+    Ok(XdsConfig {
+        target: target("xDS", x, p)?,
+        node: crate::proto::discovery::Node {
+            id: p.node_id.clone(),
+            metadata: Some(crate::xds::client::node_metadata(
+                &c.pod_name,
+                &c.pod_namespace,
+                &c.instance_ip,
+                &c.node_name,
+                &p.metadata,
+                &p.metadata_json,
+            )),
+            ..Default::default()
+        },
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: args.xds_max_backoff,
+    })
+}
+
 /// A gRPC target from an endpoint's settings and the shared credentials.
 fn target(
     what: &'static str,
@@ -274,6 +298,7 @@ impl Node {
             pending: Default::default(),
             config: effective_config(&args, &plane, n, engine, local_cc.as_deref()),
             xds: Default::default(),
+            sections: Default::default(),
             quit: tokio::sync::Notify::new(),
         });
         let mut node = Node {
@@ -313,25 +338,7 @@ impl Node {
     }
 
     fn xds_config(&self, x: &Endpoint) -> Result<XdsConfig, StartError> {
-        let p = &self.plane;
-        let c = &self.args.control;
-        Ok(XdsConfig {
-            target: target("xDS", x, p)?,
-            node: crate::proto::discovery::Node {
-                id: p.node_id.clone(),
-                metadata: Some(crate::xds::client::node_metadata(
-                    &c.pod_name,
-                    &c.pod_namespace,
-                    &c.instance_ip,
-                    &c.node_name,
-                    &p.metadata,
-                    &p.metadata_json,
-                )),
-                ..Default::default()
-            },
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: self.args.xds_max_backoff,
-        })
+        xds_config(&self.plane, &self.args, x)
     }
 
     /// Connects to istio-cni's ZDS socket (once).

@@ -47,4 +47,5 @@ pub mod runtime;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod waypoint;
 pub mod xds;

@@ -57,7 +57,7 @@ fn main() -> std::process::ExitCode {
     // refused with the variable's name.
     if matches!(
         std::env::args().nth(1).as_deref(),
-        Some("node") | Some("proxy")
+        Some("node") | Some("proxy") | Some("waypoint")
     ) {
         let errs = ringmesh::config::env::check(&ringmesh::config::env::vars());
         if !errs.is_empty() {
@@ -83,6 +83,9 @@ fn main() -> std::process::ExitCode {
             Ok(_) => Err("internal: `node` did not parse as the node command".into()),
             Err(e) => Err(e.to_string()),
         },
+        Command::Waypoint(a) => ringmesh::app::waypoint::run(*a)
+            .map(|_| 0)
+            .map_err(|e| e.to_string()),
         Command::Ca(CaCommand::Init { cert, key }) => ringmesh::app::ca_init(&cert, &key)
             .map(|_| 0)
             .map_err(|e| e.to_string()),

@@ -83,7 +83,7 @@ pub fn config_dump(st: &AdminState) -> Value {
             )
         })
         .collect();
-    json!({
+    let mut dump = json!({
         "workloads": workloads,
         "services": services,
         "policies": policies,
@@ -93,7 +93,11 @@ pub fn config_dump(st: &AdminState) -> Value {
         "config": st.config,
         "xds": st.xds.lock().map(|x| serde_json::to_value(&*x).unwrap_or(Value::Null)).unwrap_or(Value::Null),
         "version": {"component": "ringmesh", "version": env!("CARGO_PKG_VERSION"), "configVersion": snap.version},
-    })
+    });
+    for (k, v) in st.sections.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        dump[*k] = v.clone();
+    }
+    dump
 }
 
 fn cert_json(der: &[u8]) -> Value {

@@ -51,6 +51,8 @@ pub struct AdminState {
     pub config: serde_json::Value,
     /// The xDS stream's state (xDS mode), shown under `xds` in the dump.
     pub xds: Arc<Mutex<crate::xds::XdsStatus>>,
+    /// More top-level sections of the dump (the waypoint's `routes`).
+    pub sections: Mutex<BTreeMap<&'static str, serde_json::Value>>,
     pub quit: tokio::sync::Notify,
 }
 

@@ -52,6 +52,9 @@ pub mod env {
     pub const LOG: &str = "RUST_LOG";
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     pub const ZDS_SOCKET: &str = "INPOD_UDS";
+    pub const WAYPOINT_NAME: &str = "RINGMESH_WAYPOINT_NAME";
+    pub const WAYPOINT_RESOURCES: &str = "RINGMESH_WAYPOINT_RESOURCES";
+    pub const TRUST_DOMAIN: &str = "RINGMESH_TRUST_DOMAIN";
     /// Prefixes of variable families: extra xDS / CA request metadata, proxy metadata.
     pub const XDS_HEADER_PREFIX: &str = "XDS_HEADER_";
     pub const CA_HEADER_PREFIX: &str = "CA_HEADER_";
@@ -100,6 +103,10 @@ pub enum Command {
     /// istiod.istio-system.svc:15012 inside Kubernetes (localhost:15012 elsewhere) unless
     /// XDS_ADDRESS / LOCAL_XDS_PATH say otherwise.
     Proxy(ProxyArgs),
+    /// Run a waypoint (ambient mode's L7 proxy): HBONE in on 15008 for the services and
+    /// workloads whose `waypoint` names it, Gateway API HTTPRoute/GRPCRoute routing and
+    /// per-request load balancing, a second HBONE hop to the endpoints with its own identity.
+    Waypoint(Box<WaypointArgs>),
     /// Manage the built-in CA's root.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -477,6 +484,121 @@ pub struct NodeArgs {
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub config_poll: Duration,
+}
+
+/// `ringmesh waypoint`. Who it is comes from its pod (POD_NAMESPACE, SERVICE_ACCOUNT,
+/// INSTANCE_IP, as Kubernetes' downward API sets them); the workloads and services (and their
+/// `waypoint` fields) from the same sources as the node's; routes from Kubernetes YAML.
+#[derive(Debug, Clone, Args)]
+#[command(
+    long_about = "Run a waypoint: ambient mode's L7 proxy, in its own pod (never captured).\n\n\
+        It accepts only HBONE (mTLS 1.3 + HTTP/2 CONNECT) on --listen. A CONNECT's :authority \
+        must be a service VIP:port whose service names this waypoint (Service.waypoint), or a \
+        pod IP:port whose workload does; anything else is refused with 400. HTTP ports \
+        (appProtocol or port name http/http2/grpc in --resources, or sniffed) get Gateway API \
+        routing: HTTPRoute and GRPCRoute with a Service parentRef (matches on path, headers, \
+        query, method; weighted backendRefs; header modifiers, redirect, URL rewrite, mirror; \
+        timeouts; retries as Istio maps them). No route: the service routes to itself. Each \
+        request is balanced over the backend's endpoints (least request by default; endpoints \
+        with consecutive 5xx or connect errors are ejected for a while) and sent over a second \
+        HBONE hop to endpoint:15008 with :authority endpoint:targetPort and the waypoint's own \
+        identity (plain TCP to endpoints without a node proxy). TCP ports are forwarded whole."
+)]
+pub struct WaypointArgs {
+    /// ztunnel local config (LOCAL_XDS YAML) with the workloads, services and their
+    /// `waypoint` fields; re-read on SIGHUP and when it changes. One of --config and
+    /// --xds-address is needed.
+    #[arg(long, env = env::LOCAL_XDS_PATH)]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub control: ControlPlaneFlags,
+
+    /// Kubernetes YAML with HTTPRoute, GRPCRoute and Service objects (a file, or a directory
+    /// of *.yaml/*.yml/*.json; multi-document). Routes attach to a Service parentRef; Service
+    /// ports' appProtocol/name decide HTTP or TCP. Re-read on SIGHUP and when it changes; a
+    /// bad file is refused naming the file, resource and field, and the old routes keep
+    /// serving.
+    #[arg(long, env = env::WAYPOINT_RESOURCES)]
+    pub resources: Option<PathBuf>,
+
+    /// The waypoint's name (its Gateway's; its Service is NAME.NAMESPACE.svc.cluster.local).
+    /// Default: the service account.
+    #[arg(long, env = env::WAYPOINT_NAME)]
+    pub name: Option<String>,
+
+    /// The mesh's trust domain (the waypoint's identity is
+    /// spiffe://TD/ns/POD_NAMESPACE/sa/SERVICE_ACCOUNT).
+    #[arg(long, default_value = "cluster.local", env = env::TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// Where HBONE is accepted (one SO_REUSEPORT listener per shard).
+    #[arg(long, default_value = "[::]:15008")]
+    pub listen: SocketAddr,
+
+    /// Per-request load balancing over a backend's endpoints.
+    #[arg(long, value_enum, default_value_t = LbFlag::LeastRequest)]
+    pub lb: LbFlag,
+
+    /// Consecutive 5xx answers or connect errors that eject an endpoint (0: never eject).
+    #[arg(long, default_value_t = 5)]
+    pub outlier_consecutive_errors: u32,
+
+    /// How long an ejected endpoint sits out (times the number of its ejections, at most 10x).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub outlier_base_ejection: Duration,
+
+    /// Number of shards: N, N%, or 0 for one per allowed CPU (default).
+    #[arg(long, env = env::SHARDS, value_parser = parse_threads)]
+    pub shards: Option<Threads>,
+
+    /// Pin shard N to the N-th allowed CPU.
+    #[arg(long)]
+    pub pin_cores: bool,
+
+    /// The shards' I/O engine (uring, falling back to epoll when io_uring is blocked).
+    #[arg(long, value_enum, default_value_t = IoEngine::Uring, env = env::IO_ENGINE)]
+    pub io_engine: IoEngine,
+
+    /// Root certificate of the built-in CA (PEM), when there is no Istio CA.
+    #[arg(long, env = env::CA_CERT, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Root key of the built-in CA (PEM, PKCS#8).
+    #[arg(long, env = env::CA_KEY, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+
+    /// Lifetime of the waypoint's certificate; rotated at half of it.
+    #[arg(long, default_value = "24h", env = env::SECRET_TTL, value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+
+    /// Timeout of TCP connects to endpoints (Istio's connectTimeout).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Admin API (config_dump with routes and their status, quitquitquit).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+
+    /// Prometheus metrics (/metrics, /stats/prometheus).
+    #[arg(long, default_value = "[::]:15020")]
+    pub stats_addr: SocketAddr,
+
+    /// Readiness (/healthz/ready).
+    #[arg(long, default_value = "[::]:15021")]
+    pub readiness_addr: SocketAddr,
+
+    /// Check the config and resources, print the effective settings, and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `--lb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LbFlag {
+    /// Envoy's default: the less busy of two random endpoints.
+    LeastRequest,
+    RoundRobin,
 }
 
 /// Istio's control plane: istiod's xDS and CA, and who this node proxy is to them. Every

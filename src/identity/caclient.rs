@@ -51,6 +51,9 @@ pub struct CaClient {
     ttl: Duration,
     /// The channel of the last successful call, reused until a call fails.
     channel: Mutex<Option<Channel>>,
+    /// Ask for other identities (`ImpersonatedIdentity`, a node proxy for its pods), or only
+    /// for the caller's own (a waypoint: istiod refuses impersonation from other accounts).
+    impersonate: bool,
 }
 
 impl std::fmt::Debug for CaClient {
@@ -65,7 +68,14 @@ impl CaClient {
             target,
             ttl,
             channel: Mutex::new(None),
+            impersonate: true,
         }
+    }
+
+    /// A client that asks only for the caller's own identity (no `ImpersonatedIdentity`).
+    pub fn own_identity(mut self) -> CaClient {
+        self.impersonate = false;
+        self
     }
 
     pub fn address(&self) -> String {
@@ -82,12 +92,14 @@ impl CaClient {
         })?;
         let csr = csr_pem(id, &key)?;
         let mut metadata = prost_types::Struct::default();
-        metadata.fields.insert(
-            IMPERSONATED_IDENTITY.into(),
-            prost_types::Value {
-                kind: Some(prost_types::value::Kind::StringValue(id.to_string())),
-            },
-        );
+        if self.impersonate {
+            metadata.fields.insert(
+                IMPERSONATED_IDENTITY.into(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(id.to_string())),
+                },
+            );
+        }
         let mut req = tonic::Request::new(pb::IstioCertificateRequest {
             csr,
             validity_duration: self.ttl.as_secs().min(i64::MAX as u64) as i64,

@@ -6,6 +6,7 @@
 //! so bulk transfers make few syscalls), zero-copy hand-off of read buffers to h2 (`Bytes`),
 //! and byte counting.
 
+pub mod h2io;
 pub mod tls;
 
 use std::cell::Cell;

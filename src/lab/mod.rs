@@ -11,10 +11,12 @@
 pub mod apps;
 pub mod capture;
 pub mod cli;
+pub mod http_apps;
 pub mod istiod;
 pub mod relay;
 pub mod run;
 pub mod topology;
+pub mod waypoints;
 pub mod zds_server;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -428,7 +430,8 @@ impl Lab {
     }
 
     /// Adds the control plane's netns (`<prefix>-istiod`), on the fabric at
-    /// [`CONTROL_PLANE_IP`] so every node reaches it directly, as nodes reach istiod's service.
+    /// [`CONTROL_PLANE_IP`] so every node reaches it directly, as nodes reach istiod's service,
+    /// and every pod of the nodes added so far through its node.
     /// Returns its netns name. Needs at least one node (the fabric).
     pub fn add_control_plane(&mut self) -> Result<String, LabError> {
         let fabric = self
@@ -438,6 +441,15 @@ impl Lab {
         let ns = self.add_netns("istiod")?;
         attach_to_fabric(&fabric, &ns, "eth0", "cp", CONTROL_PLANE_IP)?;
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        // Pods reach it too (a waypoint's own xDS and CA, as waypoint pods reach istiod): the
+        // way back to each node's pod subnet is through that node.
+        for n in &self.nodes {
+            route_via(
+                &ns,
+                &format!("198.18.{}.0/24", n.index),
+                &n.fabric_ip.to_string(),
+            )?;
+        }
         Ok(ns)
     }
 

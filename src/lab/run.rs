@@ -109,6 +109,22 @@ impl LabRun {
                 },
             );
         }
+        // And one per waypoint: its own account, on its node (it asks only for itself).
+        for w in &topo.waypoints {
+            let token = format!("{:032x}", rand::random::<u128>());
+            let path = dir.join(format!("{}.waypoint.token", w.name));
+            std::fs::write(&path, &token).map_err(|e| io_err(&path, e))?;
+            tokens.insert(
+                token,
+                Caller {
+                    namespace: w.namespace.clone(),
+                    service_account: w.service_account().to_string(),
+                    node: Some(w.node.clone()),
+                },
+            );
+        }
+        let resources = dir.join("resources.yaml");
+        std::fs::write(&resources, &topo.resources).map_err(|e| io_err(&resources, e))?;
         let mut zds = Vec::new();
         for n in &topo.nodes {
             let sock = dir.join(format!("{}.sock", n.name));
@@ -199,6 +215,10 @@ impl LabRun {
     /// Serves a new topology's config (same pods; services, policies, labels and accounts
     /// may change) to the node proxies, and rewrites the local config file.
     pub fn set_topology(&mut self, topo: Topology) -> Result<(), LabError> {
+        let res = self.resources_file();
+        if std::fs::read_to_string(&res).ok().as_deref() != Some(topo.resources.as_str()) {
+            std::fs::write(&res, &topo.resources).map_err(|e| io_err(&res, e))?;
+        }
         let local = topo.local_config(&self.lab);
         std::fs::write(&self.config, crate::config::to_yaml(&local))
             .map_err(|e| io_err(&self.config, e))?;
@@ -370,6 +390,102 @@ impl LabRun {
         Ok(())
     }
 
+    /// The Kubernetes resources (routes) file the waypoints read (`resources:` of the
+    /// topology).
+    pub fn resources_file(&self) -> PathBuf {
+        self.dir.join("resources.yaml")
+    }
+
+    /// The arguments of `ringmesh waypoint` for one of the topology's waypoints, in the lab's
+    /// mode: its identity (namespace, service account = name, pod IP), the routes file, and
+    /// xDS + CA from the lab's control plane with its own token — or the config file and
+    /// the built-in CA with the lab's root.
+    pub fn waypoint_args(&self, name: &str) -> Result<Vec<String>, LabError> {
+        let w = self
+            .topo
+            .waypoints
+            .iter()
+            .find(|w| w.name == name)
+            .ok_or_else(|| LabError::Topology(format!("no waypoint {name}")))?;
+        let pod = self
+            .lab
+            .pod(w.pod_name())
+            .ok_or_else(|| LabError::Topology(format!("no pod for waypoint {name}")))?;
+        let mut v: Vec<String> = vec![
+            "waypoint".into(),
+            "--name".into(),
+            w.name.clone(),
+            "--pod-namespace".into(),
+            w.namespace.clone(),
+            "--service-account".into(),
+            w.service_account().to_string(),
+            "--pod-name".into(),
+            w.pod_name().to_string(),
+            "--instance-ip".into(),
+            format!("{},{}", pod.ip, pod.ip6),
+            "--node-name".into(),
+            w.node.clone(),
+            "--trust-domain".into(),
+            self.topo.trust_domain.clone(),
+            "--resources".into(),
+            self.resources_file().display().to_string(),
+        ];
+        let ca = self.ca_cert.display().to_string();
+        match self.mode {
+            NodeMode::File => v.extend([
+                "--config".into(),
+                self.config.display().to_string(),
+                "--ca-cert".into(),
+                ca,
+                "--ca-key".into(),
+                self.ca_key.display().to_string(),
+            ]),
+            NodeMode::Xds => v.extend([
+                "--xds-address".into(),
+                self.xds_address(),
+                "--xds-root-ca".into(),
+                ca.clone(),
+                "--ca-root-ca".into(),
+                ca,
+                "--alt-xds-hostname".into(),
+                CONTROL_PLANE_NAME.into(),
+                "--alt-ca-hostname".into(),
+                CONTROL_PLANE_NAME.into(),
+                "--auth-token".into(),
+                self.dir
+                    .join(format!("{}.waypoint.token", w.name))
+                    .display()
+                    .to_string(),
+                "--cluster-id".into(),
+                "Kubernetes".into(),
+            ]),
+        }
+        Ok(v)
+    }
+
+    /// Starts `EXE waypoint …` in every waypoint's pod (logs `<dir>/<name>.waypoint.log`).
+    pub fn start_waypoints_exe(&mut self, exe: &Path, extra: &[String]) -> Result<(), LabError> {
+        let names: Vec<String> = self.topo.waypoints.iter().map(|w| w.name.clone()).collect();
+        for name in names {
+            let mut args = self.waypoint_args(&name)?;
+            args.extend_from_slice(extra);
+            let netns = self
+                .lab
+                .pod(&name)
+                .map(|p| p.netns.clone())
+                .ok_or_else(|| LabError::Topology(format!("no pod {name}")))?;
+            self.start_in_netns(
+                &netns,
+                &name,
+                "waypoint",
+                exe,
+                &args,
+                &[("RUST_LOG".into(), "info".into())],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Starts `ringmesh node` (this executable) on every node.
     pub fn start_ringmesh(&mut self, extra: &[String]) -> Result<(), LabError> {
         let exe = std::env::current_exe().map_err(|e| LabError::Topology(e.to_string()))?;
@@ -390,7 +506,7 @@ impl LabRun {
                 &[("RUST_LOG".into(), "info".into())],
             )?;
         }
-        Ok(())
+        self.start_waypoints_exe(exe, &[])
     }
 
     /// Snapshots delivered so far, per node (to wait for the next proxy's).
@@ -456,6 +572,57 @@ impl LabRun {
                     return Err(LabError::Topology(format!(
                         "node {node} not ready after {timeout:?}; ZDS: {:?}",
                         zds.events.lock().map(|e| e.clone()).unwrap_or_default()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.wait_waypoints_ready(deadline)
+    }
+
+    /// Waits until every running waypoint's readiness endpoint (15021 in its pod) says
+    /// ready; a waypoint process that exited is an error with its log.
+    fn wait_waypoints_ready(&mut self, deadline: Instant) -> Result<(), LabError> {
+        let names: Vec<String> = self
+            .proxies
+            .iter()
+            .filter(|p| p.log.to_string_lossy().ends_with(".waypoint.log"))
+            .map(|p| p.node.clone())
+            .collect();
+        for name in names {
+            let Some(pod) = self.lab.pod(&name) else {
+                continue;
+            };
+            let ns =
+                Netns::open(&pod.netns_path()).map_err(|e| LabError::Topology(e.to_string()))?;
+            let mut last;
+            loop {
+                match http_get(
+                    &ns,
+                    "127.0.0.1:15021".parse().expect("addr"),
+                    "/healthz/ready",
+                ) {
+                    Ok((200, _)) => break,
+                    Ok((c, b)) => last = format!("{c} {b}"),
+                    Err(e) => last = e.to_string(),
+                }
+                for p in &mut self.proxies {
+                    if let Ok(Some(st)) = p.child.try_wait() {
+                        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                        return Err(LabError::Topology(format!(
+                            "{} exited ({st}):\n{log}",
+                            p.node
+                        )));
+                    }
+                }
+                if Instant::now() > deadline {
+                    let log = self.dir.join(format!("{name}.waypoint.log"));
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    return Err(LabError::Topology(format!(
+                        "waypoint {name} not ready: {last}; its log ends:\n{}",
+                        tail.join("\n")
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(50));

@@ -224,3 +224,40 @@ where
 
 /// How long the TLS handshake may take on either side.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server-side HBONE TLS connection, whichever record layer protects it.
+pub type ServerTls = tokio_util::either::Either<
+    crate::io::tls::TlsStream,
+    tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>,
+>;
+
+/// The server side's TLS handshake (client certificate required by `cfg`), bounded by
+/// [`HANDSHAKE_TIMEOUT`]; returns the connection and the client's SPIFFE identity (None when
+/// its certificate names none). The error says what went wrong, for the log line.
+pub async fn accept_tls(
+    s: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    records: TlsRecords,
+) -> Result<(ServerTls, Option<Identity>), String> {
+    use tokio_util::either::Either;
+    let handshake = async {
+        match records {
+            TlsRecords::Direct => crate::io::tls::accept(s, cfg).await.map(|t| {
+                let id = tls::peer_identity(t.peer_certificates()).ok();
+                (Either::Left(t), id)
+            }),
+            TlsRecords::Rustls => tokio_rustls::TlsAcceptor::from(cfg)
+                .accept(buffered(s))
+                .await
+                .map(|t| {
+                    let id = tls::peer_identity(t.get_ref().1.peer_certificates()).ok();
+                    (Either::Right(t), id)
+                }),
+        }
+    };
+    match crate::runtime::engine::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(format!("HBONE TLS handshake failed: {e}")),
+        Err(_) => Err("HBONE TLS handshake timed out".into()),
+    }
+}

@@ -16,14 +16,12 @@ use h2::server::SendResponse;
 use http::{Request, Response, StatusCode};
 
 use super::{ConnMetrics, Pod, ShardCtx, connect_in, h2conn, log_complete};
-use crate::config::flags::{OrigSrc, TlsRecords};
+use crate::config::flags::OrigSrc;
 use crate::hbone::{self, Reject};
 use crate::identity::Identity;
 use crate::io;
 use crate::policy::{ConnFacts, evaluate};
 use crate::telemetry::metrics::{DstService, Peer, TcpLabels};
-use crate::tls;
-use tokio_util::either::Either;
 
 /// Accept loop of one pod's HBONE listener on this shard.
 pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
@@ -50,35 +48,14 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
         tracing::warn!(pod = %pod.uid, %peer, "no certificate for {id} (the CA has not issued one): closing HBONE connection");
         return;
     };
-    let handshake = async {
-        match ctx.cfg.tls_records {
-            TlsRecords::Direct => crate::io::tls::accept(s, cert.server.clone())
-                .await
-                .map(|t| {
-                    let id = tls::peer_identity(t.peer_certificates()).ok();
-                    (Either::Left(t), id)
-                }),
-            TlsRecords::Rustls => tokio_rustls::TlsAcceptor::from(cert.server.clone())
-                .accept(h2conn::buffered(s))
-                .await
-                .map(|t| {
-                    let id = tls::peer_identity(t.get_ref().1.peer_certificates()).ok();
-                    (Either::Right(t), id)
-                }),
+    let (tls, peer_id) = match h2conn::accept_tls(s, cert.server.clone(), ctx.cfg.tls_records).await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(pod = %pod.uid, %peer, "{e}");
+            return;
         }
     };
-    let (tls, peer_id) =
-        match crate::runtime::engine::timeout(h2conn::HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                tracing::warn!(pod = %pod.uid, %peer, "HBONE TLS handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(pod = %pod.uid, %peer, "HBONE TLS handshake timed out");
-                return;
-            }
-        };
     let mut conn = match h2conn::serve_handshake(tls, &ctx.cfg.h2).await {
         Ok(c) => c,
         Err(e) => {

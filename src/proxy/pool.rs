@@ -65,6 +65,14 @@ impl Drop for Slot {
     }
 }
 
+impl Stream {
+    /// The stream's halves, and a guard that holds its share of the pooled connection until
+    /// dropped (for adapters that own the halves, e.g. `io::h2io::H2Io`).
+    pub fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Box<dyn std::any::Any>) {
+        (self.send, self.recv, Box::new(self._slot))
+    }
+}
+
 impl Pool {
     /// Opens a CONNECT stream for `key`, reusing a pooled connection with room or dialing a
     /// new one with `dial`. Waits for the 200 response.

@@ -1,22 +1,34 @@
-//! Istio's TCP metrics, kept per shard and summed on scrape.
+//! Istio's TCP and HTTP metrics, kept per shard and summed on scrape.
 //!
-//! Each shard owns a `ShardMetrics`: a map from a label set to counters. A connection looks up
+//! Each shard owns a `ShardMetrics`: maps from a label set to counters. A connection looks up
 //! (or creates) its label set once, at open, and then adds to its counters with relaxed atomic
-//! adds on memory only that shard writes — no shared atomic on the hot path. A scrape (on the
-//! control thread) sums every shard's counters per label set and encodes them with
-//! prometheus-client under Istio's names: `istio_tcp_connections_opened_total`,
-//! `istio_tcp_connections_closed_total`, `istio_tcp_sent_bytes_total`,
-//! `istio_tcp_received_bytes_total`, `istio_tcp_connections_failed_total`.
+//! adds on memory only that shard writes — no shared atomic on the hot path. A request does the
+//! same with its HTTP label set once it has its response code (`ShardMetrics::request`, or
+//! `ShardMetrics::http` for a handle the caller may keep). A scrape (on the control thread)
+//! sums every shard's counters per label set and encodes them with prometheus-client under
+//! Istio's names: `istio_tcp_connections_opened_total`, `istio_tcp_connections_closed_total`,
+//! `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`,
+//! `istio_tcp_connections_failed_total`; `istio_requests_total`,
+//! `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`.
+//!
+//! The HTTP histograms use Envoy's default buckets (`HTTP_BUCKETS`, waypoint-facts §4.1).
+//! prometheus-client's `Histogram` can only be fed observations, not pre-summed bucket counts,
+//! so the scrape encodes the shard sums through `SummedHistograms`, a small `EncodeMetric`
+//! type; `le` renders as prometheus-client writes floats (`le="1.0"`, Envoy writes `le="1"`:
+//! the same bound to every Prometheus parser).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::identity::Identity;
 
 /// The label set of Istio's TCP metrics (names and order as ztunnel's `CommonTrafficLabels`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,7 +75,7 @@ pub struct DstService<'a> {
 
 fn or_unknown(s: &str) -> String {
     if s.is_empty() {
-        "unknown".into()
+        UNKNOWN.into()
     } else {
         s.to_string()
     }
@@ -79,33 +91,266 @@ impl TcpLabels {
         mtls: bool,
         response_flags: &str,
     ) -> TcpLabels {
-        let w = |p: &Peer<'_>, f: fn(&crate::state::Workload) -> &str| {
-            or_unknown(p.workload.map(f).unwrap_or(""))
-        };
+        let s = PeerLabels::new(src, UNKNOWN);
+        let d = PeerLabels::new(dst, UNKNOWN);
+        let v = ServiceLabels::new(svc);
         TcpLabels {
             reporter: reporter.into(),
-            source_workload: w(src, workload_name),
-            source_canonical_service: w(src, canonical),
-            source_canonical_revision: w(src, |w| &w.canonical_revision),
-            source_workload_namespace: w(src, |w| &w.namespace),
-            source_principal: or_unknown(src.principal.as_deref().unwrap_or("")),
-            source_app: w(src, canonical),
-            source_version: w(src, |w| &w.canonical_revision),
-            source_cluster: w(src, |w| &w.cluster_id),
-            destination_service: or_unknown(svc.map_or("", |s| s.hostname)),
-            destination_service_namespace: or_unknown(svc.map_or("", |s| s.namespace)),
-            destination_service_name: or_unknown(svc.map_or("", |s| s.name)),
-            destination_workload: w(dst, workload_name),
-            destination_canonical_service: w(dst, canonical),
-            destination_canonical_revision: w(dst, |w| &w.canonical_revision),
-            destination_workload_namespace: w(dst, |w| &w.namespace),
-            destination_principal: or_unknown(dst.principal.as_deref().unwrap_or("")),
-            destination_app: w(dst, canonical),
-            destination_version: w(dst, |w| &w.canonical_revision),
-            destination_cluster: w(dst, |w| &w.cluster_id),
+            source_workload: s.workload,
+            source_canonical_service: s.canonical_service,
+            source_canonical_revision: s.canonical_revision,
+            source_workload_namespace: s.namespace,
+            source_principal: s.principal,
+            source_app: s.app,
+            source_version: s.version,
+            source_cluster: s.cluster,
+            destination_service: v.hostname,
+            destination_service_namespace: v.namespace,
+            destination_service_name: v.name,
+            destination_workload: d.workload,
+            destination_canonical_service: d.canonical_service,
+            destination_canonical_revision: d.canonical_revision,
+            destination_workload_namespace: d.namespace,
+            destination_principal: d.principal,
+            destination_app: d.app,
+            destination_version: d.version,
+            destination_cluster: d.cluster,
             request_protocol: "tcp".into(),
             response_flags: response_flags.into(),
-            connection_security_policy: if mtls { "mutual_tls" } else { "unknown" }.into(),
+            connection_security_policy: if mtls { "mutual_tls" } else { UNKNOWN }.into(),
+        }
+    }
+}
+
+/// The label set of Istio's HTTP metrics, names and order as Istio's stats filter reports
+/// them for a waypoint (waypoint-facts §4.1).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_service: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub destination_cluster: String,
+    pub request_protocol: String,
+    pub response_code: String,
+    pub grpc_response_status: String,
+    pub response_flags: String,
+    pub connection_security_policy: String,
+}
+
+impl HttpLabels {
+    /// Builds labels as Istio's stats filter does: missing values render as `unknown`, a
+    /// missing canonical revision as `latest`; a source without workload metadata takes its
+    /// namespace from its SPIFFE principal. `request_protocol` is `http` or `grpc`,
+    /// `response_code` 0 when no response was sent, `grpc_status` `None` unless gRPC,
+    /// `response_flags` `-` when none; `mtls` gives `mutual_tls`, else `none`.
+    #[allow(clippy::too_many_arguments)] // one argument per label input, as Istio's filter takes them
+    pub fn new(
+        reporter: &str,
+        src: &Peer<'_>,
+        dst: &Peer<'_>,
+        svc: Option<&DstService<'_>>,
+        request_protocol: &str,
+        response_code: u16,
+        grpc_status: Option<&str>,
+        response_flags: &str,
+        mtls: bool,
+    ) -> HttpLabels {
+        let mut s = PeerLabels::new(src, LATEST);
+        // Parsed only without workload metadata (the hot path has it).
+        if src.workload.is_none()
+            && let Some(id) = src
+                .principal
+                .as_deref()
+                .and_then(|p| p.parse::<Identity>().ok())
+        {
+            s.namespace = or_unknown(&id.namespace);
+        }
+        let d = PeerLabels::new(dst, LATEST);
+        let v = ServiceLabels::new(svc);
+        HttpLabels {
+            reporter: reporter.into(),
+            source_workload: s.workload,
+            source_canonical_service: s.canonical_service,
+            source_canonical_revision: s.canonical_revision,
+            source_workload_namespace: s.namespace,
+            source_principal: s.principal,
+            source_app: s.app,
+            source_version: s.version,
+            source_cluster: s.cluster,
+            destination_workload: d.workload,
+            destination_workload_namespace: d.namespace,
+            destination_principal: d.principal,
+            destination_app: d.app,
+            destination_version: d.version,
+            destination_service: v.hostname,
+            destination_canonical_service: d.canonical_service,
+            destination_canonical_revision: d.canonical_revision,
+            destination_service_name: v.name,
+            destination_service_namespace: v.namespace,
+            destination_cluster: d.cluster,
+            request_protocol: request_protocol.into(),
+            response_code: response_code.to_string(),
+            grpc_response_status: grpc_status.unwrap_or("").into(),
+            response_flags: response_flags.into(),
+            connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),
+        }
+    }
+}
+
+/// Envoy's default histogram bucket bounds, used for all three HTTP histograms (ms, bytes).
+pub const HTTP_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Buckets per histogram: `HTTP_BUCKETS` and `+Inf`.
+const BUCKETS: usize = HTTP_BUCKETS.len() + 1;
+
+/// One histogram on one shard: per-bucket counts (not cumulative), sum and count.
+#[derive(Debug, Default)]
+pub struct ShardHistogram {
+    buckets: [AtomicU64; BUCKETS],
+    /// The sum as `f64` bits.
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl ShardHistogram {
+    /// Records one value; negative or non-finite values count as 0.
+    pub fn observe(&self, v: f64) {
+        let v = if v.is_finite() && v > 0.0 { v } else { 0.0 };
+        // The first bucket whose bound is ≥ v (`le` is inclusive); `+Inf` past the last.
+        let i = HTTP_BUCKETS.partition_point(|b| *b < v);
+        TcpCounters::add(&self.buckets[i], 1);
+        TcpCounters::add(&self.count, 1);
+        let _ = self
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some((f64::from_bits(b) + v).to_bits())
+            });
+    }
+
+    fn totals(&self) -> HistogramTotals {
+        HistogramTotals {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            sum: f64::from_bits(self.sum.load(Ordering::Relaxed)),
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The HTTP metrics of one label set on one shard; `istio_requests_total` is the duration
+/// histogram's count.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    pub duration_ms: ShardHistogram,
+    pub request_bytes: ShardHistogram,
+    pub response_bytes: ShardHistogram,
+}
+
+impl HttpCounters {
+    /// Records one finished request.
+    pub fn record(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+        self.duration_ms.observe(duration_ms);
+        self.request_bytes.observe(request_bytes as f64);
+        self.response_bytes.observe(response_bytes as f64);
+    }
+}
+
+/// A histogram summed over shards: per-bucket counts (not cumulative, the last is `+Inf`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HistogramTotals {
+    pub buckets: [u64; BUCKETS],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl HistogramTotals {
+    fn add(&mut self, o: &HistogramTotals) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
+            *a += b;
+        }
+        self.sum += o.sum;
+        self.count += o.count;
+    }
+}
+
+/// One HTTP label set's metrics summed over shards.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HttpTotals {
+    pub requests: u64,
+    pub duration_ms: HistogramTotals,
+    pub request_bytes: HistogramTotals,
+    pub response_bytes: HistogramTotals,
+}
+
+const UNKNOWN: &str = "unknown";
+const LATEST: &str = "latest";
+
+/// One peer's labels, rendered; shared by `TcpLabels` and `HttpLabels`.
+struct PeerLabels {
+    workload: String,
+    canonical_service: String,
+    canonical_revision: String,
+    namespace: String,
+    principal: String,
+    app: String,
+    version: String,
+    cluster: String,
+}
+
+impl PeerLabels {
+    /// Missing values render as `unknown`, a missing canonical revision as `no_revision`.
+    fn new(p: &Peer<'_>, no_revision: &str) -> PeerLabels {
+        let w =
+            |f: fn(&crate::state::Workload) -> &str| or_unknown(p.workload.map(f).unwrap_or(""));
+        let revision = p.workload.map_or("", |w| &w.canonical_revision);
+        PeerLabels {
+            workload: w(workload_name),
+            canonical_service: w(canonical),
+            canonical_revision: if revision.is_empty() {
+                no_revision.into()
+            } else {
+                revision.into()
+            },
+            namespace: w(|w| &w.namespace),
+            principal: or_unknown(p.principal.as_deref().unwrap_or("")),
+            app: w(canonical),
+            version: w(|w| &w.canonical_revision),
+            cluster: w(|w| &w.cluster_id),
+        }
+    }
+}
+
+/// The destination service's labels, rendered (`unknown` without one).
+struct ServiceLabels {
+    hostname: String,
+    namespace: String,
+    name: String,
+}
+
+impl ServiceLabels {
+    fn new(svc: Option<&DstService<'_>>) -> ServiceLabels {
+        ServiceLabels {
+            hostname: or_unknown(svc.map_or("", |s| s.hostname)),
+            namespace: or_unknown(svc.map_or("", |s| s.namespace)),
+            name: or_unknown(svc.map_or("", |s| s.name)),
         }
     }
 }
@@ -148,6 +393,7 @@ impl TcpCounters {
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
     tcp: Mutex<HashMap<TcpLabels, Arc<TcpCounters>>>,
+    http: Mutex<HashMap<HttpLabels, Arc<HttpCounters>>>,
 }
 
 impl ShardMetrics {
@@ -162,6 +408,31 @@ impl ShardMetrics {
             .clone();
         TcpCounters::add(&c.opened, 1);
         c
+    }
+
+    /// The HTTP counters of a label set (created on first use), for a caller that keeps the
+    /// handle across requests of the same label set.
+    pub fn http(&self, labels: HttpLabels) -> Arc<HttpCounters> {
+        self.http
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(labels)
+            .or_default()
+            .clone()
+    }
+
+    /// Records one finished HTTP request under `labels`.
+    pub fn request(
+        &self,
+        labels: HttpLabels,
+        duration_ms: f64,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        let mut m = self.http.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(labels)
+            .or_default()
+            .record(duration_ms, request_bytes, response_bytes);
     }
 }
 
@@ -313,6 +584,22 @@ impl Metrics {
         out
     }
 
+    /// Sums every shard's HTTP metrics per label set.
+    pub fn http_totals(&self) -> HashMap<HttpLabels, HttpTotals> {
+        let mut out: HashMap<HttpLabels, HttpTotals> = HashMap::new();
+        for s in self.shards.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for (l, c) in s.http.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let e = out.entry(l.clone()).or_default();
+                let d = c.duration_ms.totals();
+                e.requests += d.count;
+                e.duration_ms.add(&d);
+                e.request_bytes.add(&c.request_bytes.totals());
+                e.response_bytes.add(&c.response_bytes.totals());
+            }
+        }
+        out
+    }
+
     /// The Prometheus text exposition of all metrics.
     pub fn encode(&self) -> String {
         let mut reg = Registry::default();
@@ -349,6 +636,7 @@ impl Metrics {
             "The size of total bytes received during request in case of a TCP connection",
             received,
         );
+        self.register_http(istio);
         let build: Family<Vec<(String, String)>, Gauge> = Family::default();
         build
             .get_or_create(&vec![
@@ -473,46 +761,68 @@ impl Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sums_shards_and_uses_istio_names() {
-        let m = Metrics::default();
-        let (a, b) = (m.shard(), m.shard());
-        let l = TcpLabels::new(
-            "source",
-            &Peer::default(),
-            &Peer::default(),
-            None,
-            true,
-            "-",
+impl Metrics {
+    /// Istio's HTTP request metrics, summed over shards, in label order.
+    fn register_http(&self, istio: &mut Registry) {
+        let mut totals: Vec<_> = self.http_totals().into_iter().collect();
+        totals.sort_by(|a, b| a.0.cmp(&b.0));
+        let requests: Family<HttpLabels, Counter> = Family::default();
+        let mut hists: [SummedHistograms; 3] = Default::default();
+        for (l, t) in totals {
+            requests.get_or_create(&l).inc_by(t.requests);
+            for (h, v) in hists
+                .iter_mut()
+                .zip([t.duration_ms, t.request_bytes, t.response_bytes])
+            {
+                h.0.push((l.clone(), v));
+            }
+        }
+        let [duration, request_bytes, response_bytes] = hists;
+        istio.register("requests", "Total number of requests", requests);
+        istio.register(
+            "request_duration_milliseconds",
+            "Duration of requests in milliseconds",
+            duration,
         );
-        let ca = a.open(l.clone());
-        let cb = b.open(l.clone());
-        TcpCounters::add(&ca.sent, 10);
-        TcpCounters::add(&cb.sent, 5);
-        TcpCounters::add(&cb.received, 7);
-        let t = m.totals();
-        assert_eq!(t[&l], [2, 0, 0, 15, 7]);
-        let text = m.encode();
-        assert!(
-            text.contains("istio_tcp_sent_bytes_total{reporter=\"source\""),
-            "{text}"
-        );
-        assert!(
-            text.contains("connection_security_policy=\"mutual_tls\"} 15"),
-            "{text}"
-        );
-        assert!(
-            text.contains("istio_tcp_connections_opened_total{"),
-            "{text}"
-        );
-        assert!(text.contains("source_workload=\"unknown\""), "{text}");
-        assert!(
-            text.contains("istio_build{component=\"ringmesh\""),
-            "{text}"
+        istio.register("request_bytes", "Size of requests in bytes", request_bytes);
+        istio.register(
+            "response_bytes",
+            "Size of responses in bytes",
+            response_bytes,
         );
     }
 }
+
+/// Histograms of pre-summed buckets, one per label set, encoded like prometheus-client's
+/// `Family<_, Histogram>` (which cannot be built from bucket counts).
+#[derive(Debug, Default)]
+struct SummedHistograms(Vec<(HttpLabels, HistogramTotals)>);
+
+impl EncodeMetric for SummedHistograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in &self.0 {
+            let buckets: Vec<(f64, u64)> = HTTP_BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(h.buckets)
+                .collect();
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[path = "metrics_tests.rs"]
+mod tests;
