@@ -144,6 +144,24 @@ pub fn serve(
         run.start_ringmesh(&[])?;
         run.wait_ready(Duration::from_secs(30))?;
         summary.push_str("node proxies: ringmesh node on every node (logs: <node>.ringmesh.log)\n");
+    } else if !run.topo.waypoints.is_empty() {
+        // The nodes stay empty for another node proxy; the waypoints are ringmesh's.
+        let exe = std::env::current_exe().map_err(|e| LabError::Topology(e.to_string()))?;
+        run.start_waypoints_exe(&exe, &[])?;
+    }
+    for w in &run.topo.waypoints {
+        summary.push_str(&format!(
+            "waypoint {}/{}: ringmesh waypoint in pod {} on {} (for {}, log {}.waypoint.log)\n",
+            w.namespace,
+            w.name,
+            w.pod_name(),
+            w.node,
+            w.traffic_type.as_str(),
+            w.name
+        ));
+    }
+    for b in run.topo.waypoint_bindings() {
+        summary.push_str(&format!("  {b}\n"));
     }
     for n in &run.topo.nodes {
         summary.push_str(&format!(
