@@ -367,4 +367,56 @@ fn netns_waypoint_routes_balances_and_forwards_over_a_second_hbone_hop() {
     let r = get(&run, "client-a", vip(1, 80), "/", &[]);
     assert_eq!(served_by(&r), "echo-v1-b");
     let _ = client_ip;
+
+    // 12. HTTP/2 (h2c) from the client on an `http` port: served (Envoy's AUTO codec), and
+    // sent on as HTTP/1.1 (the port's protocol).
+    let rs = http_apps::http_requests(&pod_ns(&run, "client-a"), vip(1, 80), 5, "/", true).unwrap();
+    for r in &rs {
+        assert_eq!(served_by(r), "echo-v1-b", "{r:?}");
+        assert_eq!(r.json().unwrap()["version"], "HTTP/1.1");
+    }
+
+    // 13. The dump shows the routes and their status.
+    let dump: serde_json::Value =
+        serde_json::from_str(&local_get(&run, "waypoint", 15000, "/config_dump")).unwrap();
+    let status = dump["routes"]["status"].to_string();
+    assert!(
+        status.contains("Accepted") && status.contains("ResolvedRefs"),
+        "{}",
+        dump["routes"]
+    );
+
+    // 14. A broken resources file is refused (named in the log) and the old routes serve on;
+    // a good edit applies.
+    let res = run.resources_file();
+    let good = std::fs::read_to_string(&res).unwrap();
+    assert!(good.contains("- backendRefs: [{name: echo-v1, port: 80}]"), "{good}");
+    std::fs::write(&res, "kind: HTTPRoute\napiVersion: gateway.networking.k8s.io/v1\nmetadata: {name: bad}\nspec: {rules: [{matches: [{path: {type: Nope, value: /}}]}]}\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !waypoint_log(&run).contains("resources rejected") {
+        assert!(
+            Instant::now() < deadline,
+            "no rejection logged:\n{}",
+            waypoint_log(&run)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(waypoint_log(&run).contains("spec.rules[0].matches[0].path.type"));
+    assert_eq!(
+        served_by(&get(&run, "client-a", vip(1, 80), "/", &[])),
+        "echo-v1-b"
+    );
+    std::fs::write(
+        &res,
+        good.replace(
+            "- backendRefs: [{name: echo-v1, port: 80}]",
+            "- backendRefs: [{name: echo-v2, port: 80}]",
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_by(&get(&run, "client-a", vip(1, 80), "/", &[])) != "echo-v2-a" {
+        assert!(Instant::now() < deadline, "the edited route never applied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

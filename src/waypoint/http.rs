@@ -40,13 +40,15 @@ use crate::io::h2io::H2Io;
 use crate::state::{Service, Snapshot, Workload};
 use crate::telemetry::metrics::{DstService, HttpLabels, Peer};
 
-/// Serves HTTP on one tunnel until the client closes it.
+/// Serves HTTP on one tunnel until the client closes it: HTTP/2 (`h2`, the client sent the
+/// preface) or HTTP/1.x; `proto` is the port's declared protocol (it picks the upstream's).
 pub async fn serve(
     ctx: Rc<WaypointShard>,
     io: H2Io,
     client: Rc<Client>,
     target: Target,
     proto: PortProtocol,
+    h2: bool,
 ) {
     let target = Rc::new(target);
     let io = TokioIo::new(io);
@@ -57,8 +59,8 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(handle(ctx, client, target, proto, req).await) }
         })
     };
-    let r = match proto {
-        PortProtocol::Http2 | PortProtocol::Grpc => {
+    let r = match h2 {
+        true => {
             hyper::server::conn::http2::Builder::new(LocalExec)
                 .serve_connection(io, svc)
                 .await

@@ -211,26 +211,41 @@ async fn handle_stream(
         }
     };
     let mut recv = req.into_body();
-    let proto = port_protocol(&ctx, &target);
-    let (proto, prefix) = match proto {
-        PortProtocol::Auto => match h2io::peek(&mut recv, 1).await {
-            Ok(first) => {
-                let first = sniff_more(&mut recv, first).await;
-                (sniff(&first), first)
-            }
-            Err(e) => {
-                tracing::debug!(src.addr = %client.addr, "tunnel ended before any data: {e}");
-                return;
-            }
+    let declared = port_protocol(&ctx, &target);
+    if declared == PortProtocol::Tcp {
+        let io = h2io::H2Io::new(send, recv, Bytes::new());
+        return super::tcp::serve(ctx, io, client, target).await;
+    }
+    // HTTP ports still look at the first bytes, for the codec (HTTP/1.x or the HTTP/2
+    // preface, as Envoy's AUTO codec); unrecognised ports also for HTTP or TCP. A
+    // server-first protocol on an unrecognised port sends nothing: after SNIFF_TIMEOUT it
+    // is TCP.
+    let first = match crate::runtime::engine::timeout(SNIFF_TIMEOUT, h2io::peek(&mut recv, 1)).await
+    {
+        Ok(Ok(first)) => sniff_more(&mut recv, first).await,
+        Ok(Err(e)) => {
+            tracing::debug!(src.addr = %client.addr, "tunnel ended before any data: {e}");
+            return;
+        }
+        Err(_) if declared == PortProtocol::Auto => Bytes::new(),
+        Err(_) => match h2io::peek(&mut recv, 1).await {
+            Ok(first) => sniff_more(&mut recv, first).await,
+            Err(_) => return,
         },
-        p => (p, Bytes::new()),
     };
-    let io = h2io::H2Io::new(send, recv, prefix);
-    match proto {
-        PortProtocol::Tcp | PortProtocol::Auto => super::tcp::serve(ctx, io, client, target).await,
-        p => super::http::serve(ctx, io, client, target, p).await,
+    let seen = sniff(&first);
+    let io = h2io::H2Io::new(send, recv, first);
+    match (declared, seen) {
+        (PortProtocol::Auto, PortProtocol::Tcp) => super::tcp::serve(ctx, io, client, target).await,
+        (declared, seen) => {
+            let h2 = seen == PortProtocol::Http2;
+            super::http::serve(ctx, io, client, target, declared, h2).await
+        }
     }
 }
+
+/// How long an unrecognised port waits for the client's first bytes before it is TCP.
+const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads on until the sniffer can decide (at most 24 bytes: the HTTP/2 preface's length).
 async fn sniff_more(recv: &mut h2::RecvStream, mut got: Bytes) -> Bytes {
