@@ -47,9 +47,9 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>)> {
         // The waypoint is a flow like the node's (it builds on proxy's pool and h2conn);
         // its routing, balancing and resource loading are pure cores.
         ("waypoint", vec!["crate::app", "crate::lab", "crate::xds"]),
-        ("waypoint/routes.rs", pure(&["crate::waypoint::http"])),
+        ("waypoint/routes", pure(&["crate::waypoint::http"])),
         ("waypoint/lb.rs", pure(&["crate::state"])),
-        ("waypoint/resources.rs", pure(&[])),
+        ("waypoint/resources", pure(&[])),
         ("inpod", vec!["crate::proxy", "crate::app", "crate::lab"]),
         ("proto", pure(&["crate::"])),
         // The control thread's modules never touch the data plane.

@@ -390,7 +390,10 @@ fn netns_waypoint_routes_balances_and_forwards_over_a_second_hbone_hop() {
     // a good edit applies.
     let res = run.resources_file();
     let good = std::fs::read_to_string(&res).unwrap();
-    assert!(good.contains("- backendRefs: [{name: echo-v1, port: 80}]"), "{good}");
+    assert!(
+        good.contains("- backendRefs: [{name: echo-v1, port: 80}]"),
+        "{good}"
+    );
     std::fs::write(&res, "kind: HTTPRoute\napiVersion: gateway.networking.k8s.io/v1\nmetadata: {name: bad}\nspec: {rules: [{matches: [{path: {type: Nope, value: /}}]}]}\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !waypoint_log(&run).contains("resources rejected") {

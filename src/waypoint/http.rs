@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
@@ -436,7 +436,9 @@ async fn handle(
     }
     let up_proto = upstream_proto(&ctx, &dest, port_proto, parts.version);
     strip_hop_by_hop(&mut parts.headers);
-    // The body can be replayed only when there is none.
+    // A request can be sent again while its body has not gone out (a connect failure), or
+    // when it has none.
+    let had_body = !body.is_end_stream();
     let mut body = if body.is_end_stream() {
         None
     } else {
@@ -521,8 +523,9 @@ async fn handle(
                 if whole {
                     break;
                 }
-                // A per-try timeout is retried when the body can be sent again.
-                if body.is_some() || !replayable(&parts.method, &request_bytes) {
+                // A per-try timeout is a 504: retried only when the rule retries 504 and the
+                // request can be sent again (Istio's default conditions do not cover it).
+                if (body.is_none() && had_body) || !dest.retry.codes.contains(&504) {
                     break;
                 }
             }
@@ -551,7 +554,7 @@ async fn handle(
                     Some(picked),
                 ));
                 if !(dest.retry.on_refused_stream || dest.retry.on_unavailable)
-                    || body.is_none() && request_bytes.get() > 0
+                    || (body.is_none() && had_body)
                 {
                     break;
                 }
@@ -566,8 +569,7 @@ async fn handle(
                 endpoints::finish(&ctx, &key, outcome, now);
                 let retriable = dest.retry.codes.contains(&code.as_u16())
                     && attempt + 1 < attempts_max
-                    && request_bytes.get() == 0
-                    && body.is_none();
+                    && !had_body;
                 if retriable {
                     last = Some((code, "URX", format!("retried on {code}"), Some(picked)));
                     continue;
@@ -616,10 +618,6 @@ async fn handle(
         dest.svc.as_deref(),
     );
     Response::from_parts(p, Counted::new(b, Rc::new(Cell::new(0)), Some(rec)))
-}
-
-fn replayable(method: &Method, sent: &Cell<u64>) -> bool {
-    sent.get() == 0 && method != Method::CONNECT
 }
 
 /// A response the router answers itself (no upstream).

@@ -2,6 +2,10 @@
 //! precedence tie-breakers, matching, invalid rules, backend picks, filters, retries,
 //! timeouts and status. Fixtures are YAML loaded through `resources`.
 
+use std::collections::HashMap;
+
+use http::{HeaderMap, StatusCode};
+
 use super::*;
 use crate::waypoint::resources;
 

@@ -1,8 +1,15 @@
 //! Loading cases: CRD defaults, the field-path errors users see, multi-document files,
 //! directories, duplicates, GRPCRoute conversion and the port protocol rule.
 
+use std::time::Duration;
+
+use http::Method;
+
+use super::k8s::parse_duration;
 use super::*;
-use crate::waypoint::routes::{PathMatch, PathModifier, StringMatch};
+use crate::waypoint::routes::{
+    Filter, PathMatch, PathModifier, Redirect, RouteKind, StringMatch, UrlRewrite,
+};
 
 const SEED: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
