@@ -1,6 +1,7 @@
 //! `ringmesh lab` and `ringmesh demo` as a user runs them: up/down are idempotent and leave
 //! nothing behind (namespaces, root-namespace rules, routes, nft tables, processes), also
-//! when a step fails half-way; the demo runs and its report says every path behaved. Root.
+//! when a step fails half-way; the demo runs and its report says every path behaved (L4
+//! through the node proxies, L7 through the waypoint) and what the waypoint counted. Root.
 
 mod common;
 
@@ -85,8 +86,8 @@ fn netns_lab_up_down_is_idempotent_and_leak_free() {
     assert!(ok && out.contains("already up"), "{out}");
     let (ok, out) = ringmesh(&["lab", "status", "--state-dir", s]);
     assert!(ok && out.contains(&format!("lab {name}: up")), "{out}");
-    // fabric, 2 nodes, 5 pods and the control plane.
-    assert!(out.contains("9 namespaces"), "{out}");
+    // fabric, 2 nodes, 7 pods, the waypoint's pod and the control plane.
+    assert!(out.contains("12 namespaces"), "{out}");
     // exec in a pod and in a node; traffic through the proxies.
     let (ok, out) = ringmesh(&[
         "lab",
@@ -251,24 +252,44 @@ fn netns_demo_report() {
             "cross node",
             "service VIP",
             "out of mesh",
-            "denied by policy"
+            "denied by policy",
+            "waypoint route",
+            "weighted split",
+            "pod via waypoint",
+            "waypoint bypassed"
         ]
     );
     assert!(paths.iter().all(|p| p["ok"] == true), "{r}");
     assert!(r["throughput_gbps"].as_f64().unwrap() > 0.0);
     assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0);
     assert!(r["bytes_carried"].as_f64().unwrap() >= 33554432.0);
+    // The waypoint counted every request the demo sent through it (the seeds' HTTPRoute
+    // echo → echo-v1 and the 80/20 split), all answered 200.
+    let w = &r["waypoint"];
+    let sent = w["sent"].as_f64().unwrap();
+    assert!(sent >= 1000.0, "{r}");
+    assert!(w["requests"].as_f64().unwrap() >= sent, "{r}");
+    assert_eq!(w["by_code"]["200"].as_f64(), w["requests"].as_f64(), "{r}");
+    let v2 = w["by_workload"]["echo-v2"].as_f64().unwrap_or(0.0);
+    assert!(
+        w["by_workload"]["echo-v1"].as_f64().unwrap() > 3.0 * v2 && v2 > 0.0,
+        "{r}"
+    );
     // Both node proxies run the engine the suite asked for (uring unless told otherwise).
     let want = std::env::var("RINGMESH_IO_ENGINE").unwrap_or_else(|_| "uring".into());
     assert_eq!(r["io_engines"], serde_json::json!([want]), "{r}");
-    // The demo runs in xDS mode: both node proxies synced with the lab's control plane and
-    // got every certificate from its CA, nothing rejected either way.
+    // The demo runs in xDS mode: both node proxies and the waypoint synced with the lab's
+    // control plane and got every certificate from its CA, nothing rejected either way.
     assert_eq!(r["config_source"], "xds", "{r}");
     let cp = &r["control_plane"];
     assert_eq!(cp["node_proxies"], 2, "{r}");
+    assert_eq!(cp["waypoints"], 1, "{r}");
     assert!(cp["acks"].as_u64().unwrap() >= 4, "{r}");
     assert_eq!(cp["nacks"], 0, "{r}");
-    assert_eq!(cp["certificates"], 4, "{r}");
+    // Per node, one per service account with a pod there (node-a: default/client,
+    // default/echo, l7/echo; node-b: default/client-b, default/echo, l7/echo), and the
+    // waypoint's own.
+    assert_eq!(cp["certificates"], 7, "{r}");
     assert_eq!(cp["refused"], 0, "{r}");
     assert_eq!(
         root_state("rmdemo"),

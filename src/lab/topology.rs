@@ -607,19 +607,52 @@ mod tests {
     }
 
     #[test]
-    fn demo_and_bench_have_no_waypoints_and_no_bindings() {
-        for (file, text) in [("demo.yaml", DEMO), ("bench.yaml", BENCH)] {
-            let t = Topology::parse(file, text).unwrap();
-            assert!(t.waypoints.is_empty() && t.namespaces.is_empty());
-            assert!(t.resources.is_empty());
-            assert!(t.pods.iter().all(|p| !p.is_waypoint()));
-            assert!(
-                t.waypoint_bindings()
-                    .iter()
-                    .all(|b| b.resolution == Resolution::NoLabel),
-                "{file}"
-            );
+    fn bench_has_no_waypoints_and_no_bindings() {
+        let t = Topology::parse("bench.yaml", BENCH).unwrap();
+        assert!(t.waypoints.is_empty() && t.namespaces.is_empty());
+        assert!(t.resources.is_empty());
+        assert!(t.pods.iter().all(|p| !p.is_waypoint()));
+        assert!(
+            t.waypoint_bindings()
+                .iter()
+                .all(|b| b.resolution == Resolution::NoLabel)
+        );
+    }
+
+    /// The demo's waypoint (namespace l7, for all traffic) takes services echo and echo-split
+    /// and pods echo-v1 and echo-v2; nothing in namespace default uses a waypoint.
+    #[test]
+    fn demo_binds_only_its_l7_objects_to_its_waypoint() {
+        let t = Topology::parse("demo.yaml", DEMO).unwrap();
+        assert_eq!(t.waypoints.len(), 1);
+        let w = t.waypoint("l7", "waypoint").unwrap();
+        assert_eq!(w.traffic_type, WaypointFor::All);
+        assert!(t.resources.contains("kind: HTTPRoute"));
+        let mut bound: Vec<(TargetKind, &str)> = Vec::new();
+        let bindings = t.waypoint_bindings();
+        for b in &bindings {
+            match &b.resolution {
+                Resolution::Bound { waypoint, .. } => {
+                    assert_eq!(
+                        (b.namespace.as_str(), waypoint.as_str()),
+                        ("l7", "l7/waypoint"),
+                        "{b}"
+                    );
+                    bound.push((b.kind, b.name.as_str()));
+                }
+                Resolution::NoLabel | Resolution::IsWaypoint => {}
+                other => panic!("{b}: {other:?}"),
+            }
         }
+        assert_eq!(
+            bound,
+            [
+                (TargetKind::Service, "echo"),
+                (TargetKind::Service, "echo-split"),
+                (TargetKind::Workload, "echo-v1"),
+                (TargetKind::Workload, "echo-v2"),
+            ]
+        );
     }
 
     /// Two nodes; namespace `default` uses `waypoint` (for all traffic); `echo` opts its
