@@ -44,6 +44,7 @@ services:
 - {{name: grpc, vip: 198.19.1.5, ports: {{50051: 8080}}, selector: {{app: echo}}, labels: {{istio.io/use-waypoint: waypoint}}}}
 - {{name: pool, vip: 198.19.1.6, ports: {{80: 8080}}, selector: {{app: pool}}, labels: {{istio.io/use-waypoint: waypoint}}}}
 - {{name: direct, vip: 198.19.1.7, ports: {{80: 8080}}, selector: {{app: echo}}}}
+- {{name: legacy, vip: 198.19.1.8, ports: {{80: 8080}}, selector: {{app: outside}}, labels: {{istio.io/use-waypoint: waypoint}}}}
 waypoints:
 - {{name: waypoint, node: node-a, vip: 198.19.0.100}}
 resources: |
@@ -186,6 +187,7 @@ fn netns_waypoint_routes_balances_and_forwards_over_a_second_hbone_hop() {
         ("echo-v1-b", "echo-v1-b"),
         ("echo-v2-a", "echo-v2-a"),
         ("live-a", "live-a"),
+        ("outside", "outside"),
     ] {
         http_apps::serve_http(&pod_ns(&run, pod), 8080, app).unwrap();
     }
@@ -367,6 +369,11 @@ fn netns_waypoint_routes_balances_and_forwards_over_a_second_hbone_hop() {
     let r = get(&run, "client-a", vip(1, 80), "/", &[]);
     assert_eq!(served_by(&r), "echo-v1-b");
     let _ = client_ip;
+
+    // 11b. An endpoint without a node proxy gets plain HTTP from the waypoint.
+    let r = get(&run, "client-a", vip(8, 80), "/", &[]);
+    assert_eq!(served_by(&r), "outside", "{r:?}");
+    assert_eq!(r.json().unwrap()["peer"], wp_ip.to_string());
 
     // 12. HTTP/2 (h2c) from the client on an `http` port: served (Envoy's AUTO codec), and
     // sent on as HTTP/1.1 (the port's protocol).

@@ -6,8 +6,9 @@
 //! service names this waypoint, or a pod IP:port whose workload does (Istio's waypoint
 //! serves exactly those). Anything else is refused with 400 and a log line naming the target
 //! and the waypoint it does use — Envoy's waypoint accepts such a stream and closes it with
-//! no data; an explicit status lets the client's node proxy log why. The client is the TCP
-//! peer (ztunnel dials from the pod) with the identity of its certificate.
+//! no data; an explicit status lets the client's node proxy log why. The client is the
+//! CONNECT's `forwarded: for=` address (else the TCP peer — the same when the node proxy
+//! dials from the pod, as ztunnel does) with the identity of its certificate.
 //!
 //! Then the stream is answered 200 and handed to the HTTP pipeline (`http.rs`) or the TCP
 //! one (`tcp.rs`) by the port's protocol: the Service's `appProtocol` or port name in the
@@ -182,6 +183,15 @@ async fn handle_stream(
     client: Rc<Client>,
 ) {
     let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    // The client's address: `forwarded: for=` of the CONNECT (what ztunnel sends), else the
+    // TCP peer (the same address when the node proxy dials from the pod, as ztunnel does).
+    let client = match forwarded_for(req.headers()) {
+        Some(a) if a != client.addr => Rc::new(Client {
+            addr: a,
+            identity: client.identity.clone(),
+        }),
+        _ => client,
+    };
     let target = hbone::parse_connect(req.method(), authority.as_deref())
         .map_err(Refusal::from)
         .and_then(|a| admit(&ctx.state.load(), &ctx.cfg, a));
@@ -246,6 +256,22 @@ async fn handle_stream(
 
 /// How long an unrecognised port waits for the client's first bytes before it is TCP.
 const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The `for=` address of a `forwarded` header (RFC 7239: `for="198.18.1.2:5000"`,
+/// `for="[fd00::2]:5000"`, or a bare IP), normalized.
+pub fn forwarded_for(h: &http::HeaderMap) -> Option<SocketAddr> {
+    let f = h.get("forwarded")?.to_str().ok()?;
+    let v = f
+        .split([';', ','])
+        .find_map(|p| p.trim().strip_prefix("for="))?
+        .trim_matches('"');
+    let a = v.parse::<SocketAddr>().ok().or_else(|| {
+        v.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 0))
+    })?;
+    Some(SocketAddr::new(hbone::normalize(a.ip()), a.port()))
+}
 
 /// Reads on until the sniffer can decide (at most 24 bytes: the HTTP/2 preface's length).
 async fn sniff_more(recv: &mut h2::RecvStream, mut got: Bytes) -> Bytes {
@@ -316,6 +342,33 @@ fn status_only(status: StatusCode) -> Response<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_gives_the_client_address() {
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert("forwarded", v.parse().unwrap());
+            m
+        };
+        let a: SocketAddr = "198.18.1.2:5000".parse().unwrap();
+        assert_eq!(
+            forwarded_for(&h(
+                "for=\"198.18.1.2:5000\";host=echo.default.svc.cluster.local"
+            )),
+            Some(a)
+        );
+        assert_eq!(forwarded_for(&h("host=x;for=\"198.18.1.2:5000\"")), Some(a));
+        assert_eq!(
+            forwarded_for(&h("for=\"[fd00::2]:80\"")),
+            Some("[fd00::2]:80".parse().unwrap())
+        );
+        assert_eq!(
+            forwarded_for(&h("for=198.18.1.2")),
+            Some("198.18.1.2:0".parse().unwrap())
+        );
+        assert_eq!(forwarded_for(&h("for=unknown")), None);
+        assert_eq!(forwarded_for(&http::HeaderMap::new()), None);
+    }
 
     #[test]
     fn sniffing_tells_http_from_tcp() {
