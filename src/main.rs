@@ -15,6 +15,28 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(feature = "lab")]
 fn bench(b: ringmesh::config::flags::BenchFlags) -> Result<i32, String> {
     use ringmesh::benchmark::{self, BenchArgs, Contender, Sizes};
+    if b.l7 {
+        let mut phases = if b.quick {
+            benchmark::l7::Phases::quick()
+        } else {
+            benchmark::l7::Phases::full()
+        };
+        if let Some(r) = b.rounds {
+            phases.rounds = r.max(1);
+        }
+        let args = benchmark::l7::L7Args {
+            phases,
+            quick: b.quick,
+            json: b.json,
+            out_dir: b.out,
+            state_dir: b.state_dir,
+            ringmesh_args: b.ringmesh_args,
+            waypoint_args: b.waypoint_args,
+            waypoint_log: b.waypoint_log,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        };
+        return benchmark::l7::run(&args).map(|_| 0);
+    }
     let mut contenders = Vec::new();
     if !b.no_raw {
         contenders.push(Contender::Raw);

@@ -5,7 +5,12 @@
 //!
 //! A contender whose traffic did not go through HBONE (the servers' port-15008 counters must
 //! carry the bulk bytes) or that never became ready is reported INVALID, never as fast.
+//!
+//! `ringmesh bench --l7` is the L7 path instead (`l7.rs`): HTTP through the waypoint against
+//! the same path without it and raw.
 
+pub mod l7;
+pub mod l7_report;
 pub mod load;
 pub mod report;
 pub mod stats;

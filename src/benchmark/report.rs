@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use super::l7_report::L7Report;
 use super::stats::{Percentiles, Summary, ratio};
 
 /// Everything one `ringmesh bench` run measured.
@@ -18,6 +19,9 @@ pub struct BenchReport {
     pub order: Vec<String>,
     pub quick: bool,
     pub rounds: usize,
+    /// `ringmesh bench --l7`: HTTP through the waypoint, l4 and raw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7Report>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -102,8 +106,24 @@ impl BenchReport {
         }
     }
 
-    /// The Markdown table: one column per contender, then ringmesh / each other.
+    /// The Markdown: the L4 table (when contenders ran), then the L7 section (when it ran).
     pub fn markdown(&self) -> String {
+        let mut out = if self.order.is_empty() {
+            String::new()
+        } else {
+            self.markdown_l4()
+        };
+        if let Some(l7) = &self.l7 {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&l7.markdown());
+        }
+        out
+    }
+
+    /// The L4 table: one column per contender, then ringmesh / each other.
+    fn markdown_l4(&self) -> String {
         let names: Vec<&String> = self.order.iter().collect();
         let others: Vec<&String> = names
             .iter()
@@ -458,6 +478,26 @@ mod tests {
             assert!(svg.contains("ringmesh"));
             assert!(!svg.contains("ztunnel"));
         }
+    }
+
+    #[test]
+    fn an_l7_only_report_is_the_l7_section_alone() {
+        let r = BenchReport {
+            l7: Some(L7Report {
+                rounds: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let md = r.markdown();
+        assert!(md.starts_with("### L7: HTTP through the waypoint"), "{md}");
+        assert!(!md.contains("bulk 1 stream"), "{md}");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["l7"]["rounds"], 2);
+        // The L4 bench's JSON has no l7 key, and its Markdown no L7 section.
+        let v = serde_json::to_value(sample()).unwrap();
+        assert!(v.get("l7").is_none());
+        assert!(!sample().markdown().contains("L7"));
     }
 
     #[test]

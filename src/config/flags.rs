@@ -139,6 +139,20 @@ pub struct BenchFlags {
     /// Small sizes, finishes in about two minutes (for CI).
     #[arg(long)]
     pub quick: bool,
+    /// Run only the L7 benchmark: HTTP/1.1 and HTTP/2 requests for 1 KiB answers through
+    /// node proxy → waypoint → node proxy, against the same path without the waypoint (l4)
+    /// and raw, in one lab; requests/s, p50/p99, the waypoint's vCPU per 1000 requests/s and
+    /// RSS. Takes --quick, --rounds, --json, --out, --ringmesh-arg and --waypoint-arg.
+    #[arg(long, conflicts_with_all = ["peers", "relay", "engines", "modes", "tuning"])]
+    pub l7: bool,
+    /// Extra arguments for `ringmesh waypoint` in --l7 (e.g. --waypoint-arg=--shards=1).
+    /// Repeatable.
+    #[arg(long = "waypoint-arg", allow_hyphen_values = true, requires = "l7")]
+    pub waypoint_args: Vec<String>,
+    /// The waypoint's RUST_LOG in --l7 (`info`, the default, writes an access line per
+    /// request; `info,access=off` measures it without).
+    #[arg(long, default_value = "info", requires = "l7")]
+    pub waypoint_log: String,
     /// Another ZDS-speaking node proxy, started per node as `sh -c "exec COMMAND"` with
     /// ZDS_SOCKET, CONFIG (ztunnel local config), CA_CERT, CA_KEY, NODE and ZTUNNEL_ENV (a
     /// file of ztunnel's variables for the lab's control plane: `env $(cat $ZTUNNEL_ENV)
