@@ -10,6 +10,7 @@
 //! the same path without it and raw.
 
 pub mod l7;
+pub mod l7_load;
 pub mod l7_report;
 pub mod load;
 pub mod report;
