@@ -367,17 +367,7 @@ async fn stream_loop(
     Ok((l, n, last))
 }
 
-/// An error and its causes ("a: b: c"): hyper's own message alone often hides the cause.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use crate::lab::http_apps::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -713,7 +713,7 @@ fn connect_in(
 }
 
 /// An error and its causes ("a: b: c"): hyper's own message alone often hides the cause.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
