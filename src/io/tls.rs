@@ -7,9 +7,13 @@
 //! queues on failure), the hand-over (application data that arrived with the handshake's
 //! last flight is kept), and the data phase as `AsyncRead`/`AsyncWrite` for h2: record
 //! framing on reads, sealing and zero-copy hand-off on writes with a bound on what is
-//! queued, KeyUpdate both ways (the peer's, and ours before the cipher's confidentiality
-//! limit), NewSessionTicket (ignored: resumption is off), close_notify on shutdown and as a
-//! clean end on reads, and an alert before closing on a bad record.
+//! queued, KeyUpdate both ways (the peer's — capped by `record::PeerLimits`, answered with
+//! at most one reply waiting for the socket however many ask, and never after our
+//! close_notify or alert — and ours before the cipher's confidentiality limit),
+//! NewSessionTicket (ignored: resumption is off), close_notify on shutdown and as a clean end
+//! on reads, user_canceled taken in stride, and an alert before closing on a bad record,
+//! on the wire before the read returns its error (on uring a closed socket drops what is
+//! still queued for it).
 //!
 //! Copies per byte: received — on uring, records are opened where the ring received them
 //! and their plaintext is copied once, into h2's buffer (a record split across two ring
@@ -34,7 +38,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::runtime::net::Stream;
-use crate::tls::record::{self, Keys, PostHandshake, RecordError};
+use crate::tls::record::{self, Alert, Keys, PostHandshake, RecordError};
 
 /// Sealed bytes a connection queues before `poll_write` waits for the socket.
 const TX_MAX: usize = 256 * 1024;
@@ -102,7 +106,14 @@ pub struct TlsStream {
     read_closed: bool,
     /// A fatal error on the read side, repeated to every later read.
     read_err: Option<(io::ErrorKind, String)>,
+    /// Our close_notify or an alert is sealed: nothing more is.
     close_sent: bool,
+    /// The read path sealed an alert that has not reached the socket yet.
+    alert_unsent: bool,
+    /// The peer asked for a KeyUpdate we have not sent yet.
+    key_update_owed: bool,
+    /// KeyUpdates and warning alerts the peer may still send.
+    limits: record::PeerLimits,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -125,39 +136,98 @@ impl TlsStream {
         io::Error::new(kind, msg)
     }
 
-    /// A bad record: queue the alert the peer is owed (sent with whatever is flushed next,
-    /// best effort) and fail this and every later read.
+    /// A bad record: seal the alert the peer is owed and fail this and every later read
+    /// (the read returns the error once the alert is on the wire: `finish_read`).
     fn bad_record(&mut self, e: RecordError) -> io::Error {
-        if !self.close_sent {
-            self.tx_keys
-                .seal(record::ALERT, &[2, e.alert()], &mut self.tx);
-            self.close_sent = true;
-        }
+        self.alert_unsent |= self.seal_last(e.alert());
         self.fail_read(io::ErrorKind::InvalidData, format!("TLS: {e}"))
     }
 
+    /// Seals `alert` (close_notify or an error alert) as the last record we send (RFC 8446
+    /// §6): nothing is sealed after it, not even a KeyUpdate the peer asked for. False if
+    /// one was sealed already (or this key has no sequence numbers left).
+    fn seal_last(&mut self, alert: [u8; 2]) -> bool {
+        if self.close_sent {
+            return false;
+        }
+        self.close_sent = true;
+        self.key_update_owed = false;
+        self.tx_keys
+            .seal(record::ALERT, &alert, &mut self.tx)
+            .is_ok()
+    }
+
     /// Seals `parts` (together at most one record's worth) as application data, switching
-    /// to a fresh key first when this one has sealed its share.
+    /// to a fresh key first when the peer asked for it or this one has sealed its share.
     fn seal(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        if self.tx_keys.seq() >= self.rekey_after {
+        if self.key_update_owed || self.tx_keys.seq() >= self.rekey_after {
             self.rekey_tx()?;
         }
         self.tx_keys
-            .seal_parts(record::APPLICATION_DATA, parts, &mut self.tx);
-        Ok(())
+            .seal_parts(record::APPLICATION_DATA, parts, &mut self.tx)
+            .map_err(record_error)
     }
 
     /// Sends KeyUpdate (update_not_requested) under the current key, then switches to the
     /// next one (RFC 8446 §4.6.3).
     fn rekey_tx(&mut self) -> io::Result<()> {
-        self.tx_keys.seal(
-            record::HANDSHAKE,
-            &record::KEY_UPDATE_NOT_REQUESTED,
-            &mut self.tx,
-        );
+        self.key_update_owed = false;
+        self.tx_keys
+            .seal(
+                record::HANDSHAKE,
+                &record::KEY_UPDATE_NOT_REQUESTED,
+                &mut self.tx,
+            )
+            .map_err(record_error)?;
         let (seq, secrets) = self.kernel.update_tx().map_err(tls_error)?;
         self.tx_keys = Keys::new(seq, secrets).map_err(record_error)?;
         Ok(())
+    }
+
+    /// Sends the KeyUpdate the peer asked for once all we sealed before has gone to the
+    /// socket: however many requests come, at most one reply waits for the socket (RFC 8446
+    /// §4.6.3 asks for one before our next application data, which `seal` sees to; rustls,
+    /// too, keeps at most one queued: `CommonState::should_update_key`).
+    fn answer_key_update(&mut self) -> io::Result<()> {
+        if self.key_update_owed && self.tx.is_empty() && self.out.is_none() {
+            self.rekey_tx()?;
+        }
+        Ok(())
+    }
+
+    /// The end of every `poll_read`: what the read path sealed goes to the socket now, not
+    /// only with h2's next flush — the KeyUpdate the peer asked for, the alert a bad record
+    /// is owed. A read failing with such an alert returns its error only once the socket has
+    /// taken the alert: h2 drops the connection right after the error, and a uring socket
+    /// drops what is still queued when it closes (the peer would never learn why).
+    fn finish_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        if let Err(e) = self.answer_key_update() {
+            let msg = format!("TLS: cannot update our traffic key: {e}");
+            return Poll::Ready(Err(self.fail_read(io::ErrorKind::InvalidData, msg)));
+        }
+        match r {
+            Poll::Ready(Err(e)) if self.alert_unsent => {
+                match self.poll_push(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                // Sent, or the socket failed: either way the error is next.
+                let _ = ready!(Pin::new(&mut self.io).poll_flush(cx));
+                self.alert_unsent = false;
+                Poll::Ready(Err(e))
+            }
+            r => {
+                if !self.tx.is_empty() {
+                    let _ = self.poll_push(cx);
+                }
+                r
+            }
+        }
     }
 
     /// Hands sealed records to the socket; Ready once nothing is left unaccepted.
@@ -228,6 +298,7 @@ impl TlsStream {
         rec.advance(record::HEADER);
         rec.truncate(n);
         if typ == record::APPLICATION_DATA {
+            self.limits.app_data();
             if self.plain.is_empty() {
                 self.plain = rec;
             } else {
@@ -248,13 +319,20 @@ impl TlsStream {
                     Err(e) => return Err(self.bad_record(e)),
                 };
                 for m in msgs {
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(e) => return Err(self.bad_record(e)),
+                    };
                     match m {
                         PostHandshake::KeyUpdate { update_requested } => {
+                            if let Err(e) = self.limits.key_update() {
+                                return Err(self.bad_record(e));
+                            }
                             let (seq, secrets) = self.kernel.update_rx().map_err(tls_error)?;
                             self.rx_keys = Keys::new(seq, secrets).map_err(record_error)?;
-                            if update_requested {
-                                self.rekey_tx()?;
-                            }
+                            // Answered later (`answer_key_update`, `seal`), once however
+                            // many ask; never after our close_notify.
+                            self.key_update_owed |= update_requested && !self.close_sent;
                         }
                         PostHandshake::NewSessionTicket(body) => match &mut self.kernel {
                             // Resumption is off: rustls checks the ticket and keeps nothing.
@@ -270,11 +348,16 @@ impl TlsStream {
                 Ok(())
             }
             record::ALERT => match record::alert(body) {
-                Ok(()) => {
+                Ok(Alert::CloseNotify) => {
                     self.read_closed = true;
                     Ok(())
                 }
-                Err(msg) => Err(self.fail_read(io::ErrorKind::ConnectionAborted, msg)),
+                // Not an error (RFC 8446 §6.1); a close_notify should follow.
+                Ok(Alert::UserCanceled) => {
+                    self.limits.warning_alert().map_err(|e| self.bad_record(e))
+                }
+                Ok(a) => Err(self.fail_read(io::ErrorKind::ConnectionAborted, a.to_string())),
+                Err(e) => Err(self.bad_record(e)),
             },
             t => Err(self.bad_record(RecordError::UnexpectedType(t))),
         }
@@ -295,6 +378,7 @@ impl TlsStream {
             rx_keys,
             rx,
             plain,
+            limits,
             ..
         } = self;
         let start = buf.filled().len();
@@ -337,6 +421,7 @@ impl TlsStream {
                     Ok((typ, n)) => {
                         let body = &rest[record::HEADER..record::HEADER + n];
                         if typ == record::APPLICATION_DATA {
+                            limits.app_data();
                             let k = n.min(buf.remaining());
                             buf.put_slice(&body[..k]);
                             plain.extend_from_slice(&body[k..]);
@@ -369,24 +454,14 @@ impl TlsStream {
         })
     }
 
-    /// The socket ended without close_notify.
-    fn eof(&mut self) -> io::Error {
-        let msg = if self.rx.is_empty() {
-            "peer closed the connection without sending TLS close_notify"
-        } else {
-            "peer closed the connection in the middle of a TLS record"
-        };
-        self.fail_read(io::ErrorKind::UnexpectedEof, msg.into())
-    }
-}
-
-impl AsyncRead for TlsStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
+    /// `poll_read` but for what it sends (`finish_read`): plaintext already opened, else
+    /// the records that have arrived, else a read from the socket.
+    fn poll_read_records(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
+        let me = self;
         loop {
             if !me.plain.is_empty() {
                 let n = me.plain.len().min(buf.remaining());
@@ -404,22 +479,13 @@ impl AsyncRead for TlsStream {
             if me.read_closed {
                 return Poll::Ready(Ok(()));
             }
-            let opened = me.open_next();
-            if !me.tx.is_empty() {
-                // A KeyUpdate reply, or the alert a bad record is owed: on its way now, not
-                // only with h2's next flush (after an error h2 closes without one).
-                let _ = me.poll_push(cx);
-            }
-            if opened?.is_some() {
+            if me.open_next()?.is_some() {
                 continue;
             }
             let before = buf.filled().len();
             match me.poll_read_in_place(cx, buf) {
                 Some(Poll::Ready(Ok(()))) => {
                     if buf.filled().len() > before {
-                        if !me.tx.is_empty() {
-                            let _ = me.poll_push(cx);
-                        }
                         return Poll::Ready(Ok(()));
                     }
                     // Took a partial record into `rx`, or a control record: look again.
@@ -451,6 +517,28 @@ impl AsyncRead for TlsStream {
             // Large reads while data streams, a small buffer once it is quiet.
             me.rx_size = if n * 2 >= room { RX_CHUNK } else { SMALL_RX };
         }
+    }
+
+    /// The socket ended without close_notify.
+    fn eof(&mut self) -> io::Error {
+        let msg = if self.rx.is_empty() {
+            "peer closed the connection without sending TLS close_notify"
+        } else {
+            "peer closed the connection in the middle of a TLS record"
+        };
+        self.fail_read(io::ErrorKind::UnexpectedEof, msg.into())
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let r = me.poll_read_records(cx, buf);
+        me.finish_read(cx, r)
     }
 }
 
@@ -524,16 +612,14 @@ impl AsyncWrite for TlsStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
         ready!(me.poll_push(cx))?;
+        me.answer_key_update()?;
+        ready!(me.poll_push(cx))?;
         Pin::new(&mut me.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        if !me.close_sent {
-            me.tx_keys
-                .seal(record::ALERT, &record::CLOSE_NOTIFY, &mut me.tx);
-            me.close_sent = true;
-        }
+        me.seal_last(record::CLOSE_NOTIFY);
         ready!(me.poll_push(cx))?;
         Pin::new(&mut me.io).poll_shutdown(cx)
     }
@@ -733,6 +819,9 @@ fn finish(
         read_closed: false,
         read_err: None,
         close_sent: false,
+        alert_unsent: false,
+        key_update_owed: false,
+        limits: record::PeerLimits::default(),
     })
 }
 

@@ -1,7 +1,9 @@
 //! The direct record layer against real rustls peers (tokio-rustls, buffered API) over real
 //! loopback sockets, in both roles: data both ways, data riding on the handshake's last
 //! flight, key updates from either side, AES-128, close_notify, a corrupted record (alert
-//! to the peer) and a failed handshake (alert, clear error).
+//! to the peer) and a failed handshake (alert, clear error). These run on epoll; the same
+//! and the RFC 8446 corner cases (alerts, KeyUpdate limits, padding, records split across
+//! ring buffers, EOF) on both engines: `tests/tls_record_engines.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

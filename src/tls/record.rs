@@ -2,9 +2,14 @@
 //!
 //! Owns: sealing application data into records and opening received records in place with the
 //! traffic keys rustls hands over once its handshake is done (`KernelConnection`, the API
-//! rustls made for kTLS), the per-record nonce (IV XOR sequence number), the inner content
-//! type and padding, record size limits, and the post-handshake messages a TLS 1.3 peer may
-//! send (KeyUpdate, NewSessionTicket) and alerts.
+//! rustls made for kTLS), the per-record nonce (IV XOR sequence number) and the end of the
+//! sequence numbers (no record once the next number would wrap, §5.3), the inner content type
+//! and padding, the record size limits (2^14 + 256 bytes of ciphertext, 2^14 + 1 of inner
+//! plaintext with its padding), the post-handshake messages a TLS 1.3 peer may send
+//! (KeyUpdate — the last message of its record, request 0 or 1 — and NewSessionTicket), the
+//! limits on what a peer may send without application data (`PeerLimits`, rustls's), alerts
+//! as RFC 8446 §6 says to read them (close_notify and user_canceled are not errors, every
+//! other alert is, whatever its level), and the alert each refused record is owed.
 //!
 //! Written by hand because measurement showed rustls's buffered API copies every byte two to
 //! three times around the AES-GCM pass on the HBONE data path (record `Vec`s, its plaintext
@@ -25,6 +30,16 @@ pub const MAX_PLAIN: usize = 16 * 1024;
 /// Largest ciphertext a peer may send in one record (2^14 + 256, RFC 8446 §5.2).
 pub const MAX_CIPHER: usize = MAX_PLAIN + 256;
 
+/// Alert descriptions we send (RFC 8446 §6).
+const UNEXPECTED_MESSAGE: u8 = 10;
+const BAD_RECORD_MAC: u8 = 20;
+const RECORD_OVERFLOW: u8 = 22;
+const ILLEGAL_PARAMETER: u8 = 47;
+const DECODE_ERROR: u8 = 50;
+const INTERNAL_ERROR: u8 = 80;
+/// user_canceled: a warning that is not an error (RFC 8446 §6.1).
+const USER_CANCELED: u8 = 90;
+
 /// Content types (RFC 8446 §5.1).
 pub const ALERT: u8 = 21;
 pub const HANDSHAKE: u8 = 22;
@@ -41,6 +56,11 @@ pub enum RecordError {
     UnexpectedType(u8),
     #[error("record of {0} bytes exceeds the 2^14 + 256 limit")]
     TooLong(usize),
+    #[error(
+        "record whose inner plaintext (content, type and padding) is {0} bytes, over the \
+         2^14 + 1 limit"
+    )]
+    InnerTooLong(usize),
     #[error("record failed authentication (bad_record_mac)")]
     BadMac,
     #[error("record has no content type (all padding)")]
@@ -49,20 +69,51 @@ pub enum RecordError {
     Malformed(&'static str),
     #[error("unexpected handshake message type {0} after the handshake")]
     UnexpectedHandshake(u8),
+    #[error("handshake record of zero length")]
+    EmptyHandshake,
+    #[error("KeyUpdate followed by another message in its record (a key change must end a record)")]
+    KeyUpdateNotLast,
+    #[error("KeyUpdate with request {0} (only 0 and 1 exist)")]
+    KeyUpdateValue(u8),
+    #[error(
+        "more than {} KeyUpdates without application data between them",
+        PeerLimits::KEY_UPDATES
+    )]
+    TooManyKeyUpdates,
+    #[error("more than {} warning alerts", PeerLimits::WARNING_ALERTS)]
+    TooManyWarnings,
+    #[error("alert of level {0} (only 1, warning, and 2, fatal, exist)")]
+    AlertLevel(u8),
+    #[error(
+        "2^64 - 1 records under one traffic key: its sequence numbers are used up (the key \
+         must be updated first)"
+    )]
+    SeqExhausted,
     #[error("cipher suite {0} is not supported by the direct record layer")]
     Suite(String),
 }
 
 impl RecordError {
-    /// The alert description to send before closing (RFC 8446 §6.2).
-    pub fn alert(&self) -> u8 {
-        match self {
-            RecordError::UnexpectedType(_) | RecordError::UnexpectedHandshake(_) => 10,
-            RecordError::TooLong(_) => 22,
-            RecordError::BadMac => 20,
-            RecordError::NoContentType | RecordError::Malformed(_) => 50,
-            RecordError::Suite(_) => 80,
-        }
+    /// The alert to send before closing, level and description (RFC 8446 §6.2): fatal, except
+    /// a close_notify when the peer's sequence numbers ran out (no fatal alert names that;
+    /// rustls closes with close_notify there too).
+    pub fn alert(&self) -> [u8; 2] {
+        let desc = match self {
+            RecordError::UnexpectedType(_)
+            | RecordError::UnexpectedHandshake(_)
+            | RecordError::NoContentType
+            | RecordError::EmptyHandshake
+            | RecordError::KeyUpdateNotLast
+            | RecordError::TooManyKeyUpdates
+            | RecordError::TooManyWarnings => UNEXPECTED_MESSAGE,
+            RecordError::TooLong(_) | RecordError::InnerTooLong(_) => RECORD_OVERFLOW,
+            RecordError::BadMac => BAD_RECORD_MAC,
+            RecordError::Malformed(_) => DECODE_ERROR,
+            RecordError::KeyUpdateValue(_) | RecordError::AlertLevel(_) => ILLEGAL_PARAMETER,
+            RecordError::SeqExhausted => return CLOSE_NOTIFY,
+            RecordError::Suite(_) => INTERNAL_ERROR,
+        };
+        [2, desc]
     }
 }
 
@@ -122,14 +173,28 @@ impl Keys {
 
     /// Appends one record carrying `plain` (at most [`MAX_PLAIN`] bytes) of content type
     /// `typ` to `out`: header, plaintext, inner type, then encrypts in place and appends the
-    /// tag. The only copy is `plain` into `out`.
-    pub fn seal(&mut self, typ: u8, plain: &[u8], out: &mut bytes::BytesMut) {
+    /// tag. The only copy is `plain` into `out`. Fails, appending nothing, once this key's
+    /// sequence numbers are used up (a nonce is never used twice; the caller updates the key
+    /// long before: [`key_update_after`]).
+    pub fn seal(
+        &mut self,
+        typ: u8,
+        plain: &[u8],
+        out: &mut bytes::BytesMut,
+    ) -> Result<(), RecordError> {
         self.seal_parts(typ, &[plain], out)
     }
 
     /// [`Keys::seal`] of the concatenation of `parts` (an HTTP/2 frame header and its
     /// payload, say), copied once, straight into `out`.
-    pub fn seal_parts(&mut self, typ: u8, parts: &[&[u8]], out: &mut bytes::BytesMut) {
+    pub fn seal_parts(
+        &mut self,
+        typ: u8,
+        parts: &[&[u8]],
+        out: &mut bytes::BytesMut,
+    ) -> Result<(), RecordError> {
+        // RFC 8446 §5.3: sequence numbers must not wrap (the last one is never used).
+        let next = self.seq.checked_add(1).ok_or(RecordError::SeqExhausted)?;
         let plain_len: usize = parts.iter().map(|p| p.len()).sum();
         debug_assert!(plain_len <= MAX_PLAIN);
         let len = plain_len + 1 + TAG;
@@ -147,7 +212,8 @@ impl Keys {
             .seal_in_place_separate_tag(nonce, Aad::from(header), &mut out[start..])
             .expect("AES-GCM / ChaCha20 sealing of ≤ 2^14 bytes cannot fail");
         out.extend_from_slice(tag.as_ref());
-        self.seq += 1;
+        self.seq = next;
+        Ok(())
     }
 
     /// Opens the record `rec` (header and ciphertext, exactly one record) in place. Returns
@@ -157,6 +223,7 @@ impl Keys {
         if rec.len() != len || len < HEADER + TAG + 1 {
             return Err(RecordError::Malformed("record"));
         }
+        let next = self.seq.checked_add(1).ok_or(RecordError::SeqExhausted)?;
         let (header, body) = rec.split_at_mut(HEADER);
         let aad = Aad::from(<[u8; HEADER]>::try_from(&*header).expect("5 bytes"));
         let nonce = self.nonce();
@@ -164,15 +231,17 @@ impl Keys {
             .key
             .open_in_place(nonce, aad, body)
             .map_err(|_| RecordError::BadMac)?;
-        self.seq += 1;
+        self.seq = next;
+        // RFC 8446 §5.4: the whole inner plaintext, padding included, is at most 2^14 + 1
+        // bytes (checked once authenticated, as rustls does).
+        if plain.len() > MAX_PLAIN + 1 {
+            return Err(RecordError::InnerTooLong(plain.len()));
+        }
         // Strip the zero padding; the last non-zero byte is the content type.
         let end = plain
             .iter()
             .rposition(|&b| b != 0)
             .ok_or(RecordError::NoContentType)?;
-        if end > MAX_PLAIN {
-            return Err(RecordError::TooLong(end));
-        }
         Ok((plain[end], end))
     }
 }
@@ -205,37 +274,130 @@ pub enum PostHandshake<'a> {
     NewSessionTicket(&'a [u8]),
 }
 
-/// Splits the plaintext of one handshake record into messages. A message split across
-/// records is refused (no TLS 1.3 stack splits these short messages).
-pub fn post_handshake(mut msgs: &[u8]) -> Result<Vec<PostHandshake<'_>>, RecordError> {
-    let mut out = Vec::new();
-    while !msgs.is_empty() {
-        let [typ, a, b, c, rest @ ..] = msgs else {
-            return Err(RecordError::Malformed("handshake message header"));
-        };
-        let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
-        if rest.len() < len {
-            return Err(RecordError::Malformed(
-                "handshake message split across records",
-            ));
-        }
-        let (body, rest) = rest.split_at(len);
-        match *typ {
-            KEY_UPDATE => match body {
-                [0] => out.push(PostHandshake::KeyUpdate {
-                    update_requested: false,
-                }),
-                [1] => out.push(PostHandshake::KeyUpdate {
-                    update_requested: true,
-                }),
-                _ => return Err(RecordError::Malformed("KeyUpdate")),
-            },
-            NEW_SESSION_TICKET => out.push(PostHandshake::NewSessionTicket(body)),
-            t => return Err(RecordError::UnexpectedHandshake(t)),
-        }
-        msgs = rest;
+/// The messages of one handshake record's plaintext, in order, without allocating. A record
+/// of zero length is refused (RFC 8446 §5.1: no zero-length handshake fragments), and so is a
+/// message split across records (no TLS 1.3 stack splits these short messages).
+pub fn post_handshake(msgs: &[u8]) -> Result<Messages<'_>, RecordError> {
+    if msgs.is_empty() {
+        return Err(RecordError::EmptyHandshake);
     }
-    Ok(out)
+    Ok(Messages(msgs))
+}
+
+/// The messages of a handshake record ([`post_handshake`]); ends after the first error.
+#[derive(Debug, Clone)]
+pub struct Messages<'a>(&'a [u8]);
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = Result<PostHandshake<'a>, RecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        Some(match next_message(self.0) {
+            Ok((m, rest)) => {
+                self.0 = rest;
+                Ok(m)
+            }
+            Err(e) => {
+                self.0 = &[];
+                Err(e)
+            }
+        })
+    }
+}
+
+/// The first message of `msgs`, and what follows it.
+fn next_message(msgs: &[u8]) -> Result<(PostHandshake<'_>, &[u8]), RecordError> {
+    let [typ, a, b, c, rest @ ..] = msgs else {
+        return Err(RecordError::Malformed("handshake message header"));
+    };
+    let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
+    if rest.len() < len {
+        return Err(RecordError::Malformed(
+            "handshake message split across records",
+        ));
+    }
+    let (body, rest) = rest.split_at(len);
+    let m = match *typ {
+        KEY_UPDATE => {
+            let &[request] = body else {
+                return Err(RecordError::Malformed("KeyUpdate"));
+            };
+            // RFC 8446 §5.1: the messages before a key change must end at a record boundary;
+            // the KeyUpdate ends its record (rustls: `check_aligned_handshake`).
+            if !rest.is_empty() {
+                return Err(RecordError::KeyUpdateNotLast);
+            }
+            match request {
+                0 => PostHandshake::KeyUpdate {
+                    update_requested: false,
+                },
+                1 => PostHandshake::KeyUpdate {
+                    update_requested: true,
+                },
+                // RFC 8446 §4.6.3: any other value is illegal_parameter.
+                v => return Err(RecordError::KeyUpdateValue(v)),
+            }
+        }
+        NEW_SESSION_TICKET => PostHandshake::NewSessionTicket(body),
+        t => return Err(RecordError::UnexpectedHandshake(t)),
+    };
+    Ok((m, rest))
+}
+
+/// What a peer may send without application data, as rustls limits it (rustls 0.23.46,
+/// `src/common_state.rs`, `struct TemperCounters`): at most 32 KeyUpdates between two
+/// application data records (`INITIAL_KEY_UPDATE_REQUESTS = 32`, "cf. BoringSSL
+/// `kMaxKeyUpdates`", restored by `received_app_data`), and 4 warning alerts per connection
+/// (`allowed_warning_alerts: 4`, BoringSSL's `kMaxWarningAlerts`). Every KeyUpdate costs a key
+/// derivation (and one with update_requested an answer): without a cap a peer could keep us
+/// deriving keys without ever sending data. Past a limit rustls fails without an alert; we
+/// send unexpected_message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    key_updates: u8,
+    warnings: u8,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            key_updates: Self::KEY_UPDATES,
+            warnings: Self::WARNING_ALERTS,
+        }
+    }
+}
+
+impl PeerLimits {
+    /// KeyUpdates a peer may send between two application data records.
+    pub const KEY_UPDATES: u8 = 32;
+    /// Warning alerts (user_canceled: the others are errors) a peer may send.
+    pub const WARNING_ALERTS: u8 = 4;
+
+    /// A KeyUpdate arrived.
+    pub fn key_update(&mut self) -> Result<(), RecordError> {
+        self.key_updates = self
+            .key_updates
+            .checked_sub(1)
+            .ok_or(RecordError::TooManyKeyUpdates)?;
+        Ok(())
+    }
+
+    /// An application data record arrived (one store: this is on every record's path).
+    pub fn app_data(&mut self) {
+        self.key_updates = Self::KEY_UPDATES;
+    }
+
+    /// A warning alert that is not an error arrived.
+    pub fn warning_alert(&mut self) -> Result<(), RecordError> {
+        self.warnings = self
+            .warnings
+            .checked_sub(1)
+            .ok_or(RecordError::TooManyWarnings)?;
+        Ok(())
+    }
 }
 
 /// The KeyUpdate message we send: handshake type 24, length 1, `update_not_requested`.
@@ -244,27 +406,85 @@ pub const KEY_UPDATE_NOT_REQUESTED: [u8; 5] = [KEY_UPDATE, 0, 0, 1, 0];
 /// A close_notify alert (warning level).
 pub const CLOSE_NOTIFY: [u8; 2] = [1, 0];
 
-/// An alert's meaning for the reader: `Ok(())` for close_notify (a clean end of data),
-/// otherwise the alert as an error message.
-pub fn alert(body: &[u8]) -> Result<(), String> {
-    match body {
-        [_, 0] => Ok(()),
-        [level, desc] => Err(format!(
-            "peer sent TLS alert {desc} (level {level}){}",
-            match desc {
-                40 => ": handshake_failure",
-                42 => ": bad_certificate",
-                20 => ": bad_record_mac",
-                80 => ": internal_error",
-                _ => "",
-            }
-        )),
-        _ => Err("malformed TLS alert".into()),
+/// An alert, as the reader must take it (RFC 8446 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alert {
+    /// close_notify, at either level: the peer sends nothing more (a clean end).
+    CloseNotify,
+    /// user_canceled: not an error; "should be followed by a close_notify" (§6.1).
+    UserCanceled,
+    /// Any other alert: an error alert "regardless of the AlertLevel in the message" (§6).
+    Error { level: u8, description: u8 },
+}
+
+impl std::fmt::Display for Alert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (level, desc) = match *self {
+            Alert::CloseNotify => (1, 0),
+            Alert::UserCanceled => (1, USER_CANCELED),
+            Alert::Error { level, description } => (level, description),
+        };
+        write!(
+            f,
+            "peer sent TLS alert {desc} (level {level}): {}",
+            alert_name(desc)
+        )
+    }
+}
+
+/// Reads an alert record's plaintext: exactly one alert (RFC 8446 §5.1: alerts are neither
+/// fragmented nor coalesced), of level warning (1) or fatal (2) — another level is
+/// illegal_parameter, as rustls answers it.
+pub fn alert(body: &[u8]) -> Result<Alert, RecordError> {
+    let &[level, description] = body else {
+        return Err(RecordError::Malformed("alert"));
+    };
+    if !matches!(level, 1 | 2) {
+        return Err(RecordError::AlertLevel(level));
+    }
+    Ok(match description {
+        0 => Alert::CloseNotify,
+        USER_CANCELED => Alert::UserCanceled,
+        description => Alert::Error { level, description },
+    })
+}
+
+/// An alert description's name (RFC 8446 §6, RFC 8446's registry).
+fn alert_name(desc: u8) -> &'static str {
+    match desc {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        22 => "record_overflow",
+        40 => "handshake_failure",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        90 => "user_canceled",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        112 => "unrecognized_name",
+        116 => "certificate_required",
+        120 => "no_application_protocol",
+        _ => "unknown alert",
     }
 }
 
 /// Records a key may protect before it must be replaced: the cipher suite's confidentiality
-/// limit (AES-GCM: 2^24.5 full records, RFC 8446 §5.5) with a margin.
+/// limit (AES-GCM: 2^24.5 full records, RFC 8446 §5.5) with a margin. The margin also keeps
+/// every key far from the end of its sequence numbers (2^64 - 2^60 for a suite without a
+/// limit), so the KeyUpdate and a last alert always have numbers left.
 pub fn key_update_after(limit: u64) -> u64 {
     limit.saturating_sub(limit / 16).max(1)
 }
