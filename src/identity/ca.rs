@@ -1,10 +1,25 @@
 //! The built-in certificate authority: the embedded default when no Istio CA is configured.
 //!
-//! Owns: loading a root (certificate + key PEM) from files or generating one, and issuing
-//! ECDSA P-256 leaf certificates for SPIFFE identities (URI SAN, serverAuth+clientAuth).
-//! Time is passed in (`now`), never read here, so issuance is deterministic to test.
+//! Owns: loading a root (certificate + key PEM) from files or generating one, saving it, and
+//! issuing ECDSA P-256 leaf certificates for SPIFFE identities (URI SAN,
+//! serverAuth+clientAuth). Time is passed in (`now`), never read here, so issuance is
+//! deterministic to test.
+//!
+//! The key file: [`Ca::save`] writes each file to a new temporary file in the same directory
+//! (`O_EXCL`, mode 0600 from creation), sets its final mode (key 0600, certificate 0644),
+//! fsyncs it, renames it over the target and fsyncs the directory, so a crash leaves the old
+//! file or the new one, never a torn or group-readable key; it refuses a target that is a
+//! symlink. [`Ca::load`] refuses a key file that group or others can access (any of 0o077,
+//! as ssh does) and a symlinked key whose target is outside the link's own directory (a
+//! Kubernetes Secret volume's `root.key -> ..data/root.key` stays inside and loads). The key
+//! PEM lives only while it is read or written, in a buffer wiped on drop (`zeroize`; rcgen's
+//! own temporaries while it encodes or decodes are out of our reach); a `Ca` keeps the
+//! parsed key only.
 
-use std::path::Path;
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
@@ -13,6 +28,7 @@ use rcgen::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use zeroize::Zeroizing;
 
 use super::Identity;
 
@@ -29,6 +45,23 @@ pub enum CaError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "refusing to write CA file {path}: it is a symlink, and the file would go wherever it \
+         points; remove the link or name a regular file"
+    )]
+    WriteSymlink { path: String },
+    #[error("CA file {path} is not a regular file")]
+    NotAFile { path: String },
+    #[error(
+        "refusing to load CA key file {path}: it is a symlink to {target}, outside its own \
+         directory; point --ca-key at the key file itself"
+    )]
+    KeySymlink { path: String, target: String },
+    #[error(
+        "CA key file {path} has mode {mode:04o}, so group or others can access it: run \
+         `chmod 600 {path}` (in a Kubernetes Secret volume, set defaultMode: 0400)"
+    )]
+    KeyMode { path: String, mode: u32 },
     #[error("CA file {path} is not a usable PEM {what}: {reason}")]
     BadPem {
         path: String,
@@ -76,7 +109,6 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     root_der: CertificateDer<'static>,
     root_pem: String,
-    key_pem: String,
 }
 
 impl std::fmt::Debug for Ca {
@@ -104,13 +136,11 @@ impl Ca {
         params.not_after = to_time(now + Duration::from_secs(10 * 365 * 24 * 3600));
         let cert = params.self_signed(&key)?;
         let root_pem = cert.pem();
-        let key_pem = key.serialize_pem();
         let root_der = cert.der().clone();
         Ok(Ca {
             issuer: Issuer::new(params, key),
             root_der,
             root_pem,
-            key_pem,
         })
     }
 
@@ -136,28 +166,27 @@ impl Ca {
         Ok(Ca {
             root_pem: cert.pem(),
             root_der: cert.der().clone(),
-            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         })
     }
 
-    /// Loads a root from PEM files (certificate, PKCS#8 key).
+    /// Loads a root from PEM files (certificate, PKCS#8 key). The key file must be a regular
+    /// file only its owner can access; see the module docs for symlinks.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|source| CaError::Read {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        let root_pem = read(cert_path)?;
-        let key_pem = read(key_path)?;
+        let root_pem = std::fs::read_to_string(cert_path).map_err(|source| CaError::Read {
+            path: cert_path.display().to_string(),
+            source,
+        })?;
+        let key_pem = read_key_file(key_path)?;
         let bad = |p: &Path, what, reason: String| CaError::BadPem {
             path: p.display().to_string(),
             what,
             reason,
         };
+        let key_str = std::str::from_utf8(&key_pem)
+            .map_err(|e| bad(key_path, "private key", e.to_string()))?;
         let key =
-            KeyPair::from_pem(&key_pem).map_err(|e| bad(key_path, "private key", e.to_string()))?;
+            KeyPair::from_pem(key_str).map_err(|e| bad(key_path, "private key", e.to_string()))?;
         let root_der = CertificateDer::from_pem_slice(root_pem.as_bytes())
             .map_err(|e| bad(cert_path, "certificate", e.to_string()))?;
         let issuer = Issuer::from_ca_cert_pem(&root_pem, key)
@@ -166,29 +195,15 @@ impl Ca {
             issuer,
             root_der,
             root_pem,
-            key_pem,
         })
     }
 
-    /// Writes the root certificate and key as PEM files (key mode 0600).
+    /// Writes the root certificate (mode 0644) and key (mode 0600) as PEM files, each
+    /// replaced atomically; a path that is a symlink is refused.
     pub fn save(&self, cert_path: &Path, key_path: &Path) -> Result<(), CaError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let write = |p: &Path, data: &str, mode: u32| -> Result<(), CaError> {
-            let err = |source| CaError::Write {
-                path: p.display().to_string(),
-                source,
-            };
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(p)
-                .map_err(err)?;
-            std::io::Write::write_all(&mut f, data.as_bytes()).map_err(err)
-        };
-        write(cert_path, &self.root_pem, 0o644)?;
-        write(key_path, &self.key_pem, 0o600)
+        write_atomic(cert_path, self.root_pem.as_bytes(), 0o644)?;
+        let key_pem = Zeroizing::new(self.issuer.key().serialize_pem());
+        write_atomic(key_path, key_pem.as_bytes(), 0o600)
     }
 
     pub fn root(&self) -> &CertificateDer<'static> {
@@ -303,6 +318,155 @@ fn leaf_params(
     Ok((params, not_before, not_after))
 }
 
+/// The largest key file read (a PKCS#8 P-256 key is ~250 bytes of PEM; RSA-4096 ~3.3 KB).
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// Reads the key file into a buffer wiped on drop, after checking it (module docs).
+fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CaError> {
+    let shown = || path.display().to_string();
+    let read_err = |source| CaError::Read {
+        path: shown(),
+        source,
+    };
+    let target = key_target(path)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&target)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                // Replaced by a link between the check and the open.
+                CaError::KeySymlink {
+                    path: shown(),
+                    target: target.display().to_string(),
+                }
+            } else {
+                read_err(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(CaError::NotAFile { path: shown() });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(CaError::KeyMode {
+            path: shown(),
+            mode,
+        });
+    }
+    if meta.len() > MAX_KEY_FILE {
+        return Err(CaError::BadPem {
+            path: shown(),
+            what: "private key",
+            reason: format!("larger than {MAX_KEY_FILE} bytes"),
+        });
+    }
+    // Room for the whole file up front, so no partly filled buffer is reallocated (and left
+    // unwiped) while reading.
+    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1024));
+    (&mut file)
+        .take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(read_err)?;
+    Ok(buf)
+}
+
+/// The file to open for the key at `path`: `path` itself, or, when it is a symlink, its
+/// resolved target if that is inside `path`'s own directory.
+fn key_target(path: &Path) -> Result<PathBuf, CaError> {
+    let read_err = |source| CaError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(read_err)?;
+    if !meta.file_type().is_symlink() {
+        return Ok(path.to_path_buf());
+    }
+    let dir = std::fs::canonicalize(parent_dir(path)).map_err(read_err)?;
+    let target = std::fs::canonicalize(path).map_err(read_err)?;
+    if target.starts_with(&dir) && target != dir {
+        Ok(target)
+    } else {
+        Err(CaError::KeySymlink {
+            path: path.display().to_string(),
+            target: target.display().to_string(),
+        })
+    }
+}
+
+/// Replaces `path` with `data` (mode `mode`) by a temporary file in the same directory,
+/// fsync and rename; refuses a `path` that is a symlink or not a regular file.
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
+    let shown = || path.display().to_string();
+    let err = |source| CaError::Write {
+        path: shown(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => return Err(CaError::WriteSymlink { path: shown() }),
+        Ok(m) if !m.is_file() => return Err(CaError::NotAFile { path: shown() }),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let name = path.file_name().ok_or_else(|| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path names no file",
+        ))
+    })?;
+    let dir = parent_dir(path);
+    let (tmp, mut file) = create_temp(dir, &name.to_string_lossy()).map_err(err)?;
+    let done = (|| {
+        file.write_all(data)?;
+        // The exact mode, whatever the umask made of the creation mode.
+        file.set_permissions(Permissions::from_mode(mode))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        File::open(dir)?.sync_all()
+    })();
+    if done.is_err() {
+        // Already renamed, or never written: either way nothing to keep.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done.map_err(err)
+}
+
+/// A new file `.<name>.<pid>.<random>.tmp` in `dir`, created exclusively with mode 0600
+/// (never through a symlink).
+fn create_temp(dir: &Path, name: &str) -> std::io::Result<(PathBuf, File)> {
+    let mut last = None;
+    for _ in 0..8 {
+        let tmp = dir.join(format!(
+            ".{name}.{}.{:016x}.tmp",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no temporary file name left")))
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 fn to_time(t: SystemTime) -> time::OffsetDateTime {
     let secs = t
         .duration_since(UNIX_EPOCH)
@@ -312,54 +476,5 @@ fn to_time(t: SystemTime) -> time::OffsetDateTime {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn issues_leaf_with_spiffe_san_and_half_life() {
-        let now = SystemTime::now();
-        let ca = Ca::generate(now).unwrap();
-        let id = Identity::new("cluster.local", "ns1", "sa1");
-        let cert = ca.issue(&id, now, Duration::from_secs(24 * 3600)).unwrap();
-        assert_eq!(cert.chain.len(), 1);
-        assert_eq!(cert.roots, vec![ca.root().clone()]);
-        let ids = crate::tls::identities_of(&cert.chain[0]);
-        assert_eq!(ids, vec![id.clone()]);
-        let half = cert.refresh_at().duration_since(now).unwrap();
-        assert!(half > Duration::from_secs(11 * 3600) && half < Duration::from_secs(13 * 3600));
-        // A short lifetime with a back-dated notBefore still refreshes half-way from issue
-        // (not at once, which would rotate without end).
-        let short = ca.issue(&id, now, Duration::from_secs(8)).unwrap();
-        assert!(short.not_before < now);
-        assert_eq!(
-            short.refresh_at().duration_since(now).unwrap(),
-            Duration::from_secs(4)
-        );
-    }
-
-    #[test]
-    fn save_and_load_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = SystemTime::now();
-        let ca = Ca::generate(now).unwrap();
-        let (c, k) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
-        ca.save(&c, &k).unwrap();
-        let loaded = Ca::load(&c, &k).unwrap();
-        assert_eq!(loaded.root(), ca.root());
-        let id = Identity::new("td", "a", "b");
-        loaded.issue(&id, now, Duration::from_secs(60)).unwrap();
-    }
-
-    #[test]
-    fn load_reports_bad_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = dir.path().join("ca.pem");
-        std::fs::write(&c, "not pem").unwrap();
-        let err = Ca::load(&c, &c).unwrap_err().to_string();
-        assert!(err.contains("ca.pem"), "{err}");
-        let err = Ca::load(&dir.path().join("missing"), &c)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("cannot read CA file"), "{err}");
-    }
-}
+#[path = "ca_tests.rs"]
+mod tests;

@@ -194,14 +194,14 @@ pub fn parse_chain(
         presented.extend(certs_of(i, pem)?);
     }
     let roots = certs_of(chain.len() - 1, &chain[chain.len() - 1])?;
-    let got = crate::tls::identities_of(&presented[0]);
-    if got.first() != Some(id) {
-        return Err(bad(format!(
-            "the leaf is for {}, not the identity asked for",
-            got.first()
-                .map(|i| i.to_string())
-                .unwrap_or_else(|| "no SPIFFE identity".into())
-        )));
+    match crate::tls::identity_of(&presented[0]) {
+        Ok(got) if got == *id => {}
+        Ok(got) => {
+            return Err(bad(format!(
+                "the leaf is for {got}, not the identity asked for"
+            )));
+        }
+        Err(e) => return Err(bad(format!("the leaf: {e}"))),
     }
     let (not_before, not_after) =
         validity(&presented[0]).ok_or_else(|| bad("the leaf's validity cannot be read".into()))?;

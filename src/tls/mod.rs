@@ -1,9 +1,24 @@
 //! TLS for HBONE: rustls configs built from workload certificates, and SPIFFE peer checks.
 //!
 //! Owns: the wire contract of ztunnel's TLS (TLS 1.3 only, AES-GCM suites, ALPN `h2`, client
-//! certificate required, no SNI, no resumption), the server-side trust-domain check, and
-//! reading SPIFFE identities out of certificates. Pure: no sockets, no clock reads beyond what
-//! rustls does during a handshake.
+//! certificate required, no SNI, no resumption), the X.509-SVID check of peers, the
+//! server-side trust-domain check, and reading the SPIFFE identity out of a certificate.
+//! Pure: no sockets, no clock reads beyond what rustls does during a handshake.
+//!
+//! A peer's certificate is an X.509-SVID: exactly one URI SAN, a SPIFFE ID parsed strictly
+//! ([`Identity`]'s `FromStr`); other SAN types (DNS, IP) are allowed beside it. [`identity_of`]
+//! is the one reader, and both roles apply it inside the handshake: the server's
+//! client-certificate verifier checks that one identity's trust domain, the client's
+//! server-certificate verifier refuses a certificate that is not an SVID, and
+//! [`verify_peer`] / [`peer_identity`] return that same identity to the flows for policy.
+//! Several URI SANs are refused, not searched (SPIFFE X.509-SVID spec, section 2: "Validators
+//! encountering an SVID containing more than one URI SAN MUST reject the SVID").
+//!
+//! Chains are checked by rustls-webpki: validity window (expired and not-yet-valid refused),
+//! intermediates from the presented chain, and the extended key usage only when the
+//! extension is present (`KeyUsage::required_if_present`): a leaf without an EKU extension is
+//! accepted in either role, one whose EKU lacks clientAuth is refused as a client and one
+//! lacking serverAuth as a server (as ztunnel, which uses the same verifiers).
 
 use std::sync::Arc;
 
@@ -19,8 +34,8 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 pub mod record;
 
-use crate::identity::Identity;
 use crate::identity::ca::IssuedCert;
+use crate::identity::{Identity, IdentityParseError};
 
 /// ALPN protocol HBONE speaks.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -30,8 +45,21 @@ pub const ALPN_H2: &[u8] = b"h2";
 pub enum PeerError {
     #[error("peer presented no certificate")]
     NoCertificate,
-    #[error("peer certificate has no SPIFFE identity")]
-    NoIdentity,
+    #[error("certificate cannot be parsed: {0}")]
+    BadCertificate(String),
+    #[error(
+        "certificate has no URI SAN: an X.509-SVID carries exactly one, \
+         spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
+    )]
+    NoUriSan,
+    #[error(
+        "certificate has {} URI SANs ({}): an X.509-SVID carries exactly one",
+        .0.len(),
+        .0.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+    )]
+    UriSans(Vec<String>),
+    #[error("malformed URI SAN {:?}: {}", .0.input, .0.reason)]
+    MalformedSan(IdentityParseError),
     #[error("peer presented {got}, expected {}", expected.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" or "))]
     WrongIdentity {
         got: String,
@@ -83,8 +111,9 @@ pub fn try_server_config(
 }
 
 /// The client config of one workload identity: presents its certificate, sends no SNI, keeps
-/// no session, and accepts any server chaining to `roots`. The server's SPIFFE identity is
-/// checked with [`verify_peer`] right after the handshake, before a byte of payload is sent.
+/// no session, and accepts any server chaining to `roots` with an X.509-SVID. The server's
+/// SPIFFE identity is checked with [`verify_peer`] right after the handshake, before a byte
+/// of payload is sent.
 pub fn client_config(cert: &IssuedCert, roots: Arc<RootCertStore>) -> Arc<ClientConfig> {
     client_config_with(cert, roots, provider())
 }
@@ -135,58 +164,58 @@ pub fn dummy_server_name() -> ServerName<'static> {
     ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
 }
 
-/// The SPIFFE identities (URI SANs) of a certificate, in order.
-pub fn identities_of(cert: &CertificateDer<'_>) -> Vec<Identity> {
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = parsed.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
+/// The SPIFFE identity of a certificate (an X.509-SVID): its one URI SAN, parsed strictly.
+/// No URI SAN, several, or one that is not an Istio SPIFFE ID is an error saying which.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, PeerError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| PeerError::BadCertificate(e.to_string()))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| PeerError::BadCertificate(format!("subjectAltName: {e}")))?;
+    let uris: Vec<&str> = san
         .iter()
+        .flat_map(|s| s.value.general_names.iter())
         .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(u) => u.parse().ok(),
+            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
             _ => None,
         })
-        .collect()
+        .collect();
+    match uris.as_slice() {
+        [] => Err(PeerError::NoUriSan),
+        [one] => one.parse().map_err(PeerError::MalformedSan),
+        many => Err(PeerError::UriSans(
+            many.iter().map(|u| u.to_string()).collect(),
+        )),
+    }
 }
 
-/// The peer's identity: the first SPIFFE URI SAN of its leaf certificate.
+/// The peer's identity: [`identity_of`] its leaf certificate.
 pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, PeerError> {
     let leaf = certs
         .and_then(|c| c.first())
         .ok_or(PeerError::NoCertificate)?;
-    identities_of(leaf)
-        .into_iter()
-        .next()
-        .ok_or(PeerError::NoIdentity)
+    identity_of(leaf)
 }
 
-/// Checks that the peer's leaf carries one of `expected` (any one suffices, as in ztunnel).
+/// Checks that the peer's identity is one of `expected` (any one suffices, as in ztunnel).
 pub fn verify_peer(
     certs: Option<&[CertificateDer<'_>]>,
     expected: &[Identity],
 ) -> Result<Identity, PeerError> {
-    let leaf = certs
-        .and_then(|c| c.first())
-        .ok_or(PeerError::NoCertificate)?;
-    let ids = identities_of(leaf);
-    if let Some(hit) = ids.iter().find(|i| expected.contains(i)) {
-        return Ok(hit.clone());
-    }
-    match ids.first() {
-        None => Err(PeerError::NoIdentity),
-        Some(got) => Err(PeerError::WrongIdentity {
+    let got = peer_identity(certs)?;
+    if expected.contains(&got) {
+        Ok(got)
+    } else {
+        Err(PeerError::WrongIdentity {
             got: got.to_string(),
             expected: expected.to_vec(),
-        }),
+        })
     }
 }
 
-/// Client-certificate verifier: WebPKI chain check, then the SPIFFE trust domain must equal
-/// ours (ztunnel's `TrustDomainVerifier`).
+/// Client-certificate verifier: WebPKI chain check (clientAuth), then the certificate must be
+/// an X.509-SVID whose one identity is in our trust domain (ztunnel's `TrustDomainVerifier`,
+/// stricter: ztunnel accepts any of several URI SANs).
 #[derive(Debug)]
 struct TrustDomainVerifier {
     inner: Arc<dyn ClientCertVerifier>,
@@ -206,14 +235,13 @@ impl ClientCertVerifier for TrustDomainVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if identities_of(end_entity)
-            .iter()
-            .any(|i| i.trust_domain == self.trust_domain)
-        {
+        let id = identity_of(end_entity)
+            .map_err(|e| rustls::Error::General(format!("client certificate refused: {e}")))?;
+        if id.trust_domain == self.trust_domain {
             Ok(ClientCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
-                "client certificate has no SPIFFE identity in trust domain {}",
+                "client certificate refused: {id} is not in trust domain {}",
                 self.trust_domain
             )))
         }
@@ -242,8 +270,9 @@ impl ClientCertVerifier for TrustDomainVerifier {
     }
 }
 
-/// Server-certificate verifier: the chain must reach our roots with serverAuth; names are not
-/// checked here (there is no SNI), the SPIFFE identity is checked by [`verify_peer`].
+/// Server-certificate verifier: the chain must reach our roots (serverAuth when the leaf has
+/// an EKU) and the leaf must be an X.509-SVID; names are not checked here (there is no SNI),
+/// the identity is compared with the expected ones by [`verify_peer`] after the handshake.
 #[derive(Debug)]
 struct ChainVerifier {
     roots: Arc<RootCertStore>,
@@ -267,6 +296,8 @@ impl ServerCertVerifier for ChainVerifier {
             now,
             self.algs.all,
         )?;
+        identity_of(end_entity)
+            .map_err(|e| rustls::Error::General(format!("server certificate refused: {e}")))?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -293,5 +324,7 @@ impl ServerCertVerifier for ChainVerifier {
     }
 }
 
+#[cfg(test)]
+mod svid_tests;
 #[cfg(test)]
 mod tests;

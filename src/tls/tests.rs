@@ -15,7 +15,7 @@ fn roots(ca: &Ca) -> Arc<RootCertStore> {
 }
 
 /// Runs a handshake to completion; returns the error of whichever side failed.
-fn handshake(
+pub(super) fn handshake(
     c: Arc<ClientConfig>,
     s: Arc<ServerConfig>,
 ) -> Result<(ClientConnection, ServerConnection), rustls::Error> {
