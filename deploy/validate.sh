@@ -7,7 +7,12 @@
 #      (K8S_VERSION=1.xx.0 picks another);
 #   3. the seccomp profile: valid JSON (python3 -m json.tool) and the calls ringmesh needs;
 #   4. if kustomize or kubectl is on PATH: the kustomizations and the Helm post-renderer (on a
-#      chart-shaped fixture) render, and what they render validates too.
+#      chart-shaped fixture) render, and what they render validates too;
+#   5. the waypoint (deploy/waypoint/check.py): the Gateway API objects, which
+#      kubernetes-validate has no schema for, and whether Gateway, Service, Deployment and the
+#      routes ConfigMap fit together as istiod and `ringmesh waypoint` need them to; yamllint
+#      on the files inside its ConfigMaps; and, if a ringmesh binary is at $RINGMESH or on
+#      PATH, the routes loaded by `ringmesh waypoint --dry-run`.
 # Installs yamllint and kubernetes-validate from PyPI when they are missing (the only network
 # use); needs no root beyond what pip needs. Exits non-zero, saying why, on any failure.
 set -uo pipefail
@@ -107,10 +112,17 @@ done
 [ "${#manifests[@]}" -gt 0 ] || fail "no Kubernetes manifests under deploy/"
 
 validated=0 # objects in the last validate call
-validate() { # label, files...
-    local label=$1 out
-    shift
-    out=$("$py" -m kubernetes_validate --strict -k "$k8s" "$@" 2>&1)
+gwapi=0     # Gateway API objects set aside in the last validate call (checked in 5.)
+validate() { # label, file
+    local label=$1 f=$2 out counts rest
+    # Gateway API objects are CRDs kubernetes-validate has no schema for: set them aside.
+    counts=$("$py" deploy/waypoint/check.py split "$f" "$tmp/core.yaml" 2>&1) ||
+        fail "$label: cannot read it as YAML: $counts"
+    read -r gwapi rest <<<"$counts"
+    validated=0
+    [ "$gwapi" -gt 0 ] && f=$tmp/core.yaml
+    [ "$rest" -gt 0 ] || return 0
+    out=$("$py" -m kubernetes_validate --strict -k "$k8s" "$f" 2>&1)
     local rc=$?
     # kubernetes-validate only warns (exit 0) for a kind it has no schema for: an error here.
     if [ $rc -ne 0 ] || grep -qE '^(ERROR|WARN|FATAL)' <<<"$out" || ! grep -q '^INFO' <<<"$out"; then
@@ -121,9 +133,12 @@ validate() { # label, files...
     validated=$(grep -c '^INFO' <<<"$out")
 }
 objects=0
+gwobjects=0
 for f in "${manifests[@]}"; do
     validate "$f" "$f"
     objects=$((objects + validated))
+    gwobjects=$((gwobjects + gwapi))
+    [ $((validated + gwapi)) -gt 0 ] || fail "$f: no Kubernetes object in it"
 done
 rendered=""
 
@@ -155,12 +170,18 @@ elif command -v kubectl >/dev/null 2>&1; then
     kbuild() { kubectl kustomize "$1"; }
 fi
 if [ "$(type -t kbuild)" = function ]; then
-    for d in deploy/seccomp deploy/self-managed; do
+    for d in deploy/seccomp deploy/self-managed deploy/waypoint deploy/waypoint/istio-managed; do
         kbuild "$d" >"$tmp/render.yaml" 2>"$tmp/render.err" || {
             cat "$tmp/render.err" >&2
             fail "$d: kustomize cannot render it"
         }
         validate "$d (rendered by kustomize)" "$tmp/render.yaml"
+        case $d in
+            deploy/waypoint) "$py" deploy/waypoint/check.py manual "$tmp/render.yaml" ||
+                fail "$d (rendered by kustomize): the waypoint's objects do not fit together (above)" ;;
+            deploy/waypoint/istio-managed) "$py" deploy/waypoint/check.py managed "$tmp/render.yaml" ||
+                fail "$d (rendered by kustomize): the Gateway and its overlay do not fit together (above)" ;;
+        esac
     done
     fixture=deploy/postrender/testdata/ztunnel-rendered.yaml
     bash deploy/postrender/post-render.sh <"$fixture" >"$tmp/post.yaml" 2>"$tmp/post.err" || {
@@ -186,4 +207,57 @@ else
     rendered=" (kustomize renders skipped: neither kustomize nor kubectl on PATH)"
 fi
 
-echo "$me: ${#manifests[@]} manifests valid ($objects objects, Kubernetes $k8s strict), ${#yamls[@]} YAML files lint-clean, seccomp profile valid$rendered"
+# --- 5. the waypoint -------------------------------------------------------------------------
+wp=deploy/waypoint
+"$py" $wp/check.py manual $wp/gateway.yaml $wp/waypoint.yaml $wp/pdb.yaml $wp/routes/routes.yaml ||
+    fail "$wp: the waypoint's objects do not fit together (above)"
+"$py" $wp/check.py managed $wp/istio-managed/gateway.yaml $wp/istio-managed/overlay.yaml $wp/routes/routes.yaml ||
+    fail "$wp/istio-managed: the Gateway and its overlay do not fit together (above)"
+mkdir -p "$tmp/routes" "$tmp/overlay"
+nroutes=$("$py" $wp/check.py routes $wp/routes/routes.yaml "$tmp/routes") ||
+    fail "$wp/routes/routes.yaml: the route files inside it (above)"
+"$py" - $wp/istio-managed/overlay.yaml "$tmp/overlay" <<'EOF' || fail "$wp/istio-managed/overlay.yaml: cannot read its data"
+import sys, yaml
+for k, v in yaml.safe_load(open(sys.argv[1]))["data"].items():
+    open(f"{sys.argv[2]}/{k}.yaml", "w").write(v)
+EOF
+for inner in "$tmp"/routes/* "$tmp"/overlay/*; do
+    case $inner in
+        "$tmp"/routes/*) label="$wp/routes/routes.yaml data.${inner##*/}" ;;
+        *) label="$wp/istio-managed/overlay.yaml data.$(basename "$inner" .yaml)" ;;
+    esac
+    if ! "$py" -m yamllint -f parsable -d "$lintcfg" - <"$inner" >"$tmp/lint.out" 2>&1; then
+        sed "s|^stdin|$label|" "$tmp/lint.out" >&2
+        fail "yamllint found errors in $label (above; line numbers inside it)"
+    fi
+done
+# The routes as ringmesh itself reads them (offline: --dry-run loads and prints, connects nowhere).
+ringmesh=${RINGMESH:-$(command -v ringmesh || true)}
+if [ -n "$ringmesh" ]; then
+    "$ringmesh" waypoint --dry-run --resources "$tmp/routes" --name waypoint --pod-namespace default \
+        --xds-address istiod.istio-system.svc:15012 >"$tmp/dry.json" 2>"$tmp/dry.err" || {
+        cat "$tmp/dry.err" >&2
+        fail "$wp/routes/routes.yaml: $ringmesh waypoint --dry-run refuses the routes (above)"
+    }
+    "$py" - "$tmp/dry.json" <<'EOF' || fail "$wp/routes/routes.yaml: ringmesh waypoint --dry-run (above)"
+import json, sys
+out = json.load(open(sys.argv[1]))
+if out.get("routes", 0) < 1:
+    sys.exit(f"ringmesh loaded no route: {out}")
+# --dry-run knows no services, so every parent and backend is "not found"; anything else in a
+# failed condition's message is a mistake in the route itself.
+import re
+offline = re.compile(r'parent service: ".*" not found|backend\(.*\) not found')
+bad = [f"{r['kind']} {r['namespace']}/{r['name']}: {c['type']}: {part}"
+       for r in out.get("status", []) for p in r.get("parents", []) for c in p.get("conditions", [])
+       if c.get("status") == "False" for part in c.get("message", "").split("; ") if not offline.fullmatch(part)]
+if bad:
+    sys.exit("\n".join(bad))
+EOF
+    dry=", routes loaded by $ringmesh --dry-run"
+else
+    dry=" (ringmesh --dry-run skipped: set RINGMESH or put ringmesh on PATH)"
+fi
+waypoint="waypoint objects consistent ($gwobjects Gateway API objects, $nroutes objects in the route files)$dry"
+
+echo "$me: ${#manifests[@]} manifests valid ($objects objects, Kubernetes $k8s strict), ${#yamls[@]} YAML files lint-clean, seccomp profile valid$rendered, $waypoint"
