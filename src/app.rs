@@ -7,6 +7,7 @@
 //!
 //! The control thread is the only writer of the published snapshots; shards only read them.
 
+mod handover;
 pub mod waypoint;
 
 use std::collections::{BTreeSet, HashMap};
@@ -89,6 +90,10 @@ pub struct Node {
     metrics: Arc<Metrics>,
     /// The ZDS socket, until ZDS is started (xDS mode waits for the first sync).
     zds_waiting: Option<PathBuf>,
+    /// The previous node proxy on this node, while it hands its listeners over.
+    handover: Option<crate::inpod::handover::Client>,
+    /// Our own copy of every pod's listeners (port, fd), for the next process to take.
+    listener_fds: HashMap<String, Vec<(u16, std::os::fd::OwnedFd)>>,
 }
 
 /// Runs the node proxy until SIGTERM/SIGINT or `POST /quitquitquit`. `ztunnel_defaults`:
@@ -97,6 +102,7 @@ pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
     // A parent may have started us with these blocked (the signal mask is inherited across
     // exec; the lab's holder blocks them): the shutdown and reload signals must arrive.
     unblock_signals();
+    raise_fd_limit();
     let vars = config::env::vars();
     let plane = config::env::control_plane(&args, &vars, ztunnel_defaults, &|p| p.exists())
         .map_err(StartError::Settings)?;
@@ -119,6 +125,8 @@ pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
         node.serve_admin().await?;
         let (zds_tx, zds_rx) = tokio::sync::mpsc::unbounded_channel();
         let (xds_tx, xds_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ho_tx, ho_rx) = tokio::sync::mpsc::unbounded_channel();
+        node.start_handover(ho_tx);
         node.zds_waiting = node.zds_socket();
         if node.zds_waiting.is_some() {
             node.admin.set_pending("workload proxy manager", true);
@@ -141,7 +149,9 @@ pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
         } else {
             node.start_zds(&zds_tx)?;
         }
-        node.control_loop(zds_rx, zds_tx.clone(), xds_rx).await;
+        node.control_loop(zds_rx, zds_tx.clone(), xds_rx, ho_rx)
+            .await;
+        node.drain().await;
         drop(zds_tx);
         drop(xds_tx);
         node.shutdown();
@@ -314,6 +324,8 @@ impl Node {
             admin,
             metrics,
             zds_waiting: None,
+            handover: None,
+            listener_fds: HashMap::new(),
         };
         for p in node.args.pods.clone() {
             let netns = Netns::open(&p.netns)?;
@@ -368,21 +380,63 @@ impl Node {
     /// shard its set, and makes sure its identity has a certificate.
     fn add_pod(&mut self, pod: Arc<Pod>, source: Source) -> Result<(), StartError> {
         let mark = self.args.mark;
-        let mut sets = Vec::with_capacity(self.shards.len());
-        for _ in &self.shards {
-            sets.push(PodListeners {
-                pod: pod.clone(),
-                outbound: pod.netns.listener(config::flags::OUTBOUND_PORT, mark)?,
-                inbound_plain: pod
-                    .netns
-                    .listener(config::flags::INBOUND_PLAINTEXT_PORT, mark)?,
-                hbone: pod.netns.listener(config::flags::HBONE_PORT, mark)?,
-            });
+        let n = self.shards.len();
+        let ports = [
+            config::flags::OUTBOUND_PORT,
+            config::flags::INBOUND_PLAINTEXT_PORT,
+            config::flags::HBONE_PORT,
+        ];
+        // The previous process's sockets first (their queues may hold connections), one
+        // per shard and port; fresh ones where it had fewer shards, extras spread around.
+        let taken = self.take_listeners(&pod);
+        let took = !taken.is_empty();
+        let mut by_port: [Vec<std::net::TcpListener>; 3] = Default::default();
+        for (port, l) in taken {
+            if let Some(i) = ports.iter().position(|p| *p == port) {
+                by_port[i].push(l);
+            }
         }
-        for (shard, l) in self.shards.iter().zip(sets) {
+        let mut sets: Vec<[Vec<std::net::TcpListener>; 3]> =
+            (0..n).map(|_| Default::default()).collect();
+        for (i, port) in ports.iter().enumerate() {
+            let mut have = std::mem::take(&mut by_port[i]).into_iter();
+            for set in sets.iter_mut() {
+                match have.next() {
+                    Some(l) => set[i].push(l),
+                    None => set[i].push(pod.netns.listener(*port, mark)?),
+                }
+            }
+            for (k, l) in have.enumerate() {
+                sets[k % n][i].push(l);
+            }
+        }
+        let mut fds = Vec::with_capacity(3 * n);
+        for set in &sets {
+            for (i, ls) in set.iter().enumerate() {
+                for l in ls {
+                    match l.try_clone() {
+                        Ok(c) => fds.push((ports[i], std::os::fd::OwnedFd::from(c))),
+                        Err(e) => {
+                            tracing::warn!(pod = %pod.uid, "cannot keep a copy of a listener for a later hand-over: {e}")
+                        }
+                    }
+                }
+            }
+        }
+        self.listener_fds.insert(pod.uid.clone(), fds);
+        for (shard, [o, p, h]) in self.shards.iter().zip(sets) {
+            let l = PodListeners {
+                pod: pod.clone(),
+                outbound: o,
+                inbound_plain: p,
+                hbone: h,
+            };
             let _ = shard.send(Box::new(move |ctx| ctx.add_pod(l)));
         }
-        tracing::info!(pod = %pod.uid, netns = %pod.netns.path.display(), shards = self.shards.len(), "pod enrolled: listeners 15001/15006/15008 open");
+        if took {
+            self.confirm_taken(&pod.uid);
+        }
+        tracing::info!(pod = %pod.uid, netns = %pod.netns.path.display(), shards = n, taken_over = took, "pod enrolled: listeners 15001/15006/15008 open");
         if pod.workload(&self.state.load()).is_none() {
             tracing::warn!(pod = %pod.uid, "enrolled pod is not in the config yet: its traffic is refused until it is");
         }
@@ -413,12 +467,29 @@ impl Node {
 
     /// Closes a pod's listeners on every shard (live connections finish on their own).
     fn remove_pod(&mut self, uid: &str) {
-        if self.pods.remove(uid).is_none() {
+        if !self.forget_pod(uid, false) {
             return;
         }
+        tracing::info!(pod = %uid, "pod removed: its listeners are closed");
+        self.reconcile_certs();
+    }
+
+    /// Drops a pod from the books and its listeners from the shards: closed, or (`keep_queues`,
+    /// handed to another process) released without closing their queues. False if unknown.
+    fn forget_pod(&mut self, uid: &str, keep_queues: bool) -> bool {
+        if self.pods.remove(uid).is_none() {
+            return false;
+        }
+        self.listener_fds.remove(uid);
         for shard in &self.shards {
             let uid = uid.to_string();
-            let _ = shard.send(Box::new(move |ctx| ctx.remove_pod(&uid)));
+            let _ = shard.send(Box::new(move |ctx| {
+                if keep_queues {
+                    ctx.release_pod(&uid)
+                } else {
+                    ctx.remove_pod(&uid)
+                }
+            }));
         }
         self.admin
             .pods
@@ -428,8 +499,7 @@ impl Node {
         self.metrics
             .active_pods
             .store(self.pods.len() as u64, Ordering::Relaxed);
-        tracing::info!(pod = %uid, "pod removed: its listeners are closed");
-        self.reconcile_certs();
+        true
     }
 
     /// Carries out one ZDS request; `Err` becomes the NACK reason.
@@ -540,6 +610,7 @@ impl Node {
         mut zds: tokio::sync::mpsc::UnboundedReceiver<ZdsEvent>,
         zds_tx: tokio::sync::mpsc::UnboundedSender<ZdsEvent>,
         mut xds: tokio::sync::mpsc::UnboundedReceiver<XdsEvent>,
+        mut handover: tokio::sync::mpsc::UnboundedReceiver<crate::inpod::handover::HandoverEvent>,
     ) {
         let Some(mut cert_rx) = self.cert_rx.take() else {
             return;
@@ -580,6 +651,7 @@ impl Node {
                 }
                 _ = tokio::time::sleep(rotate_in) => self.reconcile_certs(),
                 Some(f) = cert_rx.recv() => self.certs.fetched(f, SystemTime::now()),
+                Some(ev) = handover.recv() => self.handover_event(ev),
                 Some(ev) = xds.recv() => match ev {
                     XdsEvent::Snapshot(snap) => self.publish_xds(*snap),
                     XdsEvent::Synced => {
@@ -606,6 +678,22 @@ impl Node {
         for s in self.shards {
             s.stop();
         }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: every pod costs 3 listeners per shard
+/// and every proxied connection two or more fds.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!("open files limit raised from {soft} to {hard}"),
+            Err(e) => {
+                tracing::warn!("cannot raise the open files limit from {soft} to {hard}: {e}")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open files limit: {e}"),
     }
 }
 
@@ -703,6 +791,10 @@ fn effective_config(
             .collect::<serde_json::Map<String, serde_json::Value>>(),
         "cpuLimit": args.cpu_limit,
         "zdsSocket": args.zds_socket.as_ref().map(|p| p.display().to_string()),
+        "handoverSocket": if args.no_handover { None } else {
+            args.handover_socket.clone().or_else(|| args.zds_socket.as_ref().map(|z| crate::inpod::handover::path_for(z))).map(|p| p.display().to_string())
+        },
+        "drainDeadline": format!("{}s", config::env::drain_deadline(args.drain_deadline, &config::env::vars()).as_secs()),
         "keepalive": if args.keepalive_enabled {
             serde_json::json!({"time": args.keepalive_time.as_secs(), "interval": args.keepalive_interval.as_secs(), "retries": args.keepalive_retries})
         } else { serde_json::Value::Null },

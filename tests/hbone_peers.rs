@@ -99,7 +99,7 @@ async fn echo_app() -> SocketAddr {
 async fn our_server(ctx: &Rc<ShardCtx>) -> SocketAddr {
     let (l, a) = our_listener();
     let pod = Arc::new(Pod::new("srv", Arc::new(Netns::current())));
-    ringmesh::runtime::engine::spawn(inbound::serve(ctx.clone(), pod, l));
+    ringmesh::runtime::engine::spawn(inbound::serve(ctx.clone(), pod, l, Default::default()));
     a
 }
 
@@ -170,11 +170,13 @@ async fn our_stream_from(
         .unwrap();
     let h2s = e.ctx.cfg.h2.clone();
     let records = e.ctx.cfg.tls_records;
+    let (max, timeout) = (h2s.client_max_streams, e.ctx.cfg.connect_timeout);
     e.ctx
         .pool
-        .stream(&key, e.ctx.cfg.h2.client_max_streams, req, || async move {
+        .stream(&key, max, timeout, req, |deadline| async move {
             let tcp = our_connect(server).await;
-            h2conn::dial(tcp, cert.client.clone(), &[expected], &h2s, records).await
+            let client = cert.client.clone();
+            h2conn::dial(tcp, client, &[expected], &h2s, records, &deadline).await
         })
         .await
 }

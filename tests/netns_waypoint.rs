@@ -75,6 +75,9 @@ resources: |
       backendRefs: [{{name: echo-v1, port: 80, weight: 90}}, {{name: echo-v2, port: 80, weight: 10}}]
     - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
       filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}, statusCode: 301}}}}]
+    - matches: [{{path: {{type: PathPrefix, value: /mirror}}}}]
+      filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: echo-v2, port: 80}}}}}}]
+      backendRefs: [{{name: echo-v1, port: 80}}]
     - matches: [{{path: {{type: PathPrefix, value: /delay}}}}]
       timeouts: {{request: 500ms}}
       backendRefs: [{{name: echo-v1, port: 80}}]
@@ -113,6 +116,27 @@ fn local_get(run: &LabRun, pod: &str, port: u16, path: &str) -> String {
     http_apps::http_get(&pod_ns(run, pod), addr, path, &[])
         .map(|r| String::from_utf8_lossy(&r.body).to_string())
         .unwrap_or_default()
+}
+
+/// Waits (5 s at most) for echo-v2's server to have answered a request for `path`; its
+/// description.
+fn wait_seen(run: &LabRun, path: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(run, "client-a", vip(3, 80), "/_seen", &[]);
+        let seen = r.json().unwrap();
+        let hit = seen
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["path"] == path).cloned());
+        if let Some(d) = hit {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mirrored {path} at echo-v2: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn node_metrics(run: &LabRun, node: &str) -> String {
@@ -278,6 +302,36 @@ fn netns_waypoint_routes_balances_and_forwards_over_a_second_hbone_hop() {
     assert_eq!(r.status, 301, "{r:?}");
     let loc = r.header("location").unwrap_or_default().to_string();
     assert!(loc.ends_with("/new/page?x=1"), "{loc}");
+
+    // 4b. RequestMirror: echo-v1 answers; echo-v2 gets a copy, body included, byte-exact.
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let req = http::Request::post("/mirror/post")
+        .header("host", "echo")
+        .body(bytes::Bytes::from(body.clone()))
+        .unwrap();
+    let r = http_apps::http_request(
+        &pod_ns(&run, "client-a"),
+        vip(1, 80),
+        req,
+        false,
+        http_apps::CLIENT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, served_by(&r).as_str()),
+        (200, "echo-v1-b"),
+        "{r:?}"
+    );
+    assert_eq!(r.json().unwrap()["bodyLength"], 300_000);
+    let want = format!("{:016x}", http_apps::fnv1a(&body));
+    let mirrored = wait_seen(&run, "/mirror/post");
+    assert_eq!(mirrored["method"], "POST", "{mirrored}");
+    assert_eq!(mirrored["bodyLength"], 300_000, "{mirrored}");
+    assert_eq!(mirrored["bodyFnv1a"], want.as_str(), "{mirrored}");
+    assert_eq!(mirrored["peer"], wp_ip.to_string(), "{mirrored}");
+    let r = get(&run, "client-a", vip(1, 80), "/mirror/get", &[]);
+    assert_eq!(served_by(&r), "echo-v1-b", "{r:?}");
+    assert_eq!(wait_seen(&run, "/mirror/get")["bodyLength"], 0);
 
     // 5. A request timeout gives 504, in about the route's 500 ms.
     let t = Instant::now();

@@ -142,6 +142,7 @@ fn resources_stamp(p: &Path) -> Option<Vec<(PathBuf, SystemTime, u64)>> {
 /// Runs the waypoint until SIGTERM/SIGINT or `POST /quitquitquit`.
 pub fn run(a: WaypointArgs) -> Result<(), StartError> {
     super::unblock_signals();
+    super::raise_fd_limit();
     let n = node_args(&a)?;
     let vars = config::env::vars();
     let plane = config::env::control_plane(&n, &vars, false, &|p| p.exists())

@@ -64,8 +64,8 @@ pub const ZTUNNEL_VARS: &[ZtunnelVar] = &[
     v("INPOD_ENABLED", Support::Ignored, "in-pod mode is the only mode (ztunnel ignores it too)"),
     v(env::ZDS_SOCKET, Support::Flag("--zds-socket"), "istio-cni's ZDS socket"),
     v("INPOD_PORT_REUSE", Support::Ignored, "in-pod listeners always use SO_REUSEPORT (one per shard)"),
-    v("TERMINATION_GRACE_PERIOD_SECONDS", Support::No, "no drain yet: connections close when the process exits"),
-    v("CONNECTION_TERMINATION_DEADLINE", Support::No, "no drain yet: connections close when the process exits"),
+    v(env::GRACE_PERIOD, Support::Yes, "the drain deadline on SIGTERM: grace − 5 s when over 10 s, else grace − 1 s"),
+    v(env::DRAIN_DEADLINE, Support::Flag("--drain-deadline"), "the drain deadline on SIGTERM, wins over TERMINATION_GRACE_PERIOD_SECONDS"),
     v(env::SECRET_TTL, Support::Flag("--cert-ttl"), "workload certificate lifetime asked of the CA"),
     v(env::XDS_ON_DEMAND, Support::Flag("--xds-on-demand"), "not honoured: ringmesh subscribes to everything (a log line says so)"),
     v(env::SHARDS, Support::Flag("--shards"), "shards: N, N% of the CPUs, or 0 for all"),
@@ -116,6 +116,27 @@ pub const ZTUNNEL_VARS: &[ZtunnelVar] = &[
 ];
 
 /// The set variables ringmesh does not support, `NAME=value`, for the one log line at start.
+/// How long a SIGTERM drain waits, as ztunnel derives it: the flag (or
+/// CONNECTION_TERMINATION_DEADLINE), else TERMINATION_GRACE_PERIOD_SECONDS − 5 s when that is
+/// over 10 s, else − 1 s (at least 0), else 5 s.
+pub fn drain_deadline(
+    flag: Option<std::time::Duration>,
+    vars: &BTreeMap<String, String>,
+) -> std::time::Duration {
+    use std::time::Duration;
+    if let Some(d) = flag {
+        return d;
+    }
+    match vars
+        .get(env::GRACE_PERIOD)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(g) if g > 10 => Duration::from_secs(g - 5),
+        Some(g) => Duration::from_secs(g.saturating_sub(1)),
+        None => Duration::from_secs(5),
+    }
+}
+
 pub fn unsupported(vars: &BTreeMap<String, String>) -> Vec<String> {
     let mut out = Vec::new();
     for z in ZTUNNEL_VARS.iter().filter(|z| z.support == Support::No) {
@@ -211,7 +232,7 @@ pub fn check(vars: &BTreeMap<String, String>) -> Vec<String> {
         (env::XDS_ON_DEMAND, boolean),
         ("INPOD_ENABLED", boolean),
         ("PROXY_MODE", mode),
-        ("TERMINATION_GRACE_PERIOD_SECONDS", count),
+        (env::GRACE_PERIOD, count),
         (env::LOG, log),
     ];
     let mut errs = Vec::new();

@@ -2,6 +2,7 @@
 //! refused with the variable's name; unsupported ones are named.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -96,13 +97,34 @@ fn the_charts_environment_configures_the_node() {
     );
     assert_eq!(args.cpu_limit, Some(2));
     assert_eq!(args.control.node_name, "node-a");
-    // The only thing the chart sets that ringmesh does not do is drain.
+    // Everything the chart sets is supported; its grace period sets the drain.
     let u = unsupported(&vars);
-    assert_eq!(u.len(), 1, "{u:?}");
-    assert!(
-        u[0].starts_with("TERMINATION_GRACE_PERIOD_SECONDS=30"),
-        "{u:?}"
+    assert!(u.is_empty(), "{u:?}");
+    assert_eq!(
+        drain_deadline(args.drain_deadline, &vars),
+        Duration::from_secs(25)
     );
+}
+
+#[test]
+fn drain_deadline_as_ztunnel_derives_it() {
+    let vars = |g: &str| {
+        BTreeMap::from([(
+            "TERMINATION_GRACE_PERIOD_SECONDS".to_string(),
+            g.to_string(),
+        )])
+    };
+    let s = Duration::from_secs;
+    assert_eq!(drain_deadline(None, &BTreeMap::new()), s(5));
+    assert_eq!(drain_deadline(None, &vars("30")), s(25));
+    assert_eq!(drain_deadline(None, &vars("11")), s(6));
+    assert_eq!(drain_deadline(None, &vars("10")), s(9));
+    assert_eq!(drain_deadline(None, &vars("0")), s(0));
+    assert_eq!(drain_deadline(None, &vars("junk")), s(5));
+    assert_eq!(drain_deadline(Some(s(60)), &vars("30")), s(60));
+    // CONNECTION_TERMINATION_DEADLINE is the flag's variable.
+    let a = node(&["--drain-deadline", "7s"]);
+    assert_eq!(drain_deadline(a.drain_deadline, &vars("30")), s(7));
 }
 
 #[test]

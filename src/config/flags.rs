@@ -52,6 +52,9 @@ pub mod env {
     pub const LOG: &str = "RUST_LOG";
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     pub const ZDS_SOCKET: &str = "INPOD_UDS";
+    pub const HANDOVER_SOCKET: &str = "RINGMESH_HANDOVER_SOCKET";
+    pub const DRAIN_DEADLINE: &str = "CONNECTION_TERMINATION_DEADLINE";
+    pub const GRACE_PERIOD: &str = "TERMINATION_GRACE_PERIOD_SECONDS";
     pub const WAYPOINT_NAME: &str = "RINGMESH_WAYPOINT_NAME";
     pub const WAYPOINT_RESOURCES: &str = "RINGMESH_WAYPOINT_RESOURCES";
     pub const TRUST_DOMAIN: &str = "RINGMESH_TRUST_DOMAIN";
@@ -455,7 +458,8 @@ pub struct NodeArgs {
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
 
-    /// Timeout of TCP connects (to peers' 15008 and to apps).
+    /// Timeout of TCP connects to apps, and of establishing an HBONE connection either way
+    /// (TCP connect, TLS and HTTP/2 handshakes, under one deadline).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
@@ -472,6 +476,24 @@ pub struct NodeArgs {
     /// Longest pause between ZDS reconnection attempts (backoff starts at 10ms, doubling).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub zds_max_backoff: Duration,
+
+    /// The hand-over socket of a rolling update: a new node proxy asks the old one listening
+    /// here for each pod's listening sockets (no connection refused while both run), then
+    /// listens here itself for the next one. Default: beside the ZDS socket,
+    /// `<zds socket>.handover`; none without ZDS.
+    #[arg(long, env = env::HANDOVER_SOCKET, conflicts_with = "no_handover")]
+    pub handover_socket: Option<PathBuf>,
+
+    /// Neither take over nor hand over listeners: open fresh ones, close them on exit.
+    #[arg(long)]
+    pub no_handover: bool,
+
+    /// How long SIGTERM waits for live connections to finish (after GOAWAY to HBONE peers
+    /// and with the listeners closed or handed over) before cutting the rest. Default, as
+    /// ztunnel: TERMINATION_GRACE_PERIOD_SECONDS − 5 s when that is over 10 s, else − 1 s;
+    /// 5 s when neither is set.
+    #[arg(long, env = env::DRAIN_DEADLINE, value_parser = parse_duration)]
+    pub drain_deadline: Option<Duration>,
 
     /// Longest pause between xDS reconnection attempts after errors (from 10ms, doubling).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
@@ -586,7 +608,8 @@ pub struct WaypointArgs {
     #[arg(long, default_value = "24h", env = env::SECRET_TTL, value_parser = parse_duration)]
     pub cert_ttl: Duration,
 
-    /// Timeout of TCP connects to endpoints (Istio's connectTimeout).
+    /// Timeout of TCP connects to endpoints (Istio's connectTimeout), and of establishing
+    /// an HBONE connection either way (TCP connect, TLS and HTTP/2 handshakes).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 

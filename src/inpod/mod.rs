@@ -6,6 +6,7 @@
 //! the netns it was created in; the calling thread switches in with setns(2) and straight
 //! back. ZDS enrolment (istio-cni's protocol) will live here too.
 
+pub mod handover;
 pub mod seqpacket;
 pub mod zds;
 pub mod zds_client;
@@ -40,6 +41,28 @@ pub enum NetnsError {
     Enter { path: String, source: nix::Error },
     #[error("cannot return to our own network namespace: {0}")]
     Return(nix::Error),
+}
+
+/// The cookie of the network namespace a socket belongs to (SO_NETNS_COOKIE, Linux 5.14):
+/// equal cookies are the same namespace.
+pub fn netns_cookie(fd: &impl AsFd) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut v: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, which is that large.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut v as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
 }
 
 thread_local! {
@@ -111,6 +134,15 @@ impl Netns {
     /// A listening socket in this namespace: SO_REUSEPORT (one per shard), SO_MARK, backlog
     /// 1024, non-blocking. Binds `[::]` (dual stack) when the namespace has IPv6, else
     /// `0.0.0.0`.
+    /// The namespace's cookie (see [`netns_cookie`]), read from a socket made inside it.
+    pub fn cookie(&self) -> Result<u64, SocketError> {
+        self.run(|| Socket::new(Domain::IPV4, Type::DGRAM, None).and_then(|s| netns_cookie(&s)))?
+            .map_err(|source| SocketError::Io {
+                what: format!("read the netns cookie of {}", self.path.display()),
+                source,
+            })
+    }
+
     pub fn listener(&self, port: u16, mark: u32) -> Result<std::net::TcpListener, SocketError> {
         self.run(|| {
             let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();

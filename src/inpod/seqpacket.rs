@@ -13,6 +13,9 @@ use nix::sys::socket::{
     SockType, UnixAddr,
 };
 
+/// The most fds one record carries (the kernel's SCM_MAX_FD).
+pub const MAX_FDS: usize = 253;
+
 /// A connected SEQPACKET socket.
 #[derive(Debug)]
 pub struct SeqPacket {
@@ -69,8 +72,16 @@ impl SeqPacket {
 
     /// Receives one record of at most `max` bytes (and up to 4 fds). `Ok(None)` at EOF.
     pub fn recv(&self, max: usize) -> io::Result<Option<Record>> {
+        self.recv_into(max, nix::cmsg_space!([RawFd; 4]))
+    }
+
+    /// Receives one record of at most `max` bytes and up to [`MAX_FDS`] fds.
+    pub fn recv_many(&self, max: usize) -> io::Result<Option<Record>> {
+        self.recv_into(max, nix::cmsg_space!([RawFd; MAX_FDS]))
+    }
+
+    fn recv_into(&self, max: usize, mut cmsg: Vec<u8>) -> io::Result<Option<Record>> {
         let mut buf = vec![0u8; max];
-        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
         let (n, flags, raw_fds) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
             let msg = socket::recvmsg::<UnixAddr>(

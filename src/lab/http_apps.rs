@@ -1,7 +1,8 @@
 //! HTTP apps run inside pod namespaces for the waypoint's tests and the demo: a server that
 //! answers every request with a JSON description of what it received (its name, method, path,
 //! version, headers, peer, body length), over HTTP/1.1 and h2c (prior knowledge) on one port,
-//! with a few special paths (`/delay/<ms>`, `/status/<code>`, `/bytes/<n>`) and a unary gRPC
+//! with a few special paths (`/delay/<ms>`, `/status/<code>`, `/bytes/<n>`, `/_seen`: the
+//! descriptions of the last [`SEEN`] requests it answered, oldest first) and a unary gRPC
 //! answer with real HTTP/2 trailers; and the matching blocking clients (one request, many on
 //! one connection, a gRPC call, raw bytes for malformed-HTTP tests).
 //!
@@ -35,6 +36,9 @@ pub const MAX_DELAY_MS: u64 = 600_000;
 
 /// The largest `/bytes/<n>` the server accepts (a larger one answers 400).
 pub const MAX_BYTES: usize = 256 << 20;
+
+/// How many request descriptions a server keeps for `GET /_seen`.
+pub const SEEN: usize = 64;
 
 /// The timeout of [`http_get`], [`http_requests`] and [`grpc_call`]: for the connect, and
 /// for each request's complete answer.
@@ -86,6 +90,7 @@ pub fn serve_http_on(ns: &Netns, addr: SocketAddr, name: &str) -> std::io::Resul
     let app = Arc::new(App {
         name: name.to_string(),
         served_by,
+        seen: std::sync::Mutex::new(VecDeque::new()),
     });
     let l = ns
         .run(|| std::net::TcpListener::bind(addr))
@@ -314,10 +319,12 @@ fn plan(path: &str) -> Plan {
     Plan::Describe
 }
 
-/// A server's identity.
+/// A server's identity and what it saw.
 struct App {
     name: String,
     served_by: HeaderValue,
+    /// The last [`SEEN`] descriptions (`/_seen` itself not included).
+    seen: std::sync::Mutex<VecDeque<serde_json::Value>>,
 }
 
 /// The first bytes of every h2c prior-knowledge connection (RFC 9113 §3.4).
@@ -391,8 +398,11 @@ async fn answer(
     peer: (IpAddr, u16),
 ) -> Result<Response<Frames>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body_len = match body.collect().await {
-        Ok(c) => c.to_bytes().len(),
+    let (body_len, body_fnv) = match body.collect().await {
+        Ok(c) => {
+            let b = c.to_bytes();
+            (b.len(), fnv1a(&b))
+        }
         Err(e) => {
             let desc = serde_json::json!({"pod": app.name, "error": format!("reading the request body: {e}")});
             return Ok(respond(&app, StatusCode::BAD_REQUEST, json_body(&desc)));
@@ -406,7 +416,22 @@ async fn answer(
     if is_grpc && parts.version == Version::HTTP_2 {
         return Ok(grpc_answer(&app, parts.uri.path()));
     }
+    if parts.uri.path() == "/_seen" {
+        let seen: Vec<_> = match app.seen.lock() {
+            Ok(s) => s.iter().cloned().collect(),
+            Err(p) => p.into_inner().iter().cloned().collect(),
+        };
+        return Ok(respond(&app, StatusCode::OK, json_body(&seen.into())));
+    }
     let mut desc = describe(&app.name, &parts, peer, body_len);
+    desc["bodyFnv1a"] = format!("{body_fnv:016x}").into();
+    {
+        let mut seen = app.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() == SEEN {
+            seen.pop_front();
+        }
+        seen.push_back(desc.clone());
+    }
     let status = match plan(parts.uri.path()) {
         Plan::Describe => StatusCode::OK,
         Plan::Delay(d) => {
@@ -428,6 +453,13 @@ async fn answer(
         }
     };
     Ok(respond(&app, status, json_body(&desc)))
+}
+
+/// FNV-1a (64 bit) of a body: `bodyFnv1a` in the description, to compare bodies.
+pub fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The JSON description of a request: what the app saw.

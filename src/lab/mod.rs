@@ -14,6 +14,7 @@ pub mod cli;
 pub mod http_apps;
 pub mod istiod;
 pub mod relay;
+pub mod roll;
 pub mod run;
 pub mod topology;
 pub mod waypoints;

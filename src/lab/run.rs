@@ -33,6 +33,9 @@ pub struct ProxyProc {
     pub node: String,
     pub child: Child,
     pub log: PathBuf,
+    /// Where its admin ports start: 15000 (15000/15020/15021), or 25000 for the second of
+    /// two node proxies sharing a node's netns during a rolling update (`roll_node`).
+    pub admin_base: u16,
 }
 
 impl Drop for ProxyProc {
@@ -358,7 +361,7 @@ impl LabRun {
     }
 
     /// Starts `program args…` in `netns`; `who` (a node or pod) names the log and the process.
-    fn start_in_netns(
+    pub(super) fn start_in_netns(
         &mut self,
         netns: &str,
         who: &str,
@@ -386,6 +389,7 @@ impl LabRun {
             node: who.to_string(),
             child,
             log,
+            admin_base: 15000,
         });
         Ok(())
     }
@@ -547,15 +551,9 @@ impl LabRun {
             let ns = Netns::open(&PathBuf::from(format!("/var/run/netns/{netns}")))
                 .map_err(|e| LabError::Topology(e.to_string()))?;
             loop {
+                let ready_at = SocketAddr::from(([127, 0, 0, 1], self.node_port(node, 15021)));
                 let ready = zds.snapshots() > seen
-                    && matches!(
-                        http_get(
-                            &ns,
-                            "127.0.0.1:15021".parse().expect("addr"),
-                            "/healthz/ready"
-                        ),
-                        Ok((200, _))
-                    );
+                    && matches!(http_get(&ns, ready_at, "/healthz/ready"), Ok((200, _)));
                 if ready {
                     break;
                 }

@@ -1,7 +1,8 @@
 //! The CNI side of ZDS, as the lab plays istio-cni: listens on a node's ZDS socket, and for
 //! every node proxy that connects sends the node's ambient pods (`Add` with the pod's netns
-//! fd), then `SnapshotSent`, waiting for each ack, as istio-cni does. Stays connected; when
-//! the proxy goes away it waits for the next one and sends the snapshot again.
+//! fd), then `SnapshotSent`, waiting for each ack, as istio-cni does. Stays connected; a proxy
+//! that connects later (a restart, or a rolling update while the old one still runs) gets
+//! the snapshot too.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -94,15 +95,30 @@ fn serve(
     stop: Arc<AtomicBool>,
     ev: Arc<Mutex<Vec<String>>>,
 ) {
+    let pods = Arc::new(pods);
+    let mut sessions = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let conn = match l.accept() {
             Ok(c) => c,
             Err(_) => continue, // timeout: check stop
         };
-        match session(&conn, &pods, &stop, &ev) {
-            Ok(()) => note(&ev, "proxy disconnected".into()),
-            Err(e) => note(&ev, format!("session failed: {e}")),
+        // Every node proxy that connects gets the snapshot at once, also while an older one
+        // is still connected (a rolling update), as istio-cni does.
+        let (pods, stop2, ev2) = (pods.clone(), stop.clone(), ev.clone());
+        let t = std::thread::Builder::new()
+            .name("lab-zds-session".into())
+            .spawn(move || match session(&conn, &pods, &stop2, &ev2) {
+                Ok(()) => note(&ev2, "proxy disconnected".into()),
+                Err(e) => note(&ev2, format!("session failed: {e}")),
+            });
+        match t {
+            Ok(t) => sessions.push(t),
+            Err(e) => note(&ev, format!("cannot start a session: {e}")),
         }
+        sessions.retain(|t| !t.is_finished());
+    }
+    for t in sessions {
+        let _ = t.join();
     }
 }
 

@@ -1,6 +1,11 @@
 //! HBONE connections over TLS: the client side (dial, handshake, check the server's SPIFFE
-//! identity, HTTP/2 with ztunnel's settings, PING keepalive) and the server side's HTTP/2
-//! setup. Uses rustls (aws-lc-rs) and the h2 crate.
+//! identity, HTTP/2 with ztunnel's settings, PING keepalive) and the server side's TLS and
+//! HTTP/2 setup. Uses rustls (aws-lc-rs) and the h2 crate.
+//!
+//! Both sides run under one deadline from the first byte to a usable HTTP/2 connection
+//! (`connect_timeout`, 10 s by default): a dial's TCP connect, TLS and HTTP/2 handshakes
+//! ([`DialDeadline`]), an accepted connection's TLS and HTTP/2 handshakes ([`accept`]). A
+//! peer that accepts TCP and then stays silent costs a timer, never a stuck task or fd.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -38,6 +43,131 @@ pub enum DialError {
     },
     #[error("{0}")]
     Connect(String),
+    #[error("HBONE to {addr}: {phase} timed out ({after:?} for the whole dial): {}", .phase.stalled())]
+    Timeout {
+        addr: std::net::SocketAddr,
+        phase: Phase,
+        after: Duration,
+    },
+    #[error(
+        "HBONE to {addr}: gave up after {after:?} waiting for the dial already under way (it was at its {phase})"
+    )]
+    Waited {
+        addr: std::net::SocketAddr,
+        phase: Phase,
+        after: Duration,
+    },
+    /// The dial this stream waited for failed; its error, as that caller got it.
+    #[error("{0}")]
+    Shared(String),
+}
+
+/// A step of establishing an HBONE connection, for errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Connect,
+    Tls,
+    H2,
+}
+
+impl Phase {
+    /// What a peer stuck in this phase did, for the operator.
+    fn stalled(self) -> &'static str {
+        match self {
+            Phase::Connect => "is the peer's HBONE port reachable?",
+            Phase::Tls => {
+                "the peer accepted TCP but did not complete TLS: is it an HBONE listener?"
+            }
+            Phase::H2 => "the peer completed TLS but not HTTP/2",
+        }
+    }
+
+    /// What a client stuck in this phase of our accept did.
+    fn idle_client(self) -> &'static str {
+        match self {
+            Phase::Connect | Phase::Tls => "did not complete TLS",
+            Phase::H2 => "completed TLS but sent no HTTP/2 preface and SETTINGS",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Connect => "TCP connect",
+            Phase::Tls => "TLS handshake",
+            Phase::H2 => "HTTP/2 handshake",
+        })
+    }
+}
+
+/// The one deadline of an HBONE dial: its TCP connect, TLS and HTTP/2 handshakes (and the
+/// wait of streams queued behind it, `pool.rs`) all end by it. Clones share the phase the
+/// dial is in, so whoever times out can say where the peer stalled.
+///
+/// Its length is `connect_timeout` (10 s by default). ztunnel bounds only the TCP connect of
+/// its HBONE dial, by `CONNECTION_TIMEOUT` = 10 s (`src/proxy.rs`, `freebind_connect`);
+/// its TLS connect and HTTP/2 handshake (`src/proxy/pool.rs`, `new_pool_conn`) have no
+/// bound of their own. We hold all three to the same 10 s.
+#[derive(Debug, Clone)]
+pub struct DialDeadline {
+    addr: std::net::SocketAddr,
+    at: Instant,
+    budget: Duration,
+    phase: Rc<Cell<Phase>>,
+}
+
+impl DialDeadline {
+    /// A dial to `addr` that must be done `budget` after `now`; it starts at its TCP connect.
+    pub fn new(addr: std::net::SocketAddr, budget: Duration, now: Instant) -> DialDeadline {
+        DialDeadline {
+            addr,
+            at: now + budget,
+            budget,
+            phase: Rc::new(Cell::new(Phase::Connect)),
+        }
+    }
+
+    /// The phase the dial is in.
+    pub fn phase(&self) -> Phase {
+        self.phase.get()
+    }
+
+    /// Time left at `now` (zero once past).
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.at.saturating_duration_since(now)
+    }
+
+    /// Runs `f` as the dial's `phase`, until the deadline.
+    pub async fn bound<T>(
+        &self,
+        phase: Phase,
+        f: impl std::future::Future<Output = T>,
+    ) -> Result<T, DialError> {
+        self.phase.set(phase);
+        crate::runtime::engine::timeout(self.remaining(Instant::now()), f)
+            .await
+            .map_err(|_| self.expired())
+    }
+
+    /// The error of a dial that ran out of time in its current phase.
+    pub fn expired(&self) -> DialError {
+        DialError::Timeout {
+            addr: self.addr,
+            phase: self.phase(),
+            after: self.budget,
+        }
+    }
+
+    /// The error of a stream that ran out of time waiting for another dial, which was at
+    /// `phase`.
+    pub fn waited(&self, phase: Phase) -> DialError {
+        DialError::Waited {
+            addr: self.addr,
+            phase,
+            after: self.budget,
+        }
+    }
 }
 
 /// A client HBONE connection: the request handle plus liveness and use tracking.
@@ -61,35 +191,41 @@ impl Drop for ClientConn {
 }
 
 /// Runs the TLS client handshake on a connected socket, checks the server's identity, and
-/// starts HTTP/2 with `settings`. The connection driver and PING task run as local tasks.
-/// `records`: who protects the records after the handshake (`io::tls` or tokio-rustls).
+/// starts HTTP/2 with `settings`, each handshake bounded by `deadline`. The connection
+/// driver and PING task run as local tasks. `records`: who protects the records after the
+/// handshake (`io::tls` or tokio-rustls).
 pub async fn dial(
     tcp: TcpStream,
     cfg: Arc<ClientConfig>,
     expected: &[Identity],
     settings: &H2Settings,
     records: TlsRecords,
+    deadline: &DialDeadline,
 ) -> Result<ClientConn, DialError> {
     let addr = tcp
         .peer_addr()
         .map_err(|e| DialError::Connect(e.to_string()))?;
     match records {
         TlsRecords::Direct => {
-            let tls = crate::io::tls::connect(tcp, cfg, tls::dummy_server_name())
-                .await
+            let connect = crate::io::tls::connect(tcp, cfg, tls::dummy_server_name());
+            let tls = deadline
+                .bound(Phase::Tls, connect)
+                .await?
                 .map_err(|source| DialError::Tls { addr, source })?;
             let peer = tls::verify_peer(tls.peer_certificates(), expected)
                 .map_err(|source| DialError::Identity { addr, source })?;
-            start_client(tls, peer, settings, addr).await
+            start_client(tls, peer, settings, addr, deadline).await
         }
         TlsRecords::Rustls => {
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(tls::dummy_server_name(), buffered(tcp))
-                .await
+            let connect = tokio_rustls::TlsConnector::from(cfg)
+                .connect(tls::dummy_server_name(), buffered(tcp));
+            let tls = deadline
+                .bound(Phase::Tls, connect)
+                .await?
                 .map_err(|source| DialError::Tls { addr, source })?;
             let peer = tls::verify_peer(tls.get_ref().1.peer_certificates(), expected)
                 .map_err(|source| DialError::Identity { addr, source })?;
-            start_client(tls, peer, settings, addr).await
+            start_client(tls, peer, settings, addr, deadline).await
         }
     }
 }
@@ -100,13 +236,15 @@ async fn start_client<T>(
     peer: Identity,
     settings: &H2Settings,
     addr: std::net::SocketAddr,
+    deadline: &DialDeadline,
 ) -> Result<ClientConn, DialError>
 where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (sender, mut conn) = client_builder(settings)
-        .handshake::<_, Bytes>(tls)
-        .await
+    let handshake = client_builder(settings).handshake::<_, Bytes>(tls);
+    let (sender, mut conn) = deadline
+        .bound(Phase::H2, handshake)
+        .await?
         .map_err(|source| DialError::H2 { addr, source })?;
     let dead = Rc::new(Cell::new(false));
     let ping = conn.ping_pong();
@@ -210,38 +348,40 @@ pub fn spawn_keepalive(
     });
 }
 
-/// Server-side HTTP/2 handshake with ztunnel's settings; returns the connection to accept
-/// streams from.
-pub async fn serve_handshake<T>(
-    io: T,
-    s: &H2Settings,
-) -> Result<h2::server::Connection<T, Bytes>, h2::Error>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    server_builder(s).handshake(io).await
-}
-
-/// How long the TLS handshake may take on either side.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A server-side HBONE TLS connection, whichever record layer protects it.
 pub type ServerTls = tokio_util::either::Either<
     crate::io::tls::TlsStream,
     tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>,
 >;
 
-/// The server side's TLS handshake (client certificate required by `cfg`), bounded by
-/// [`HANDSHAKE_TIMEOUT`]; returns the connection and the client's SPIFFE identity (None when
-/// its certificate names none). The error says what went wrong, for the log line.
-pub async fn accept_tls(
+/// Errors accepting an HBONE connection, for the log line (the caller adds the peer).
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("HBONE TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("HBONE HTTP/2 handshake failed: {0}")]
+    H2(h2::Error),
+    #[error("HBONE {phase} timed out after {after:?}: the client {}, closing", .phase.idle_client())]
+    Timeout { phase: Phase, after: Duration },
+}
+
+/// The server side of an HBONE connection: the TLS handshake (client certificate required
+/// by `cfg`), then HTTP/2 with ztunnel's settings, both within `timeout` of the call.
+/// Returns the connection to accept streams from and the client's SPIFFE identity (None
+/// when its certificate names none).
+pub async fn accept(
     s: TcpStream,
     cfg: Arc<rustls::ServerConfig>,
     records: TlsRecords,
-) -> Result<(ServerTls, Option<Identity>), String> {
+    settings: &H2Settings,
+    timeout: Duration,
+) -> Result<(h2::server::Connection<ServerTls, Bytes>, Option<Identity>), AcceptError> {
     use tokio_util::either::Either;
-    let handshake = async {
-        match records {
+    let phase = Cell::new(Phase::Tls);
+    // Boxed: the handshakes' state is large and short-lived, and the caller's future (the
+    // connection's task) would keep room for it as long as the connection lives.
+    let handshakes = Box::pin(async {
+        let (tls, id) = match records {
             TlsRecords::Direct => crate::io::tls::accept(s, cfg).await.map(|t| {
                 let id = tls::peer_identity(t.peer_certificates()).ok();
                 (Either::Left(t), id)
@@ -254,10 +394,19 @@ pub async fn accept_tls(
                     (Either::Right(t), id)
                 }),
         }
-    };
-    match crate::runtime::engine::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(format!("HBONE TLS handshake failed: {e}")),
-        Err(_) => Err("HBONE TLS handshake timed out".into()),
+        .map_err(AcceptError::Tls)?;
+        phase.set(Phase::H2);
+        let conn = server_builder(settings)
+            .handshake(tls)
+            .await
+            .map_err(AcceptError::H2)?;
+        Ok((conn, id))
+    });
+    match crate::runtime::engine::timeout(timeout, handshakes).await {
+        Ok(r) => r,
+        Err(_) => Err(AcceptError::Timeout {
+            phase: phase.get(),
+            after: timeout,
+        }),
     }
 }

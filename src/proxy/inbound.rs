@@ -1,6 +1,6 @@
 //! The inbound HBONE flow (15008): TLS (the pod's own certificate, client certificate
-//! required) → HTTP/2 → per CONNECT stream: validate, authorize, connect to the app in the
-//! pod, answer 200 only then, and copy.
+//! required) → HTTP/2, both within `connect_timeout` → per CONNECT stream: validate,
+//! authorize, connect to the app in the pod, answer 200 only then, and copy.
 //!
 //! Responses as ztunnel gives them: 400 (not CONNECT, bad authority, authority not this pod),
 //! 401 (denied by policy), 503 (unknown workload, proxy port, app refused).
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Request, Response, StatusCode};
 
-use super::{ConnMetrics, Pod, ShardCtx, connect_in, h2conn, log_complete};
+use super::{ConnMetrics, Pod, ShardCtx, StopSignal, connect_in, h2conn, log_complete};
 use crate::config::flags::OrigSrc;
 use crate::hbone::{self, Reject};
 use crate::identity::Identity;
@@ -24,9 +24,11 @@ use crate::policy::{ConnFacts, evaluate};
 use crate::telemetry::metrics::{DstService, Peer, TcpLabels};
 
 /// Accept loop of one pod's HBONE listener on this shard.
-pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
+pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<StopSignal>) {
     let p = pod.clone();
-    super::accept_loop(pod, l, "HBONE", move |s, peer| {
+    // Streams count as live connections (`handle_stream`), not the HBONE connection: an
+    // idle pooled connection must not hold up a drain.
+    super::accept_loop(pod, l, "HBONE", stop, move |s, peer| {
         handle_conn(ctx.clone(), p.clone(), s, peer)
     })
     .await
@@ -48,18 +50,13 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
         tracing::warn!(pod = %pod.uid, %peer, "no certificate for {id} (the CA has not issued one): closing HBONE connection");
         return;
     };
-    let (tls, peer_id) = match h2conn::accept_tls(s, cert.server.clone(), ctx.cfg.tls_records).await
-    {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(pod = %pod.uid, %peer, "{e}");
-            return;
-        }
-    };
-    let mut conn = match h2conn::serve_handshake(tls, &ctx.cfg.h2).await {
+    // TLS and HTTP/2 within the connect timeout: a client that stalls in either is dropped.
+    let (cfg, records) = (cert.server.clone(), ctx.cfg.tls_records);
+    let accepted = h2conn::accept(s, cfg, records, &ctx.cfg.h2, ctx.cfg.connect_timeout).await;
+    let (mut conn, peer_id) = match accepted {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(pod = %pod.uid, %peer, "HBONE HTTP/2 handshake failed: {e}");
+            tracing::warn!(pod = %pod.uid, %peer, "{e}");
             return;
         }
     };
@@ -78,15 +75,24 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
         );
     }
     let _gone = Defer(gone);
+    let mut goaway_sent = false;
     loop {
         let next = tokio::select! {
             n = conn.accept() => n,
             _ = dead.notified() => break,
+            _ = ctx.drain.wait(), if !goaway_sent => {
+                // Draining: GOAWAY, so the peer opens new streams elsewhere (the new process);
+                // the streams open now finish here.
+                conn.graceful_shutdown();
+                goaway_sent = true;
+                continue;
+            }
         };
         let Some(next) = next else { break };
         match next {
             Ok((req, respond)) => {
-                crate::runtime::engine::spawn(handle_stream(
+                let live = ctx.live_guard();
+                let f = handle_stream(
                     ctx.clone(),
                     pod.clone(),
                     req,
@@ -94,7 +100,11 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
                     peer,
                     local,
                     peer_id.clone(),
-                ));
+                );
+                crate::runtime::engine::spawn(async move {
+                    let _live = live;
+                    f.await
+                });
             }
             Err(e) => {
                 tracing::debug!(pod = %pod.uid, %peer, "HBONE connection ended: {e}");

@@ -10,17 +10,22 @@ use std::time::Instant;
 use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 
 use super::inbound::{labels, spoof_source};
-use super::{ConnMetrics, Pod, ShardCtx, connect_in, log_complete};
+use super::{ConnMetrics, Pod, ShardCtx, StopSignal, connect_in, log_complete};
 use crate::hbone;
 use crate::io;
 use crate::policy::{ConnFacts, evaluate};
 use crate::runtime::sockopt;
 
 /// Accept loop of one pod's plaintext listener on this shard.
-pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
+pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<StopSignal>) {
     let p = pod.clone();
-    super::accept_loop(pod, l, "plaintext", move |s, peer| {
-        handle(ctx.clone(), p.clone(), s, peer)
+    super::accept_loop(pod, l, "plaintext", stop, move |s, peer| {
+        let live = ctx.live_guard();
+        let f = handle(ctx.clone(), p.clone(), s, peer);
+        async move {
+            let _live = live;
+            f.await
+        }
     })
     .await
 }

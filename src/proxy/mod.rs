@@ -17,11 +17,12 @@ pub mod inbound_plain;
 pub mod outbound;
 pub mod pool;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::runtime::engine::Task;
@@ -127,14 +128,19 @@ pub async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
     None
 }
 
-/// One shard's listeners for one pod, made inside the pod's netns by the control thread.
+/// One shard's listeners for one pod, made inside the pod's netns by the control thread
+/// (or taken over from the process before this one: then a shard may get more than one per
+/// port, when that process ran more shards).
 #[derive(Debug)]
 pub struct PodListeners {
     pub pod: Arc<Pod>,
-    pub outbound: std::net::TcpListener,
-    pub inbound_plain: std::net::TcpListener,
-    pub hbone: std::net::TcpListener,
+    pub outbound: Vec<std::net::TcpListener>,
+    pub inbound_plain: Vec<std::net::TcpListener>,
+    pub hbone: Vec<std::net::TcpListener>,
 }
+
+/// A pod's accept loops on one shard, and the signal that stops them without loss.
+type PodTasks = (Vec<Task>, Rc<StopSignal>);
 
 /// The context of one shard: read-only config handles plus shard-local state.
 pub struct ShardCtx {
@@ -145,8 +151,10 @@ pub struct ShardCtx {
     pub pool: pool::Pool,
     pub conns: conns::Registry,
     pub metrics: Arc<ShardMetrics>,
-    pods: RefCell<HashMap<String, Vec<Task>>>,
+    pods: RefCell<HashMap<String, PodTasks>>,
     rr: RefCell<HashMap<String, usize>>,
+    /// Set on SIGTERM.
+    pub drain: Drain,
 }
 
 impl ShardCtx {
@@ -167,42 +175,49 @@ impl ShardCtx {
             conns: conns::Registry::default(),
             pods: RefCell::default(),
             rr: RefCell::default(),
+            drain: Drain::default(),
         }
+    }
+
+    /// Counts a proxied connection (or HBONE stream) as live until the guard drops
+    /// (`ShardMetrics::live`, which the drain watches).
+    pub fn live_guard(&self) -> LiveGuard {
+        self.metrics.live.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(self.metrics.clone())
     }
 
     /// Starts serving a pod's listeners on this shard (replacing an earlier set).
     pub fn add_pod(self: &Rc<Self>, l: PodListeners) {
+        let stop = Rc::new(StopSignal::default());
         let mut tasks = Vec::with_capacity(3);
-        let to_tokio = net::listener_from_std;
-        match (
-            to_tokio(l.outbound),
-            to_tokio(l.inbound_plain),
-            to_tokio(l.hbone),
-        ) {
-            (Ok(o), Ok(p), Ok(h)) => {
-                tasks.push(crate::runtime::engine::spawn(outbound::serve(
-                    self.clone(),
-                    l.pod.clone(),
-                    o,
-                )));
-                tasks.push(crate::runtime::engine::spawn(inbound_plain::serve(
-                    self.clone(),
-                    l.pod.clone(),
-                    p,
-                )));
-                tasks.push(crate::runtime::engine::spawn(inbound::serve(
-                    self.clone(),
-                    l.pod.clone(),
-                    h,
-                )));
-            }
-            (o, p, h) => {
-                let e = [o.err(), p.err(), h.err()].into_iter().flatten().next();
-                tracing::error!(shard = self.id, pod = %l.pod.uid, "cannot register listeners: {e:?}");
-                return;
-            }
+        let mut regs = Vec::new();
+        for x in l.outbound {
+            regs.push((0, net::listener_from_std(x)));
         }
-        if let Some(old) = self.pods.borrow_mut().insert(l.pod.uid.clone(), tasks) {
+        for x in l.inbound_plain {
+            regs.push((1, net::listener_from_std(x)));
+        }
+        for x in l.hbone {
+            regs.push((2, net::listener_from_std(x)));
+        }
+        if let Some(e) = regs.iter().find_map(|(_, r)| r.as_ref().err()) {
+            tracing::error!(shard = self.id, pod = %l.pod.uid, "cannot register listeners: {e}");
+            return;
+        }
+        for (which, r) in regs {
+            let Ok(x) = r else { continue };
+            let (ctx, pod, stop) = (self.clone(), l.pod.clone(), stop.clone());
+            tasks.push(match which {
+                0 => crate::runtime::engine::spawn(outbound::serve(ctx, pod, x, stop)),
+                1 => crate::runtime::engine::spawn(inbound_plain::serve(ctx, pod, x, stop)),
+                _ => crate::runtime::engine::spawn(inbound::serve(ctx, pod, x, stop)),
+            });
+        }
+        if let Some((old, _)) = self
+            .pods
+            .borrow_mut()
+            .insert(l.pod.uid.clone(), (tasks, stop))
+        {
             old.iter().for_each(|t| t.abort());
         }
         tracing::debug!(shard = self.id, pod = %l.pod.uid, "pod listeners up");
@@ -210,8 +225,24 @@ impl ShardCtx {
 
     /// Stops accepting for a pod (its listeners close); live connections continue.
     pub fn remove_pod(&self, uid: &str) {
-        if let Some(tasks) = self.pods.borrow_mut().remove(uid) {
+        if let Some((tasks, _)) = self.pods.borrow_mut().remove(uid) {
             tasks.iter().for_each(|t| t.abort());
+        }
+    }
+
+    /// Stops accepting for a pod without closing what the listen queues hold: the sockets
+    /// were handed to another process (which accepts from the same queues), or the process
+    /// is draining. Connections already taken off the queue are served here.
+    pub fn release_pod(&self, uid: &str) {
+        if let Some((_, stop)) = self.pods.borrow_mut().remove(uid) {
+            stop.stop();
+        }
+    }
+
+    /// Stops accepting on every pod (drain); see `release_pod`.
+    pub fn release_all(&self) {
+        for (_, (_, stop)) in self.pods.borrow_mut().drain() {
+            stop.stop();
         }
     }
 
@@ -353,21 +384,145 @@ impl Drop for ConnMetrics {
 
 /// Accepts on one of a pod's listeners until the task is aborted, running `handle` as a local
 /// task per connection. Accept errors (e.g. out of fds) are logged and retried after a pause.
-pub async fn accept_loop<F, Fut>(pod: Arc<Pod>, l: net::Listener, what: &'static str, handle: F)
-where
+pub async fn accept_loop<F, Fut>(
+    pod: Arc<Pod>,
+    l: net::Listener,
+    what: &'static str,
+    stop: Rc<StopSignal>,
+    handle: F,
+) where
     F: Fn(net::Stream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
+    let mut backoff = Duration::from_millis(20);
     loop {
-        match l.accept().await {
-            Ok((s, peer)) => {
+        let next = {
+            let mut a = std::pin::pin!(l.accept());
+            std::future::poll_fn(|cx| {
+                if stop.poll_stopped(cx) {
+                    return std::task::Poll::Ready(None);
+                }
+                a.as_mut().poll(cx).map(Some)
+            })
+            .await
+        };
+        match next {
+            Some(Ok((s, peer))) => {
+                backoff = Duration::from_millis(20);
                 crate::runtime::engine::spawn(handle(s, peer));
             }
-            Err(e) => {
-                tracing::warn!(pod = %pod.uid, "{what} accept failed: {e}");
-                crate::runtime::engine::sleep(Duration::from_millis(20)).await;
+            Some(Err(e)) => {
+                // Out of fds (or memory): the connection stays queued in the kernel; back
+                // off (20 ms doubling to 200 ms, so a freed fd is used soon) and log at
+                // most once per 10 s per process, with the count.
+                accept_failed(&pod, what, &e);
+                crate::runtime::engine::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+                continue;
+            }
+            None => {
+                // Handed over (or draining): serve what the engine already accepted, leave
+                // the listen queue to the socket's other holder.
+                let taken = l.stop().await;
+                let n = taken.len();
+                for (s, peer) in taken {
+                    crate::runtime::engine::spawn(handle(s, peer));
+                }
+                tracing::debug!(pod = %pod.uid, accepted_late = n, "{what} listener released");
+                return;
             }
         }
+    }
+}
+
+/// Counts an accept failure; logs it unless another was logged in the last 10 s.
+fn accept_failed(pod: &Pod, what: &str, e: &std::io::Error) {
+    use crate::telemetry::metrics::{ACCEPT_FAILURES, ACCEPT_FAILURES_LOGGED};
+    let n = ACCEPT_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = ACCEPT_FAILURES_LOGGED.load(Ordering::Relaxed);
+    if now >= last + 10
+        && ACCEPT_FAILURES_LOGGED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            pod = %pod.uid,
+            total = n,
+            "{what} accept failed: {e} (connections wait in the kernel's queue; logged at most every 10 s, see ringmesh_accept_failures_total)"
+        );
+    }
+}
+
+/// "Stop accepting": set once, seen by every accept loop of one pod on one shard.
+#[derive(Default)]
+pub struct StopSignal {
+    stopped: Cell<bool>,
+    wakers: RefCell<Vec<std::task::Waker>>,
+}
+
+impl StopSignal {
+    pub fn stop(&self) {
+        self.stopped.set(true);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
+    fn poll_stopped(&self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.stopped.get() {
+            return true;
+        }
+        let mut w = self.wakers.borrow_mut();
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        false
+    }
+}
+
+/// Counts one live proxied connection of a shard while it exists.
+pub struct LiveGuard(Arc<ShardMetrics>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A shard's "draining" flag: set once on SIGTERM; HBONE connections send GOAWAY.
+#[derive(Default)]
+pub struct Drain {
+    on: Cell<bool>,
+    notify: tokio::sync::Notify,
+}
+
+impl Drain {
+    pub fn start(&self) {
+        self.on.set(true);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.get()
+    }
+
+    /// Resolves once draining (at once if it already is).
+    pub async fn wait(&self) {
+        if self.on.get() {
+            return;
+        }
+        let n = self.notify.notified();
+        if self.on.get() {
+            return;
+        }
+        n.await
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 
 use super::pool::PoolKey;
-use super::{ConnMetrics, Pod, ShardCtx, connect_in, h2conn, log_complete};
+use super::{ConnMetrics, Pod, ShardCtx, StopSignal, connect_in, h2conn, log_complete};
 use crate::hbone::{self, ConnectHeaders};
 use crate::identity::Identity;
 use crate::io::{self, Counters};
@@ -183,10 +183,15 @@ fn waypoint(
 }
 
 /// Accept loop of one pod's outbound listener on this shard.
-pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener) {
+pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<StopSignal>) {
     let p = pod.clone();
-    super::accept_loop(pod, l, "outbound", move |s, peer| {
-        handle(ctx.clone(), p.clone(), s, peer)
+    super::accept_loop(pod, l, "outbound", stop, move |s, peer| {
+        let live = ctx.live_guard();
+        let f = handle(ctx.clone(), p.clone(), s, peer);
+        async move {
+            let _live = live;
+            f.await
+        }
     })
     .await
 }
@@ -365,9 +370,10 @@ async fn hbone_out(
     };
     let req = hbone::connect_request(authority, &headers);
     let cfg = &ctx.cfg;
+    let max = cfg.h2.client_max_streams;
     let stream = ctx
         .pool
-        .stream(&key, cfg.h2.client_max_streams, req, || async {
+        .stream(&key, max, cfg.connect_timeout, req, |deadline| async move {
             let tcp = connect_in(&pod.netns, next_hop, cfg.mark, None, cfg.connect_timeout)
                 .await
                 .map_err(|e| {
@@ -376,7 +382,8 @@ async fn hbone_out(
                         next_hop.port()
                     ))
                 })?;
-            h2conn::dial(tcp, cert.client.clone(), expected, &cfg.h2, cfg.tls_records).await
+            let (h2s, records) = (&cfg.h2, cfg.tls_records);
+            h2conn::dial(tcp, cert.client.clone(), expected, h2s, records, &deadline).await
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -86,6 +86,21 @@ impl Listener {
             Listener::Uring(l) => l.accept().await.map(|(s, a)| (Stream::Uring(s), a)),
         }
     }
+
+    /// Stops accepting and returns the connections this process already took off the listen
+    /// queue (io_uring's multishot accept takes them ahead of the caller; epoll takes none),
+    /// so that handing the socket to another process loses nothing.
+    pub async fn stop(&self) -> Vec<(Stream, SocketAddr)> {
+        match self {
+            Listener::Epoll(_) => Vec::new(),
+            Listener::Uring(l) => l
+                .stop()
+                .await
+                .into_iter()
+                .map(|(s, a)| (Stream::Uring(s), a))
+                .collect(),
+        }
+    }
 }
 
 impl Stream {

@@ -394,6 +394,8 @@ impl TcpCounters {
 pub struct ShardMetrics {
     tcp: Mutex<HashMap<TcpLabels, Arc<TcpCounters>>>,
     http: Mutex<HashMap<HttpLabels, Arc<HttpCounters>>>,
+    /// Proxied connections and HBONE streams open now (the drain waits for 0).
+    pub live: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -546,6 +548,26 @@ pub struct Metrics {
     /// Certificates by state (`Available`, `Initializing`, `Unavailable`), set by the
     /// certificate manager.
     pub cert_states: Mutex<std::collections::BTreeMap<&'static str, i64>>,
+    pub lifecycle: Lifecycle,
+}
+
+/// Failed accepts on the pods' listeners (out of fds, mostly), over the process's life.
+pub static ACCEPT_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// When an accept failure was last logged (Unix seconds): the log is rate-limited.
+pub static ACCEPT_FAILURES_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Rolling updates and the SIGTERM drain, as counted by this process.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// Pods whose listeners this process took over from the one before it.
+    pub pods_received: AtomicU64,
+    /// Pods whose listeners this process handed to the one after it.
+    pub pods_sent: AtomicU64,
+    /// Connections that were live when the drain began and finished before its deadline.
+    pub drained: AtomicU64,
+    /// Connections still live at the drain's deadline, closed by the exit.
+    pub cut: AtomicU64,
 }
 
 impl Metrics {
@@ -565,6 +587,16 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .push(m.clone());
         m
+    }
+
+    /// Proxied connections and HBONE streams open now, over all shards.
+    pub fn live(&self) -> u64 {
+        self.shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| s.live.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Sums every shard per label set.
@@ -734,6 +766,43 @@ impl Metrics {
             ctr.inc_by(v);
             reg.register(name, help, ctr);
         }
+        let accept_failures: Counter = Counter::default();
+        accept_failures.inc_by(ACCEPT_FAILURES.load(Ordering::Relaxed));
+        reg.register(
+            "ringmesh_accept_failures",
+            "Failed accepts on the pods' listeners (EMFILE and the like): the connection waits in the kernel's queue",
+            accept_failures,
+        );
+        let live: Gauge = Gauge::default();
+        live.set(self.live() as i64);
+        reg.register(
+            "ringmesh_live_connections",
+            "Proxied connections and HBONE streams open now, over all shards",
+            live,
+        );
+        let l = &self.lifecycle;
+        let handover: Family<Vec<(String, String)>, Counter> = Family::default();
+        for (dir, v) in [("received", &l.pods_received), ("sent", &l.pods_sent)] {
+            handover
+                .get_or_create(&vec![("direction".into(), dir.into())])
+                .inc_by(v.load(Ordering::Relaxed));
+        }
+        reg.register(
+            "ringmesh_handover_pods",
+            "Pods whose listening sockets were taken over from the previous node proxy (received) or handed to the next one (sent)",
+            handover,
+        );
+        let drain: Family<Vec<(String, String)>, Counter> = Family::default();
+        for (outcome, v) in [("drained", &l.drained), ("cut", &l.cut)] {
+            drain
+                .get_or_create(&vec![("outcome".into(), outcome.into())])
+                .inc_by(v.load(Ordering::Relaxed));
+        }
+        reg.register(
+            "ringmesh_drain_connections",
+            "Connections live when a drain began: finished before its deadline (drained) or closed at it (cut)",
+            drain,
+        );
         let shards: Gauge = Gauge::default();
         shards.set(self.shards.lock().unwrap_or_else(|e| e.into_inner()).len() as i64);
         reg.register("ringmesh_shards", "Number of data-plane shards", shards);

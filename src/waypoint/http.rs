@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 
@@ -35,7 +35,7 @@ use super::lb::Outcome;
 use super::resources::PortProtocol;
 use super::routes::{self, Filter, Selection};
 use super::upstream::{self, UpBody, UpProto, UpstreamError};
-use super::{LocalExec, WaypointShard};
+use super::{LocalExec, WaypointShard, mirror};
 use crate::io::h2io::H2Io;
 use crate::state::{Service, Snapshot, Workload};
 use crate::telemetry::metrics::{DstService, HttpLabels, Peer};
@@ -219,10 +219,27 @@ where
     }
 }
 
-/// A request body on its way upstream, counting what the client sent.
+/// A request body on its way upstream, counting what the client sent and copying it to
+/// the request's mirrors.
 pub struct UpCounted {
     inner: Incoming,
     bytes: Rc<Cell<u64>>,
+    taps: Vec<mirror::Tap>,
+}
+
+impl Drop for UpCounted {
+    fn drop(&mut self) {
+        // Dropped at its end (hyper's known length) or before (the request was abandoned:
+        // the taps' own drop resets the mirrors).
+        if self.inner.is_end_stream() {
+            self.taps.iter().for_each(mirror::Tap::end);
+        }
+    }
+}
+
+/// An empty request body.
+pub fn empty_body() -> UpBody {
+    http_body_util::Either::Right(http_body_util::Either::Left(Empty::new()))
 }
 
 impl Body for UpCounted {
@@ -234,10 +251,22 @@ impl Body for UpCounted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r
-            && let Some(d) = f.data_ref()
-        {
-            self.bytes.set(self.bytes.get() + d.len() as u64);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes.set(self.bytes.get() + d.len() as u64);
+                    self.taps.iter().for_each(|t| t.data(d));
+                } else if let Some(t) = f.trailers_ref() {
+                    self.taps.iter().for_each(|m| m.trailers(t));
+                }
+                // hyper stops polling a body whose length it knows once that much arrived.
+                if self.inner.is_end_stream() {
+                    self.taps.iter().for_each(mirror::Tap::end);
+                }
+            }
+            Poll::Ready(None) => self.taps.iter().for_each(mirror::Tap::end),
+            Poll::Ready(Some(Err(_))) => self.taps.iter().for_each(mirror::Tap::abort),
+            Poll::Pending => {}
         }
         r
     }
@@ -260,7 +289,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     if let Some(c) = h.get("connection").and_then(|v| v.to_str().ok()) {
         let named: Vec<String> = c
             .split(',')
@@ -431,20 +460,27 @@ async fn handle(
     if let Some(s) = &dest.svc {
         log.upstream_cluster = format!("inbound-vip|{}|http|{}", dest.port, s.hostname);
     }
-    for m in &dest.mirrors {
-        mirror(&ctx, &snap, m, &parts, client.addr);
-    }
     let up_proto = upstream_proto(&ctx, &dest, port_proto, parts.version);
-    strip_hop_by_hop(&mut parts.headers);
     // A request can be sent again while its body has not gone out (a connect failure), or
     // when it has none.
     let had_body = !body.is_end_stream();
+    let hint = had_body.then(|| body.size_hint());
+    let taps: Vec<mirror::Tap> = dest
+        .mirrors
+        .iter()
+        .filter_map(|m| {
+            let r = rand::random();
+            mirror::start(&ctx, &snap, m, &parts, up_proto, hint, client.addr, r)
+        })
+        .collect();
+    strip_hop_by_hop(&mut parts.headers);
     let mut body = if body.is_end_stream() {
         None
     } else {
         Some(UpCounted {
             inner: body,
             bytes: request_bytes.clone(),
+            taps,
         })
     };
     let attempts_max = dest.retry.attempts + 1;
@@ -500,7 +536,7 @@ async fn handle(
             .await?;
             let up_body: UpBody = match body.take() {
                 Some(b) => http_body_util::Either::Left(b),
-                None => http_body_util::Either::Right(Empty::new()),
+                None => empty_body(),
             };
             let req = upstream_request(&parts, up_proto, up_body, &authority);
             ready.send(&ctx, req).await
@@ -841,7 +877,7 @@ fn upstream_proto(
 
 /// The request as sent to the endpoint: origin-form URI and `Host` for HTTP/1.1, an
 /// absolute URI (`:scheme`, `:authority`) for HTTP/2.
-fn upstream_request(
+pub(super) fn upstream_request(
     parts: &http::request::Parts,
     proto: UpProto,
     body: UpBody,
@@ -876,58 +912,9 @@ fn upstream_request(
             headers.remove("host");
         }
     }
-    let mut req = b
-        .body(body)
-        .unwrap_or_else(|_| Request::new(http_body_util::Either::Right(Empty::new())));
+    let mut req = b.body(body).unwrap_or_else(|_| Request::new(empty_body()));
     *req.headers_mut() = headers;
     req
-}
-
-/// Sends a copy of the request (headers only, no body) to a mirror backend and forgets it.
-fn mirror(
-    ctx: &Rc<WaypointShard>,
-    snap: &Arc<Snapshot>,
-    m: &routes::Mirror,
-    parts: &http::request::Parts,
-    client: SocketAddr,
-) {
-    if !routes::mirror_hit(m.percent, rand::random()) {
-        return;
-    }
-    let Some(svc) = service_named(snap, &m.backend.namespace, &m.backend.name) else {
-        tracing::debug!(
-            "mirror backend {}/{} not found",
-            m.backend.namespace,
-            m.backend.name
-        );
-        return;
-    };
-    let port = m.backend.port.unwrap_or(80);
-    let Ok(picked) = endpoints::pick(ctx, snap, &svc, port, client.ip(), &[]) else {
-        return;
-    };
-    let mut p = parts.clone();
-    strip_hop_by_hop(&mut p.headers);
-    p.headers.remove("content-length");
-    let ctx = ctx.clone();
-    let authority = authority_of(&p.uri, &p.headers);
-    crate::runtime::engine::spawn(async move {
-        let host = svc.hostname.clone();
-        let Ok(ready) =
-            upstream::connect(&ctx, &picked.transport, UpProto::Http1, client, Some(&host)).await
-        else {
-            return;
-        };
-        let req = upstream_request(
-            &p,
-            UpProto::Http1,
-            http_body_util::Either::Right(Empty::new()),
-            &authority,
-        );
-        if let Ok(resp) = ready.send(&ctx, req).await {
-            let _ = resp.into_body().collect().await;
-        }
-    });
 }
 
 fn is_grpc(h: &HeaderMap) -> bool {
@@ -953,7 +940,7 @@ fn version_name(v: Version) -> &'static str {
 }
 
 /// The request's authority: the URI's (HTTP/2 `:authority`), else `Host`.
-fn authority_of(uri: &Uri, h: &HeaderMap) -> String {
+pub(super) fn authority_of(uri: &Uri, h: &HeaderMap) -> String {
     uri.authority()
         .map(|a| a.to_string())
         .or_else(|| {

@@ -139,18 +139,13 @@ async fn handle_conn(ctx: Rc<WaypointShard>, s: Stream, peer: SocketAddr) {
         tracing::warn!(%peer, "no certificate for {id} (the CA has not issued one): closing HBONE connection");
         return;
     };
-    let (tls, peer_id) =
-        match h2conn::accept_tls(s, cert.server.clone(), ctx.cfg.proxy.tls_records).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(%peer, "{e}");
-                return;
-            }
-        };
-    let mut conn = match h2conn::serve_handshake(tls, &ctx.cfg.proxy.h2).await {
+    let p = &ctx.cfg.proxy;
+    let (cfg, records) = (cert.server.clone(), p.tls_records);
+    let accepted = h2conn::accept(s, cfg, records, &p.h2, p.connect_timeout).await;
+    let (mut conn, peer_id) = match accepted {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(%peer, "HBONE HTTP/2 handshake failed: {e}");
+            tracing::warn!(%peer, "{e}");
             return;
         }
     };

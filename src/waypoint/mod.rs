@@ -25,6 +25,7 @@ pub mod endpoints;
 pub mod http;
 pub mod inbound;
 pub mod lb;
+pub mod mirror;
 pub mod resources;
 pub mod routes;
 pub mod tcp;

@@ -28,8 +28,11 @@ use crate::io::h2io::H2Io;
 use crate::proxy::h2conn;
 use crate::proxy::pool::PoolKey;
 
-/// Body of a request sent upstream: the client's, or a replayable empty one.
-pub type UpBody = http_body_util::Either<super::http::UpCounted, http_body_util::Empty<Bytes>>;
+/// Body of a request sent upstream: the client's, a replayable empty one, or a mirror's copy.
+pub type UpBody = http_body_util::Either<
+    super::http::UpCounted,
+    http_body_util::Either<http_body_util::Empty<Bytes>, super::mirror::MirrorBody>,
+>;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_H1: usize = 64;
@@ -243,9 +246,10 @@ pub async fn open(
             };
             let req = hbone::connect_request(*authority, &headers);
             let p = &cfg.proxy;
+            let max = p.h2.client_max_streams;
             let stream = ctx
                 .pool
-                .stream(&key, p.h2.client_max_streams, req, || async {
+                .stream(&key, max, p.connect_timeout, req, |deadline| async move {
                     let sock = crate::inpod::Netns::current()
                         .connect_socket(*next_hop, p.mark, None)
                         .map_err(|e| h2conn::DialError::Connect(e.to_string()))?;
@@ -258,7 +262,8 @@ pub async fn open(
                             ))
                         })?;
                     let _ = tcp.set_nodelay(true);
-                    h2conn::dial(tcp, cert.client.clone(), expected, &p.h2, p.tls_records).await
+                    let (h2s, records) = (&p.h2, p.tls_records);
+                    h2conn::dial(tcp, cert.client.clone(), expected, h2s, records, &deadline).await
                 })
                 .await
                 .map_err(|e| UpstreamError::Connect(e.to_string()))?;

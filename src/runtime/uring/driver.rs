@@ -95,6 +95,8 @@ struct Sock {
     // accept
     acc: VecDeque<Result<RawFd, i32>>,
     acc_armed: bool,
+    /// `stop_accept` was called: the multishot accept is not re-armed.
+    acc_stopping: bool,
 }
 
 impl Sock {
@@ -1147,7 +1149,7 @@ impl Driver {
             return Some(r.map_err(io::Error::from_raw_os_error));
         }
         set_waker(&mut s.rx_waker, waker);
-        if !s.acc_armed {
+        if !s.acc_armed && !s.acc_stopping {
             s.acc_armed = true;
             s.inflight += 1;
             let fd = s.fd;
@@ -1159,6 +1161,36 @@ impl Driver {
             );
         }
         None
+    }
+
+    /// Stops a listener's multishot accept without losing a connection: cancels it and
+    /// answers true once the kernel has ended it. What it accepted until then stays queued
+    /// for `take_accepted`; the listen queue itself is untouched (another process holding
+    /// the same socket accepts the rest).
+    pub(crate) fn stop_accept(&mut self, idx: usize, waker: &Waker) -> bool {
+        let s = self.sock(idx);
+        let cancel = !s.acc_stopping && s.acc_armed;
+        s.acc_stopping = true;
+        if !s.acc_armed {
+            return true;
+        }
+        set_waker(&mut s.rx_waker, waker);
+        if cancel {
+            self.push(
+                opcode::AsyncCancel::new(ud(idx, K_ACCEPT))
+                    .build()
+                    .user_data(ud(0, K_IGNORE)),
+            );
+        }
+        false
+    }
+
+    /// A connection accepted before `stop_accept` finished, if any is left.
+    pub(crate) fn take_accepted(&mut self, idx: usize) -> Option<io::Result<RawFd>> {
+        self.sock(idx)
+            .acc
+            .pop_front()
+            .map(|r| r.map_err(io::Error::from_raw_os_error))
     }
 
     fn on_accept(&mut self, idx: usize, res: i32, flags: u32) {

@@ -291,6 +291,29 @@ impl Listener {
         let peer = s.peer_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         Ok((s, peer))
     }
+
+    /// Stops accepting without losing a connection the kernel already handed to the ring:
+    /// returns those (the listen queue stays with the socket for whoever else holds it).
+    pub async fn stop(&self) -> Vec<(Stream, SocketAddr)> {
+        let idx = self.0.idx;
+        poll_fn(|cx| {
+            if driver::with(|d| d.stop_accept(idx, cx.waker())) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        let mut out = Vec::new();
+        while let Some(r) = driver::with(|d| d.take_accepted(idx)) {
+            if let Ok(fd) = r {
+                let s = Stream(adopt(fd));
+                let peer = s.peer_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                out.push((s, peer));
+            }
+        }
+        out
+    }
 }
 
 /// Connects `sock` (made elsewhere, e.g. in a pod's netns) to `dst` with an io_uring

@@ -1,0 +1,381 @@
+//! The hand-over socket between two node proxies on one node, for a rolling update that
+//! refuses no connection (a DaemonSet with `maxSurge: 1` starts the new proxy beside the
+//! old one; istio-cni then hands the pods to the newest).
+//!
+//! Owns: the protocol (SEQPACKET records of JSON, fds as SCM_RIGHTS), the old process's
+//! server thread, the new process's client, and the checks on a received listener.
+//!
+//! When the new process is given a pod (ZDS `Add`), it asks the old one for that pod's
+//! listening sockets (`take`) instead of opening its own: the old sends a duplicate of
+//! every one (15001, 15006, 15008, one per shard), the new starts accepting on them and
+//! says so (`took`), and only then does the old stop accepting — without closing the
+//! sockets' listen queues, which now belong to the new process too. A connection that
+//! completed its handshake a moment before is accepted by one of the two; none is refused
+//! or reset. A pod the old process does not have (`absent`), a protocol error or no old
+//! process at all: the new one opens fresh listeners, as at a first start.
+//!
+//! The server side runs on a thread of its own (blocking I/O); the control thread does the
+//! work (`HandoverEvent`) and answers through a channel, as for ZDS.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::seqpacket::{MAX_FDS, SeqPacket, SeqPacketListener};
+
+/// Protocol version spoken here.
+pub const VERSION: u32 = 1;
+
+/// The largest record (JSON) either side sends.
+const MAX_RECORD: usize = 64 * 1024;
+
+/// How long either side waits for the other's answer.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the new process asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    /// Send this pod's listeners.
+    Take {
+        uid: String,
+    },
+    /// The new process accepts on them now: stop accepting (queues stay open).
+    Took {
+        uid: String,
+    },
+}
+
+/// What the old process answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "r", rename_all = "snake_case")]
+pub enum Reply {
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    /// The pod's listeners, one fd per entry of `ports` in the record's SCM_RIGHTS.
+    Listeners {
+        uid: String,
+        ports: Vec<u16>,
+    },
+    /// This process has no listeners for the pod.
+    Absent {
+        uid: String,
+        why: String,
+    },
+    Done,
+    Error {
+        why: String,
+    },
+}
+
+/// A request for the control thread of the old process.
+#[derive(Debug)]
+pub enum HandoverEvent {
+    /// Duplicates of the pod's listeners, with their ports; `Err` = absent, and why.
+    Take {
+        uid: String,
+        reply: std_mpsc::Sender<Result<Vec<(u16, OwnedFd)>, String>>,
+    },
+    /// The new process accepts for the pod now.
+    Took {
+        uid: String,
+        reply: std_mpsc::Sender<()>,
+    },
+}
+
+/// Why a hand-over step failed (the caller then opens its own listeners).
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("hand-over socket {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("hand-over peer broke the protocol: {0}")]
+    Protocol(String),
+    #[error("hand-over peer closed the connection")]
+    Closed,
+}
+
+/// The hand-over socket that belongs with a ZDS socket: beside it, `<zds socket>.handover`.
+pub fn path_for(zds_socket: &Path) -> PathBuf {
+    let mut p = zds_socket.as_os_str().to_owned();
+    p.push(".handover");
+    PathBuf::from(p)
+}
+
+/// The new process's side.
+#[derive(Debug)]
+pub struct Client {
+    sock: SeqPacket,
+    path: String,
+    /// The old process's pid (from its hello).
+    pub peer_pid: u32,
+}
+
+impl Client {
+    /// Connects to an old process's hand-over socket and says hello. `Ok(None)` when there
+    /// is none (no socket file, or nobody listening: a first start).
+    pub fn connect(path: &Path) -> Result<Option<Client>, HandoverError> {
+        let p = path.display().to_string();
+        let sock = match SeqPacket::connect(path) {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(source) => return Err(HandoverError::Io { path: p, source }),
+        };
+        sock.set_read_timeout(Some(TIMEOUT))
+            .map_err(|source| HandoverError::Io {
+                path: p.clone(),
+                source,
+            })?;
+        let mut c = Client {
+            sock,
+            path: p,
+            peer_pid: 0,
+        };
+        match c.call(&Request::Hello {
+            version: VERSION,
+            pid: std::process::id(),
+        })? {
+            (Reply::Hello { version, pid }, _) if version == VERSION => c.peer_pid = pid,
+            (Reply::Hello { version, .. }, _) => {
+                return Err(HandoverError::Protocol(format!(
+                    "peer speaks version {version}, we speak {VERSION}"
+                )));
+            }
+            (other, _) => return Err(HandoverError::Protocol(format!("hello answered {other:?}"))),
+        }
+        Ok(Some(c))
+    }
+
+    /// The pod's listeners from the old process (`Ok(None)`: it has none).
+    pub fn take(&self, uid: &str) -> Result<Option<Vec<(u16, OwnedFd)>>, HandoverError> {
+        match self.call(&Request::Take { uid: uid.into() })? {
+            (Reply::Listeners { uid: u, ports }, fds) if u == uid => {
+                if ports.len() != fds.len() {
+                    return Err(HandoverError::Protocol(format!(
+                        "{} ports but {} fds for pod {uid}",
+                        ports.len(),
+                        fds.len()
+                    )));
+                }
+                Ok(Some(ports.into_iter().zip(fds).collect()))
+            }
+            (Reply::Absent { uid: u, .. }, _) if u == uid => Ok(None),
+            (Reply::Error { why }, _) => Err(HandoverError::Protocol(why)),
+            (other, _) => Err(HandoverError::Protocol(format!(
+                "take {uid} answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Tells the old process that this one accepts for the pod now.
+    pub fn took(&self, uid: &str) -> Result<(), HandoverError> {
+        match self.call(&Request::Took { uid: uid.into() })? {
+            (Reply::Done, _) => Ok(()),
+            (other, _) => Err(HandoverError::Protocol(format!(
+                "took {uid} answered {other:?}"
+            ))),
+        }
+    }
+
+    fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>), HandoverError> {
+        let io = |source| HandoverError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let data = serde_json::to_vec(req).map_err(|e| HandoverError::Protocol(e.to_string()))?;
+        self.sock.send(&data, &[]).map_err(io)?;
+        let rec = self
+            .sock
+            .recv_many(MAX_RECORD)
+            .map_err(io)?
+            .ok_or(HandoverError::Closed)?;
+        if rec.truncated {
+            return Err(HandoverError::Protocol("answer truncated".into()));
+        }
+        let reply: Reply = serde_json::from_slice(&rec.data)
+            .map_err(|e| HandoverError::Protocol(format!("unreadable answer: {e}")))?;
+        Ok((reply, rec.fds))
+    }
+}
+
+/// Listens on `path` for a new process (replacing the file atomically: a newer process's
+/// socket takes the name, an older one keeps serving the client it has) and serves each
+/// client in turn on a thread of its own. Ends when `events` closes.
+pub fn serve(
+    path: &Path,
+    events: tokio::sync::mpsc::UnboundedSender<HandoverEvent>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let tmp = {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{}", std::process::id()));
+        PathBuf::from(p)
+    };
+    let l = SeqPacketListener::bind(&tmp)?;
+    std::fs::rename(&tmp, path)?;
+    l.set_accept_timeout(Duration::from_millis(500))?;
+    let shown = path.display().to_string();
+    std::thread::Builder::new()
+        .name("handover".into())
+        .spawn(move || {
+            loop {
+                if events.is_closed() {
+                    return;
+                }
+                let c = match l.accept() {
+                    Ok(c) => c,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(socket = %shown, "hand-over accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                let why = serve_client(&c, &events);
+                tracing::info!(socket = %shown, "hand-over client gone: {why}");
+            }
+        })
+}
+
+/// Answers one new process until it hangs up; returns why it ended.
+fn serve_client(
+    c: &SeqPacket,
+    events: &tokio::sync::mpsc::UnboundedSender<HandoverEvent>,
+) -> String {
+    loop {
+        let rec = match c.recv(MAX_RECORD) {
+            Ok(Some(r)) => r,
+            Ok(None) => return "closed".into(),
+            Err(e) => return format!("receive failed: {e}"),
+        };
+        let req: Result<Request, _> = serde_json::from_slice(&rec.data);
+        let (reply, fds) = match req {
+            Err(e) => (
+                Reply::Error {
+                    why: format!("unreadable request: {e}"),
+                },
+                Vec::new(),
+            ),
+            Ok(Request::Hello { version, pid }) => {
+                tracing::info!(
+                    peer_pid = pid,
+                    version,
+                    "a new node proxy connected for hand-over"
+                );
+                (
+                    Reply::Hello {
+                        version: VERSION,
+                        pid: std::process::id(),
+                    },
+                    Vec::new(),
+                )
+            }
+            Ok(Request::Take { uid }) => {
+                let (tx, rx) = std_mpsc::channel();
+                if events
+                    .send(HandoverEvent::Take {
+                        uid: uid.clone(),
+                        reply: tx,
+                    })
+                    .is_err()
+                {
+                    return "node proxy stopping".into();
+                }
+                match rx.recv_timeout(TIMEOUT) {
+                    Ok(Ok(l)) if l.len() <= MAX_FDS => {
+                        let (ports, fds): (Vec<u16>, Vec<OwnedFd>) = l.into_iter().unzip();
+                        (Reply::Listeners { uid, ports }, fds)
+                    }
+                    Ok(Ok(l)) => (
+                        Reply::Absent {
+                            uid,
+                            why: format!("{} listeners, more than one record carries", l.len()),
+                        },
+                        Vec::new(),
+                    ),
+                    Ok(Err(why)) => (Reply::Absent { uid, why }, Vec::new()),
+                    Err(_) => (
+                        Reply::Error {
+                            why: "the control thread did not answer".into(),
+                        },
+                        Vec::new(),
+                    ),
+                }
+            }
+            Ok(Request::Took { uid }) => {
+                let (tx, rx) = std_mpsc::channel();
+                if events.send(HandoverEvent::Took { uid, reply: tx }).is_err() {
+                    return "node proxy stopping".into();
+                }
+                let _ = rx.recv_timeout(TIMEOUT);
+                (Reply::Done, Vec::new())
+            }
+        };
+        let data = match serde_json::to_vec(&reply) {
+            Ok(d) => d,
+            Err(e) => return format!("cannot encode an answer: {e}"),
+        };
+        let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        if let Err(e) = c.send(&data, &raw) {
+            return format!("send failed: {e}");
+        }
+    }
+}
+
+/// Checks that a received fd is a listening TCP socket on `port` in the network namespace
+/// whose cookie is `netns_cookie` (the pod's): a confused or hostile peer cannot make this
+/// process accept on someone else's socket.
+pub fn check_listener(fd: &OwnedFd, port: u16, netns_cookie: u64) -> Result<(), String> {
+    let s = socket2::SockRef::from(fd);
+    match s.r#type() {
+        Ok(socket2::Type::STREAM) => {}
+        Ok(t) => return Err(format!("not a stream socket ({t:?})")),
+        Err(e) => return Err(format!("not a socket: {e}")),
+    }
+    if !nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::AcceptConn)
+        .map_err(|e| format!("SO_ACCEPTCONN: {e}"))?
+    {
+        return Err("not listening".into());
+    }
+    let local = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or("no local address")?;
+    if local.port() != port {
+        return Err(format!("listens on port {}, not {port}", local.port()));
+    }
+    let c = super::netns_cookie(fd).map_err(|e| format!("SO_NETNS_COOKIE: {e}"))?;
+    if c != netns_cookie {
+        return Err("belongs to another network namespace".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "handover_tests.rs"]
+mod tests;

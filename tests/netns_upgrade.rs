@@ -1,0 +1,277 @@
+//! Rolling updates and crashes of `ringmesh node` in a real lab (root): a new process beside
+//! the old one takes every pod's listeners over (none refused, none reset), new connections
+//! go to it, the old one drains what it still carries and exits; after `kill -9` and a
+//! restart the pods are enrolled again and new connections work.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringmesh::inpod::Netns;
+use ringmesh::lab::apps::metric_sum;
+use ringmesh::lab::run::LabRun;
+use ringmesh::lab::topology::Topology;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringmesh");
+
+fn topology(name: &str) -> Topology {
+    let text = format!(
+        r#"
+name: {name}
+nodes: [{{name: node-a}}, {{name: node-b}}]
+pods:
+- {{name: client-a, node: node-a, serviceAccount: client, labels: {{istio.io/dataplane-mode: ambient}}}}
+- {{name: server-b, node: node-b, serviceAccount: server, labels: {{istio.io/dataplane-mode: ambient}}}}
+"#
+    );
+    Topology::parse("netns_upgrade topology", &text).unwrap()
+}
+
+fn pod_ns(run: &LabRun, pod: &str) -> Netns {
+    ns(run.lab.pod(pod).unwrap())
+}
+
+fn addr(run: &LabRun, pod: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(run.lab.pod(pod).unwrap().ip.into(), port)
+}
+
+fn node_metrics(run: &LabRun, node: &str) -> String {
+    let ns = Netns::open(&std::path::PathBuf::from(format!(
+        "/var/run/netns/{}",
+        run.node_netns(node).unwrap()
+    )))
+    .unwrap();
+    let at = SocketAddr::from(([127, 0, 0, 1], run.node_port(node, 15020)));
+    ringmesh::lab::run::http_get(&ns, at, "/metrics").unwrap().1
+}
+
+/// New connections opened back to back from client-a to server-b's echo (6 at a time)
+/// until `stop`; (succeeded, failed, the first failures).
+struct Churn {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+fn churn(run: &LabRun) -> Churn {
+    let (ok, failed, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let dst = addr(run, "server-b", 9000);
+    // Several connectors at once, so that listen queues hold connections when the old
+    // process lets go of them.
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let ns = pod_ns(run, "client-a");
+            let (o, f, s) = (ok.clone(), failed.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                while !s.load(Ordering::Relaxed) {
+                    match echo_from(&ns, dst) {
+                        Ok(_) => o.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            if errors.len() < 5 {
+                                errors.push(e);
+                            }
+                            f.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                errors
+            })
+        })
+        .collect();
+    let thread = std::thread::spawn(move || {
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_default())
+            .collect()
+    });
+    Churn {
+        ok,
+        failed,
+        stop,
+        thread,
+    }
+}
+
+impl Churn {
+    fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self.thread.join().unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+/// A connection to server-b's echo opened now; `then` exchanges on it later.
+fn long_lived(run: &LabRun) -> (std::net::TcpStream, BufReader<std::net::TcpStream>) {
+    let s = connect_from(&pod_ns(run, "client-a"), addr(run, "server-b", 9000)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).unwrap();
+    assert!(greeting.starts_with("server-b"), "{greeting:?}");
+    (s, r)
+}
+
+fn exchange(c: &mut (std::net::TcpStream, BufReader<std::net::TcpStream>), what: &str) {
+    c.0.write_all(format!("{what}\n").as_bytes()).unwrap();
+    let mut back = String::new();
+    let n =
+        c.1.read_line(&mut back)
+            .expect("echo answer (not a timeout)");
+    assert!(n > 0, "the long-lived connection was closed");
+    assert_eq!(back, format!("{what}\n"));
+}
+
+#[test]
+fn netns_upgrade_rolls_the_node_proxy_without_refusing_a_connection() {
+    let Some(_) = lab_or_skip("netns_upgrade") else {
+        return;
+    };
+    let name = format!("ru{}", std::process::id() % 10000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = LabRun::up(topology(&name), &dir.path().join(&name)).unwrap();
+    serve_echo(&pod_ns(&run, "server-b"), 9000, "server-b");
+    serve_sha(&pod_ns(&run, "server-b"), 9001);
+    // A drain long enough for the transfers below to finish in the old process.
+    let drain = ["--drain-deadline".to_string(), "60s".to_string()];
+    run.start_ringmesh_exe(std::path::Path::new(BIN), &drain)
+        .unwrap();
+    run.wait_ready(Duration::from_secs(30)).unwrap();
+    echo_from(&pod_ns(&run, "client-a"), addr(&run, "server-b", 9000)).unwrap();
+
+    // Roll the client's node (its 15001 listeners move), then the server's (15008).
+    for node in ["node-a", "node-b"] {
+        let mut live = long_lived(&run);
+        exchange(&mut live, "before");
+        let bulk = {
+            let ns = pod_ns(&run, "client-a");
+            let dst = addr(&run, "server-b", 9001);
+            std::thread::spawn(move || send_checked(&ns, dst, 256 << 20))
+        };
+        let churn = churn(&run);
+        std::thread::sleep(Duration::from_millis(300));
+        // The old process exits once the long-lived connection and the transfer are done:
+        // end the long-lived one from another thread once the new process serves.
+        let ender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            exchange(&mut live, "after");
+            drop(live);
+        });
+        let roll = run
+            .roll_node(
+                node,
+                std::path::Path::new(BIN),
+                &drain,
+                Duration::from_secs(90),
+            )
+            .unwrap();
+        ender.join().unwrap();
+        let (ok, checksum_secs) = bulk.join().unwrap();
+        assert!(
+            ok,
+            "{node}: the transfer across the roll arrived byte-exact ({checksum_secs:.1}s)"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let (n_ok, n_failed, errors) = churn.finish();
+        eprintln!(
+            "{node}: rolled; old process exited {:?} after SIGTERM; {n_ok} new connections, {n_failed} failed",
+            roll.old_exit
+        );
+        assert_eq!(
+            n_failed, 0,
+            "{node}: new connections failed during the roll: {errors:?}"
+        );
+        assert!(n_ok > 20, "{node}: only {n_ok} connections during the roll");
+        assert!(
+            roll.old_log
+                .contains("pod handed over to the next node proxy"),
+            "{node}: old log:\n{}",
+            roll.old_log
+        );
+        assert!(
+            roll.old_log.contains("drained: no connection left"),
+            "{node}: the old process cut connections:\n{}",
+            roll.old_log
+        );
+        // The new process took the pod's listeners over and serves new connections.
+        let m = node_metrics(&run, node);
+        assert_eq!(
+            metric_sum(
+                &m,
+                "ringmesh_handover_pods_total",
+                &[("direction", "received")]
+            ),
+            1.0,
+            "{node}:\n{m}"
+        );
+        let before = metric_sum(&m, "istio_tcp_connections_opened_total", &[]);
+        echo_from(&pod_ns(&run, "client-a"), addr(&run, "server-b", 9000)).unwrap();
+        let m = node_metrics(&run, node);
+        assert!(
+            metric_sum(&m, "istio_tcp_connections_opened_total", &[]) > before,
+            "{node}: a new connection is not counted by the new process:\n{m}"
+        );
+    }
+}
+
+#[test]
+fn netns_upgrade_restarts_after_kill_9() {
+    let Some(_) = lab_or_skip("netns_upgrade") else {
+        return;
+    };
+    let name = format!("rk{}", std::process::id() % 10000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = LabRun::up(topology(&name), &dir.path().join(&name)).unwrap();
+    serve_echo(&pod_ns(&run, "server-b"), 9000, "server-b");
+    run.start_ringmesh_exe(std::path::Path::new(BIN), &[])
+        .unwrap();
+    run.wait_ready(Duration::from_secs(30)).unwrap();
+    let mut live = long_lived(&run);
+    exchange(&mut live, "before");
+    let t0 = Instant::now();
+    run.crash_and_restart("node-a", std::path::Path::new(BIN), &[])
+        .unwrap();
+    let ready = t0.elapsed();
+    let mut first_ok = None;
+    while t0.elapsed() < Duration::from_secs(30) {
+        if echo_from(&pod_ns(&run, "client-a"), addr(&run, "server-b", 9000)).is_ok() {
+            first_ok = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let first_ok = first_ok.expect("new connections work after the restart");
+    eprintln!(
+        "kill -9: restarted process ready after {ready:?}, first new connection after {first_ok:?}"
+    );
+    // The connection the killed process carried is gone (reset, not hanging).
+    live.0.write_all(b"after\n").ok();
+    let mut back = String::new();
+    let r = live.1.read_line(&mut back);
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut),
+        "the killed process's connection should be closed or reset, got {r:?} {back:?}"
+    );
+    let m = node_metrics(&run, "node-a");
+    assert!(
+        m.lines()
+            .any(|l| l == "workload_manager_active_proxy_count 1"),
+        "the pod is enrolled again:\n{m}"
+    );
+}
