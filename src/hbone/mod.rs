@@ -11,6 +11,8 @@ use http::{Method, Request, StatusCode};
 
 use crate::state::Workload;
 
+pub mod h2;
+
 /// HTTP/2 settings of HBONE connections (ztunnel's defaults).
 #[derive(Debug, Clone)]
 pub struct H2Settings {
