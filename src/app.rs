@@ -94,6 +94,8 @@ pub struct Node {
     handover: Option<crate::inpod::handover::Client>,
     /// Our own copy of every pod's listeners (port, fd), for the next process to take.
     listener_fds: HashMap<String, Vec<(u16, std::os::fd::OwnedFd)>>,
+    /// A shard whose thread died (the process then exits with an error).
+    dead_shard: Option<usize>,
 }
 
 /// Runs the node proxy until SIGTERM/SIGINT or `POST /quitquitquit`. `ztunnel_defaults`:
@@ -326,6 +328,7 @@ impl Node {
             zds_waiting: None,
             handover: None,
             listener_fds: HashMap::new(),
+            dead_shard: None,
         };
         for p in node.args.pods.clone() {
             let netns = Netns::open(&p.netns)?;
@@ -641,6 +644,14 @@ impl Node {
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
                 _ = admin.quit.notified() => { tracing::info!("quitquitquit: shutting down"); return; }
                 _ = poll.tick() => {
+                    if let Some(s) = self.shards.iter().find(|s| !s.is_alive()) {
+                        // A shard that died took its pods' listeners and connections with it:
+                        // not ready, and out, so that Kubernetes starts a whole proxy again.
+                        tracing::error!(shard = s.id, "shard thread died: the node proxy stops (its pods' traffic on that shard is gone)");
+                        self.admin.set_pending("shards", true);
+                        self.dead_shard = Some(s.id);
+                        return;
+                    }
                     if let ConfigSource::File(path) = &self.plane.source {
                         let now = stamp(path);
                         if now.is_some() && now != self.config_stamp {

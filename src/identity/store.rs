@@ -287,6 +287,16 @@ impl CertManager {
                 .count();
             st.insert("Unavailable", unavailable as i64);
             st.insert("Initializing", (pending.len() - unavailable) as i64);
+            drop(st);
+            *m.cert_expiry.lock().unwrap_or_else(|e| e.into_inner()) = certs
+                .iter()
+                .map(|(id, c)| {
+                    (
+                        id.to_string(),
+                        crate::telemetry::unix_secs(c.issued.not_after),
+                    )
+                })
+                .collect();
         }
         self.handle.store(Arc::new(CertSnapshot { certs, pending }));
     }
@@ -355,6 +365,30 @@ mod tests {
         assert!(m.handle().load().get(&b).is_none());
         assert!(m.next_refresh().is_some());
         assert!(m.handle().load().pending.is_empty());
+    }
+
+    #[test]
+    fn the_expiry_of_every_certificate_held_is_a_metric() {
+        let now = SystemTime::now();
+        let ca = Ca::generate(now).unwrap();
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::default());
+        let (mut m, _rx) = CertManager::new(
+            Issuer::BuiltIn(Box::new(ca)),
+            Duration::from_secs(100),
+            Some(metrics.clone()),
+        );
+        let a = Identity::new("td", "ns", "a");
+        m.reconcile(&[a.clone()].into(), now).unwrap();
+        let not_after = m.handle().load().get(&a).unwrap().issued.not_after;
+        let text = metrics.encode();
+        let line = format!(
+            "ringmesh_certificate_expiry_timestamp_seconds{{identity=\"{a}\"}} {}",
+            crate::telemetry::unix_secs(not_after)
+        );
+        assert!(text.contains(&line), "{line} not in:\n{text}");
+        // Forgotten: gone from the metric.
+        m.reconcile(&BTreeSet::new(), now).unwrap();
+        assert!(!metrics.encode().contains(&format!("identity=\"{a}\"")));
     }
 
     #[test]

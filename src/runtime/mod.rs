@@ -41,6 +41,11 @@ impl<C> Shard<C> {
         self.tx.send(cmd).map_err(|_| ShardGone(self.id))
     }
 
+    /// Whether the shard's thread still runs (false once it has stopped or died).
+    pub fn is_alive(&self) -> bool {
+        self.join.as_ref().is_some_and(|j| !j.is_finished())
+    }
+
     /// Stops the shard (its tasks are dropped) and waits for its thread.
     pub fn stop(mut self) {
         let (tx, _) = mpsc::unbounded_channel();

@@ -548,6 +548,8 @@ pub struct Metrics {
     /// Certificates by state (`Available`, `Initializing`, `Unavailable`), set by the
     /// certificate manager.
     pub cert_states: Mutex<std::collections::BTreeMap<&'static str, i64>>,
+    /// When each held workload certificate expires (Unix seconds), by identity.
+    pub cert_expiry: Mutex<std::collections::BTreeMap<String, i64>>,
     pub lifecycle: Lifecycle,
 }
 
@@ -702,6 +704,22 @@ impl Metrics {
             "Workload certificates held, by state",
             certs,
         );
+        let expiry: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for (id, t) in self
+            .cert_expiry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            expiry
+                .get_or_create(&vec![("identity".into(), id.clone())])
+                .set(*t);
+        }
+        reg.register(
+            "ringmesh_certificate_expiry_timestamp_seconds",
+            "When each workload certificate held expires (Unix time): alert when one comes within its rotation window, rotation has stopped",
+            expiry,
+        );
         let engine: Family<Vec<(String, String)>, Gauge> = Family::default();
         engine
             .get_or_create(&vec![(
@@ -733,6 +751,11 @@ impl Metrics {
                 "ringmesh_uring_send_zc",
                 "SEND_ZC operations submitted",
                 &u.send_zc,
+            ),
+            (
+                "ringmesh_task_panics",
+                "Tasks that panicked on an io_uring shard: each was dropped, the shard kept serving",
+                &u.task_panics,
             ),
         ] {
             let ctr: Counter = Counter::default();

@@ -243,10 +243,20 @@ fn run_ready() {
         });
         let Some(mut fut) = fut else { continue };
         let waker = Waker::from(w.clone());
-        let done = fut
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_ready();
+        // A panic ends that task only (its connection closes); the shard serves on.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fut.as_mut().poll(&mut Context::from_waker(&waker))
+        }));
+        let done = match polled {
+            Ok(p) => p.is_ready(),
+            Err(_) => {
+                super::count(&super::stats().task_panics);
+                tracing::error!(
+                    "a task panicked and was dropped (see the panic message above); the shard keeps serving"
+                );
+                true
+            }
+        };
         let finished = EXEC.with(|e| {
             let mut e = e.borrow_mut();
             let Some(Some(slot)) = e.tasks.get_mut(w.id) else {
@@ -342,6 +352,26 @@ impl Drop for Sleep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_task_is_dropped_and_the_others_run_on() {
+        let before = super::super::stats().task_panics.load(Ordering::Relaxed);
+        let got = block_on(&UringOpts::default(), async {
+            let _bad = spawn(async {
+                sleep(Duration::from_millis(5)).await;
+                panic!("a connection's task fails");
+            });
+            sleep(Duration::from_millis(30)).await;
+            let ok = Rc::new(Cell::new(false));
+            let o = ok.clone();
+            let _t = spawn(async move { o.set(true) });
+            sleep(Duration::from_millis(5)).await;
+            ok.get()
+        })
+        .unwrap();
+        assert!(got, "a task spawned after the panic ran");
+        assert!(super::super::stats().task_panics.load(Ordering::Relaxed) > before);
+    }
 
     #[test]
     fn runs_tasks_timers_and_remote_wakes() {

@@ -132,12 +132,15 @@ pub struct Stats {
     pub private_recvs: AtomicU64,
     /// SEND_ZC operations submitted.
     pub send_zc: AtomicU64,
+    /// Tasks that panicked: each was dropped, its shard kept running.
+    pub task_panics: AtomicU64,
 }
 
 static STATS: Stats = Stats {
     buffer_exhausted: AtomicU64::new(0),
     private_recvs: AtomicU64::new(0),
     send_zc: AtomicU64::new(0),
+    task_panics: AtomicU64::new(0),
 };
 
 /// The engine's counters (all shards of the process).
