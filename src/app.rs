@@ -8,6 +8,7 @@
 //! The control thread is the only writer of the published snapshots; shards only read them.
 
 mod handover;
+mod live_record;
 pub mod waypoint;
 
 use std::collections::{BTreeSet, HashMap};
@@ -96,6 +97,8 @@ pub struct Node {
     listener_fds: HashMap<String, Vec<(u16, std::os::fd::OwnedFd)>>,
     /// A shard whose thread died (the process then exits with an error).
     dead_shard: Option<usize>,
+    /// Our live-connection count on disk, for the next process to count what a crash cut.
+    live_record: Option<live_record::LiveRecord>,
 }
 
 /// Runs the node proxy until SIGTERM/SIGINT or `POST /quitquitquit`. `ztunnel_defaults`:
@@ -129,6 +132,7 @@ pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
         let (xds_tx, xds_rx) = tokio::sync::mpsc::unbounded_channel();
         let (ho_tx, ho_rx) = tokio::sync::mpsc::unbounded_channel();
         node.start_handover(ho_tx);
+        node.open_live_record();
         node.zds_waiting = node.zds_socket();
         if node.zds_waiting.is_some() {
             node.admin.set_pending("workload proxy manager", true);
@@ -154,6 +158,9 @@ pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
         node.control_loop(zds_rx, zds_tx.clone(), xds_rx, ho_rx)
             .await;
         node.drain().await;
+        if let Some(r) = node.live_record.take() {
+            r.finish();
+        }
         drop(zds_tx);
         drop(xds_tx);
         node.shutdown();
@@ -329,6 +336,7 @@ impl Node {
             handover: None,
             listener_fds: HashMap::new(),
             dead_shard: None,
+            live_record: None,
         };
         for p in node.args.pods.clone() {
             let netns = Netns::open(&p.netns)?;
@@ -366,6 +374,49 @@ impl Node {
                 .map_err(StartError::Control)?;
         }
         Ok(())
+    }
+
+    /// Starts our live-connection record beside the ZDS socket and counts what the records
+    /// of earlier processes that died say they had open (cut by that crash).
+    fn open_live_record(&mut self) {
+        let Some(zds) = self.zds_socket() else {
+            return;
+        };
+        match live_record::LiveRecord::open(&zds) {
+            Ok((rec, crashed)) => {
+                for c in crashed {
+                    self.metrics
+                        .lifecycle
+                        .crash_cut
+                        .fetch_add(c.live, Ordering::Relaxed);
+                    if c.live > 0 {
+                        tracing::warn!(
+                            cut = c.live,
+                            record = %c.file.display(),
+                            "an earlier node proxy on this node died without draining: its live connections were cut"
+                        );
+                    }
+                }
+                self.live_record = Some(rec);
+            }
+            Err(e) => tracing::warn!(
+                "cannot keep a live-connection record beside {} ({e}): a crash of this process will not be counted by the next one",
+                zds.display()
+            ),
+        }
+    }
+
+    fn write_live_record(&mut self) {
+        let live = self.metrics.live();
+        if let Some(r) = &mut self.live_record
+            && let Err(e) = r.update(live)
+        {
+            tracing::warn!(
+                "cannot update the live-connection record {}: {e}",
+                r.path().display()
+            );
+            self.live_record = None;
+        }
     }
 
     fn zds_socket(&self) -> Option<PathBuf> {
@@ -627,6 +678,7 @@ impl Node {
             return;
         };
         let mut poll = tokio::time::interval(self.args.config_poll);
+        let mut record_tick = tokio::time::interval(live_record::WRITE_EVERY);
         let admin = self.admin.clone();
         loop {
             // An overdue refresh is due now (not in 60 s: the poll tick would recreate that
@@ -660,6 +712,7 @@ impl Node {
                         }
                     }
                 }
+                _ = record_tick.tick() => self.write_live_record(),
                 _ = tokio::time::sleep(rotate_in) => self.reconcile_certs(),
                 Some(f) = cert_rx.recv() => self.certs.fetched(f, SystemTime::now()),
                 Some(ev) = handover.recv() => self.handover_event(ev),

@@ -241,6 +241,12 @@ fn netns_upgrade_restarts_after_kill_9() {
     run.wait_ready(Duration::from_secs(30)).unwrap();
     let mut live = long_lived(&run);
     exchange(&mut live, "before");
+    let mut more: Vec<_> = (0..2).map(|_| long_lived(&run)).collect();
+    for c in &mut more {
+        exchange(c, "before");
+    }
+    // The killed process records its live count every 250 ms: let it see all three.
+    std::thread::sleep(Duration::from_millis(600));
     let t0 = Instant::now();
     run.crash_and_restart("node-a", std::path::Path::new(BIN), &[])
         .unwrap();
@@ -274,4 +280,10 @@ fn netns_upgrade_restarts_after_kill_9() {
             .any(|l| l == "workload_manager_active_proxy_count 1"),
         "the pod is enrolled again:\n{m}"
     );
+    assert!(
+        m.lines()
+            .any(|l| l == "ringmesh_crash_connections_cut_total 3"),
+        "the restarted process counts the three connections the crash cut:\n{m}"
+    );
+    drop(more);
 }

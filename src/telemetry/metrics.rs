@@ -570,6 +570,9 @@ pub struct Lifecycle {
     pub drained: AtomicU64,
     /// Connections still live at the drain's deadline, closed by the exit.
     pub cut: AtomicU64,
+    /// Connections an earlier node proxy on this node had open when it died without
+    /// draining (`kill -9`, OOM), as its live-connection record says.
+    pub crash_cut: AtomicU64,
 }
 
 impl Metrics {
@@ -825,6 +828,13 @@ impl Metrics {
             "ringmesh_drain_connections",
             "Connections live when a drain began: finished before its deadline (drained) or closed at it (cut)",
             drain,
+        );
+        let crash: Counter = Counter::default();
+        crash.inc_by(l.crash_cut.load(Ordering::Relaxed));
+        reg.register(
+            "ringmesh_crash_connections_cut",
+            "Connections an earlier node proxy on this node had open when it died without draining (kill -9, OOM), counted at this process's start from the record it kept",
+            crash,
         );
         let shards: Gauge = Gauge::default();
         shards.set(self.shards.lock().unwrap_or_else(|e| e.into_inner()).len() as i64);
