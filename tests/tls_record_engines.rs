@@ -11,6 +11,9 @@
 //!   only, an oversized inner plaintext, a burst of KeyUpdates, a user_canceled alert) and
 //!   open every record we send back.
 //!
+//! Hitless upgrades: a connection exported mid-transfer (`TlsStream::export`) continues on
+//! another executor from its fd and encoded state, in both roles.
+//!
 //! Our side runs on a fresh executor of the engine under test (the uring one with 1 KiB ring
 //! buffers, so a full record spans 17 of them and every test gathers records across buffers).
 
@@ -80,9 +83,101 @@ on_both_engines!(
     a_record_of_padding_only_is_unexpected_message,
     a_key_update_of_value_2_is_illegal_parameter,
     a_zero_length_handshake_record_is_unexpected_message,
+    a_server_exported_mid_stream_continues_in_another_executor,
+    a_client_exported_mid_stream_continues_in_another_executor,
 );
 
 // ---- the tests ----
+
+/// Hitless upgrade, server role: mid-transfer — the peer's data partly read, partly in the
+/// socket and the ring, some of ours sealed and not yet sent — the connection is exported,
+/// its state encoded and decoded, and continued by a fresh executor on another thread (as
+/// the next process would) from a duplicate of the fd. Both byte streams arrive whole and in
+/// order; the peer updates its keys after the move and the imported side updates its own
+/// soon after (its key schedule came along); close_notify ends it cleanly both ways.
+fn a_server_exported_mid_stream_continues_in_another_executor(engine: Engine) {
+    exported_mid_stream(engine, Role::Server)
+}
+
+fn a_client_exported_mid_stream_continues_in_another_executor(engine: Engine) {
+    exported_mid_stream(engine, Role::Client)
+}
+
+fn exported_mid_stream(engine: Engine, role: Role) {
+    use ringmesh::tls::state::TlsState;
+    const IN: usize = 300_000;
+    const OUT: usize = 120_000;
+    let p = pki();
+    let (ours, peer) = run(
+        engine,
+        false,
+        {
+            let p = p.clone();
+            async move |s| {
+                let mut t = handshake(role, s, &p).await;
+                let mut got = vec![0u8; 50_000];
+                t.read_exact(&mut got).await.unwrap();
+                let out = pattern(OUT, 7);
+                // Not flushed: the last records may still be queued when the export starts.
+                t.write_all(&out[..30_001]).await.unwrap();
+                // More of the peer's data arrives meanwhile (into the socket, on uring into
+                // the ring).
+                let _ =
+                    engine::timeout(Duration::from_millis(50), std::future::pending::<()>()).await;
+                let (fd, st) = t.export().await.unwrap();
+                assert_eq!(st.client, role == Role::Client);
+                let bytes = st.encode();
+                let next = std::thread::spawn(move || {
+                    engine::block_on(engine, &uring_opts(), async move {
+                        let go = async move {
+                            let mut st = TlsState::decode(&bytes).unwrap();
+                            // Our own KeyUpdate a few records after the import.
+                            st.rekey_after = st.tx_seq + 3;
+                            let s = Stream::from_fd(fd).unwrap();
+                            let mut t = TlsStream::import(s, st).unwrap();
+                            t.write_all(&out[30_001..]).await.unwrap();
+                            t.flush().await.unwrap();
+                            let mut rest = Vec::new();
+                            t.read_to_end(&mut rest).await.unwrap();
+                            t.shutdown().await.unwrap();
+                            rest
+                        };
+                        engine::timeout(Duration::from_secs(20), go)
+                            .await
+                            .expect("the imported side timed out")
+                    })
+                    .unwrap()
+                });
+                let rest = next.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+                [got, rest].concat()
+            }
+        },
+        move |tcp| {
+            let mut r = RustlsPeer::new(tcp, role.peer(), &p);
+            let data = pattern(IN, 3);
+            // In pieces: rustls buffers at most 64 KiB of plaintext.
+            for c in data[..200_000].chunks(16 * 1024) {
+                r.send(c);
+            }
+            r.conn.refresh_traffic_keys().unwrap();
+            for c in data[200_000..].chunks(16 * 1024) {
+                r.send(c);
+            }
+            r.conn.send_close_notify();
+            r.flush();
+            r.recv(None)
+        },
+    );
+    assert!(
+        ours == pattern(IN, 3),
+        "the peer's bytes arrived whole and in order"
+    );
+    assert_eq!(peer.1, Some(End::CloseNotify));
+    assert!(
+        peer.0 == pattern(OUT, 7),
+        "our bytes arrived whole and in order"
+    );
+}
 
 /// Server role: the rustls client sends KeyUpdate (update_requested) three times, with data
 /// either side; we follow each key change and answer with our own before our next data.
@@ -719,6 +814,9 @@ fn run<T: 'static, P: Send + 'static, F: Future<Output = T> + 'static>(
     let (mine, theirs) = pair(small_buffers);
     theirs
         .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    theirs
+        .set_write_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let peer = std::thread::spawn(move || peer(theirs));
     let t = engine::block_on(engine, &uring_opts(), async move {

@@ -1,7 +1,9 @@
 //! HBONE's TLS on a runtime socket, the "direct" record layer: rustls runs the handshake
-//! (its unbuffered API), then hands the traffic keys over (`KernelConnection`, made for kTLS)
-//! and `tls::record` seals application data straight into the buffer the socket sends from
-//! and opens records in the buffer they were received into.
+//! (its unbuffered API) and logs the application traffic secrets (`tls::capture`); from
+//! then on our key schedule (`tls::schedule`) derives the keys — KeyUpdate too — and
+//! `tls::record` seals application data straight into the buffer the socket sends from and
+//! opens records in the buffer they were received into. Holding the secrets (not just
+//! rustls's opaque `KernelConnection`) is what lets a connection move to another process.
 //!
 //! Owns: driving the handshake over a `Stream` (encode, transmit, read, with the alert rustls
 //! queues on failure), the hand-over (application data that arrived with the handshake's
@@ -30,7 +32,6 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
-use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{ClientConfig, ServerConfig};
@@ -38,7 +39,10 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::runtime::net::Stream;
+use crate::tls::capture;
 use crate::tls::record::{self, Alert, Keys, PostHandshake, RecordError};
+use crate::tls::schedule::{ScheduleError, Suite, TrafficSecret};
+use crate::tls::state::TlsState;
 
 /// Sealed bytes a connection queues before `poll_write` waits for the socket.
 const TX_MAX: usize = 256 * 1024;
@@ -54,31 +58,15 @@ const SMALL_RX: usize = record::MAX_CIPHER + record::HEADER;
 /// Buffers kept for reuse are dropped if nothing was sent for this long.
 const SPARE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
-enum Kernel {
-    Client(KernelConnection<ClientConnectionData>),
-    Server(KernelConnection<ServerConnectionData>),
-}
-
-impl Kernel {
-    fn update_tx(&mut self) -> Result<(u64, rustls::ConnectionTrafficSecrets), rustls::Error> {
-        match self {
-            Kernel::Client(k) => k.update_tx_secret(),
-            Kernel::Server(k) => k.update_tx_secret(),
-        }
-    }
-
-    fn update_rx(&mut self) -> Result<(u64, rustls::ConnectionTrafficSecrets), rustls::Error> {
-        match self {
-            Kernel::Client(k) => k.update_rx_secret(),
-            Kernel::Server(k) => k.update_rx_secret(),
-        }
-    }
-}
-
 /// A TLS 1.3 connection past its handshake, read and written by h2.
 pub struct TlsStream {
     io: Stream,
-    kernel: Kernel,
+    /// Our application traffic secret (the next generation is derived from it at a KeyUpdate).
+    tx_secret: TrafficSecret,
+    /// The peer's.
+    rx_secret: TrafficSecret,
+    /// Which end we are (what a server may not receive: NewSessionTicket).
+    client: bool,
     tx_keys: Keys,
     rx_keys: Keys,
     /// Records one key may seal before we switch keys (KeyUpdate).
@@ -126,6 +114,88 @@ impl std::fmt::Debug for TlsStream {
 }
 
 impl TlsStream {
+    /// Readies the connection for the next process (hitless upgrade): what is sealed goes to
+    /// the wire, the socket stops receiving, and what was received and not yet opened or read
+    /// travels in the state. The caller stops reading and writing first and bounds the wait
+    /// (a peer that does not read keeps the send queue full). A connection whose read side
+    /// already failed is not worth continuing: an error.
+    pub async fn export(mut self) -> io::Result<(std::os::fd::OwnedFd, TlsState)> {
+        if let Some((kind, msg)) = &self.read_err {
+            return Err(io::Error::new(*kind, msg.clone()));
+        }
+        std::future::poll_fn(|cx| self.poll_push(cx)).await?;
+        let TlsStream {
+            io,
+            tx_secret,
+            rx_secret,
+            client,
+            tx_keys,
+            rx_keys,
+            rekey_after,
+            mut rx,
+            plain,
+            tx,
+            peer_certs,
+            read_closed,
+            close_sent,
+            key_update_owed,
+            limits,
+            ..
+        } = self;
+        let (fd, more) = io.detach().await?;
+        rx.extend_from_slice(&more);
+        let st = TlsState {
+            client,
+            tx_secret,
+            tx_seq: tx_keys.seq(),
+            rx_secret,
+            rx_seq: rx_keys.seq(),
+            rekey_after,
+            key_update_owed,
+            read_closed,
+            close_sent,
+            limits,
+            rx: rx.to_vec(),
+            plain: plain.to_vec(),
+            tx: tx.to_vec(),
+            peer_certs: peer_certs.iter().map(|c| c.to_vec()).collect(),
+        };
+        Ok((fd, st))
+    }
+
+    /// Continues a connection another process exported, on `io` (its socket, received with
+    /// the state). Records sealed there and not yet sent go first.
+    pub fn import(io: Stream, st: TlsState) -> io::Result<TlsStream> {
+        Ok(TlsStream {
+            io,
+            tx_keys: st.tx_secret.keys(st.tx_seq).map_err(schedule_error)?,
+            rx_keys: st.rx_secret.keys(st.rx_seq).map_err(schedule_error)?,
+            tx_secret: st.tx_secret,
+            rx_secret: st.rx_secret,
+            client: st.client,
+            rekey_after: st.rekey_after,
+            rx: BytesMut::from(&st.rx[..]),
+            rx_size: SMALL_RX,
+            plain: BytesMut::from(&st.plain[..]),
+            tx: BytesMut::from(&st.tx[..]),
+            out: None,
+            spares: [None, None],
+            last_push: std::time::Instant::now(),
+            streaming: false,
+            peer_certs: st
+                .peer_certs
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+            read_closed: st.read_closed,
+            read_err: None,
+            close_sent: st.close_sent,
+            alert_unsent: false,
+            key_update_owed: st.key_update_owed,
+            limits: st.limits,
+        })
+    }
+
     /// The peer's certificate chain, as the handshake verified it.
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         (!self.peer_certs.is_empty()).then_some(&self.peer_certs[..])
@@ -179,8 +249,8 @@ impl TlsStream {
                 &mut self.tx,
             )
             .map_err(record_error)?;
-        let (seq, secrets) = self.kernel.update_tx().map_err(tls_error)?;
-        self.tx_keys = Keys::new(seq, secrets).map_err(record_error)?;
+        self.tx_secret = self.tx_secret.next();
+        self.tx_keys = self.tx_secret.keys(0).map_err(schedule_error)?;
         Ok(())
     }
 
@@ -328,21 +398,17 @@ impl TlsStream {
                             if let Err(e) = self.limits.key_update() {
                                 return Err(self.bad_record(e));
                             }
-                            let (seq, secrets) = self.kernel.update_rx().map_err(tls_error)?;
-                            self.rx_keys = Keys::new(seq, secrets).map_err(record_error)?;
+                            self.rx_secret = self.rx_secret.next();
+                            self.rx_keys = self.rx_secret.keys(0).map_err(schedule_error)?;
                             // Answered later (`answer_key_update`, `seal`), once however
                             // many ask; never after our close_notify.
                             self.key_update_owed |= update_requested && !self.close_sent;
                         }
-                        PostHandshake::NewSessionTicket(body) => match &mut self.kernel {
-                            // Resumption is off: rustls checks the ticket and keeps nothing.
-                            Kernel::Client(k) => {
-                                k.handle_new_session_ticket(body).map_err(tls_error)?
-                            }
-                            Kernel::Server(_) => {
-                                return Err(self.bad_record(RecordError::UnexpectedHandshake(4)));
-                            }
-                        },
+                        // Resumption is off: a client keeps no ticket.
+                        PostHandshake::NewSessionTicket(_) if self.client => {}
+                        PostHandshake::NewSessionTicket(_) => {
+                            return Err(self.bad_record(RecordError::UnexpectedHandshake(4)));
+                        }
                     }
                 }
                 Ok(())
@@ -633,6 +699,10 @@ fn record_error(e: RecordError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+fn schedule_error(e: ScheduleError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
 /// The unbuffered API of either side, so one handshake loop drives both.
 trait Unbuffered {
     type Data;
@@ -668,11 +738,14 @@ struct Handover {
     rest: BytesMut,
     /// Application data rustls already opened (it arrived with the peer's last flight).
     plain: BytesMut,
+    /// The first application traffic secrets, as rustls logged them.
+    secrets: capture::Captured,
 }
 
 /// Drives `conn` through the handshake on `io`. On a failure it sends the alert rustls
 /// queued (best effort) and returns the error.
 async fn handshake<C: Unbuffered>(io: &mut Stream, conn: &mut C) -> io::Result<Handover> {
+    let mut secrets = capture::Captured::default();
     let mut inbuf = vec![0u8; 0];
     let mut used = 0usize;
     let mut outbuf: Vec<u8> = Vec::new();
@@ -686,7 +759,9 @@ async fn handshake<C: Unbuffered>(io: &mut Stream, conn: &mut C) -> io::Result<H
             Read,
             Done,
         }
-        let UnbufferedStatus { mut discard, state } = conn.process(&mut inbuf[..used]);
+        // rustls logs the traffic secrets inside these calls (`tls::capture`).
+        let UnbufferedStatus { mut discard, state } =
+            capture::during(&mut secrets, || conn.process(&mut inbuf[..used]));
         let next = match state {
             Err(e) => {
                 if failed.is_some() {
@@ -698,7 +773,7 @@ async fn handshake<C: Unbuffered>(io: &mut Stream, conn: &mut C) -> io::Result<H
             }
             Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                 loop {
-                    match enc.encode(&mut outbuf[out_used..]) {
+                    match capture::during(&mut secrets, || enc.encode(&mut outbuf[out_used..])) {
                         Ok(n) => {
                             out_used += n;
                             break;
@@ -786,26 +861,46 @@ async fn handshake<C: Unbuffered>(io: &mut Stream, conn: &mut C) -> io::Result<H
     Ok(Handover {
         rest: BytesMut::from(&inbuf[..used]),
         plain,
+        secrets,
     })
 }
 
 fn finish(
     io: Stream,
-    over: Handover,
+    mut over: Handover,
     peer_certs: Vec<CertificateDer<'static>>,
     suite: Option<rustls::SupportedCipherSuite>,
     secrets: rustls::ExtractedSecrets,
-    kernel: Kernel,
+    client: bool,
 ) -> io::Result<TlsStream> {
+    let suite = suite.ok_or_else(|| tls_bug("no cipher suite after the handshake"))?;
     let limit = suite
-        .and_then(|s| s.tls13())
+        .tls13()
         .map(|s| s.common.confidentiality_limit)
         .unwrap_or(1 << 24);
+    let suite = Suite::from_rustls(suite.suite())
+        .ok_or_else(|| tls_bug("a cipher suite the direct record layer does not know"))?;
+    let (ours, theirs) = if client {
+        (over.secrets.client.take(), over.secrets.server.take())
+    } else {
+        (over.secrets.server.take(), over.secrets.client.take())
+    };
+    let (Some(ours), Some(theirs)) = (ours, theirs) else {
+        return Err(tls_bug(
+            "the handshake's traffic secrets were not logged (the rustls config lacks tls::capture::Capture as its key_log)",
+        ));
+    };
+    let tx_secret = TrafficSecret::new(suite, &ours).map_err(schedule_error)?;
+    let rx_secret = TrafficSecret::new(suite, &theirs).map_err(schedule_error)?;
+    // Our schedule starts where rustls's keys are (records it already protected count).
+    let (tx_seq, rx_seq) = (secrets.tx.0, secrets.rx.0);
     Ok(TlsStream {
         io,
-        kernel,
-        tx_keys: Keys::new(secrets.tx.0, secrets.tx.1).map_err(record_error)?,
-        rx_keys: Keys::new(secrets.rx.0, secrets.rx.1).map_err(record_error)?,
+        tx_keys: tx_secret.keys(tx_seq).map_err(schedule_error)?,
+        rx_keys: rx_secret.keys(rx_seq).map_err(schedule_error)?,
+        tx_secret,
+        rx_secret,
+        client,
         rekey_after: record::key_update_after(limit),
         rx: over.rest,
         rx_size: SMALL_RX,
@@ -825,6 +920,10 @@ fn finish(
     })
 }
 
+fn tls_bug(msg: &str) -> io::Error {
+    io::Error::other(format!("TLS: {msg}"))
+}
+
 /// The client handshake. `cfg` must have `enable_secret_extraction`.
 pub async fn connect(
     mut io: Stream,
@@ -835,8 +934,8 @@ pub async fn connect(
     let over = handshake(&mut io, &mut conn).await?;
     let certs = peer_certs(conn.peer_certificates());
     let suite = conn.negotiated_cipher_suite();
-    let (secrets, k) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
-    finish(io, over, certs, suite, secrets, Kernel::Client(k))
+    let (secrets, _) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+    finish(io, over, certs, suite, secrets, true)
 }
 
 /// The server handshake. `cfg` must have `enable_secret_extraction`.
@@ -845,8 +944,8 @@ pub async fn accept(mut io: Stream, cfg: Arc<ServerConfig>) -> io::Result<TlsStr
     let over = handshake(&mut io, &mut conn).await?;
     let certs = peer_certs(conn.peer_certificates());
     let suite = conn.negotiated_cipher_suite();
-    let (secrets, k) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
-    finish(io, over, certs, suite, secrets, Kernel::Server(k))
+    let (secrets, _) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+    finish(io, over, certs, suite, secrets, false)
 }
 
 fn peer_certs(c: Option<&[CertificateDer<'static>]>) -> Vec<CertificateDer<'static>> {

@@ -173,6 +173,44 @@ impl Stream {
         }
     }
 
+    /// Readies the socket for another owner (hand-over to the next process): nothing in
+    /// flight, everything queued sent. Returns the socket's fd (a duplicate on uring) and
+    /// the bytes received that nobody read yet (uring receives ahead; epoll never does).
+    pub async fn detach(self) -> io::Result<(std::os::fd::OwnedFd, Vec<u8>)> {
+        match self {
+            Stream::Epoll(s) => {
+                let std = s.into_std()?;
+                Ok((std.into(), Vec::new()))
+            }
+            Stream::Uring(s) => s.detach().await,
+        }
+    }
+
+    /// A connected socket received from elsewhere (the previous process), on this shard's
+    /// engine.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<Stream> {
+        let s = std::net::TcpStream::from(fd);
+        match engine::current() {
+            Engine::Epoll => {
+                s.set_nonblocking(true)?;
+                Ok(Stream::Epoll(tokio::net::TcpStream::from_std(s)?))
+            }
+            Engine::Uring => Ok(Stream::Uring(uring::net::Stream::from_std(s))),
+        }
+    }
+
+    /// The halves of one `into_split` as one socket again (None: of different sockets or
+    /// engines).
+    pub fn reunite(r: ReadHalf, w: WriteHalf) -> Option<Stream> {
+        match (r, w) {
+            (ReadHalf::Epoll(r), WriteHalf::Epoll(w)) => r.reunite(w).ok().map(Stream::Epoll),
+            (ReadHalf::Uring(r), WriteHalf::Uring(w)) => {
+                uring::net::Stream::reunite(r, w).map(Stream::Uring)
+            }
+            _ => None,
+        }
+    }
+
     pub fn into_split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Stream::Epoll(s) => {

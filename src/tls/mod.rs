@@ -32,7 +32,10 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+pub mod capture;
 pub mod record;
+pub mod schedule;
+pub mod state;
 
 use crate::identity::ca::IssuedCert;
 use crate::identity::{Identity, IdentityParseError};
@@ -107,6 +110,8 @@ pub fn try_server_config(
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
     cfg.enable_secret_extraction = true;
+    // The direct record layer keeps the traffic secrets (its own key schedule).
+    cfg.key_log = Arc::new(capture::Capture);
     Ok(Arc::new(cfg))
 }
 
@@ -156,6 +161,7 @@ fn try_client_config_with(
     cfg.resumption = rustls::client::Resumption::disabled();
     // The direct record layer (`io::tls`) takes the traffic keys over after the handshake.
     cfg.enable_secret_extraction = true;
+    cfg.key_log = Arc::new(capture::Capture);
     Ok(Arc::new(cfg))
 }
 

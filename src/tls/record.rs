@@ -1,8 +1,7 @@
 //! TLS 1.3 record protection after the handshake (RFC 8446 §5), the pure part.
 //!
 //! Owns: sealing application data into records and opening received records in place with the
-//! traffic keys rustls hands over once its handshake is done (`KernelConnection`, the API
-//! rustls made for kTLS), the per-record nonce (IV XOR sequence number) and the end of the
+//! traffic keys of the handshake (`tls::schedule` derives them from the secrets rustls logs), the per-record nonce (IV XOR sequence number) and the end of the
 //! sequence numbers (no record once the next number would wrap, §5.3), the inner content type
 //! and padding, the record size limits (2^14 + 256 bytes of ciphertext, 2^14 + 1 of inner
 //! plaintext with its padding), the post-handshake messages a TLS 1.3 peer may send
@@ -15,8 +14,8 @@
 //! three times around the AES-GCM pass on the HBONE data path (record `Vec`s, its plaintext
 //! queue, the caller's buffer: ≈ 30 % of a receiving shard's CPU at 5 Gb/s, bench/README.md),
 //! and its unbuffered API copies through the same `Vec`s. Here a record is sealed where it
-//! will be sent from and opened where it was received. The handshake, certificates, key
-//! schedule and key updates stay with rustls; the AEAD is aws-lc-rs, as rustls uses it.
+//! will be sent from and opened where it was received. The handshake and certificates stay
+//! with rustls; the AEAD is aws-lc-rs, as rustls uses it.
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::ConnectionTrafficSecrets;
@@ -145,12 +144,23 @@ impl Keys {
                 ));
             }
         };
-        let key = UnboundKey::new(alg, key.as_ref())
-            .map_err(|_| RecordError::Suite("key of the wrong length".into()))?;
         let iv: [u8; 12] = iv
             .as_ref()
             .try_into()
             .map_err(|_| RecordError::Suite("IV of the wrong length".into()))?;
+        Keys::from_raw(alg, key.as_ref(), iv, seq)
+    }
+
+    /// Keys from a key and IV of `alg` (the key schedule's own derivation), starting at
+    /// record `seq`.
+    pub fn from_raw(
+        alg: &'static aead::Algorithm,
+        key: &[u8],
+        iv: [u8; 12],
+        seq: u64,
+    ) -> Result<Keys, RecordError> {
+        let key = UnboundKey::new(alg, key)
+            .map_err(|_| RecordError::Suite("key of the wrong length".into()))?;
         Ok(Keys {
             key: LessSafeKey::new(key),
             iv,
@@ -375,6 +385,21 @@ impl PeerLimits {
     pub const KEY_UPDATES: u8 = 32;
     /// Warning alerts (user_canceled: the others are errors) a peer may send.
     pub const WARNING_ALERTS: u8 = 4;
+
+    /// What is left: (KeyUpdates before the next application data, warning alerts).
+    pub fn remaining(&self) -> (u8, u8) {
+        (self.key_updates, self.warnings)
+    }
+
+    /// Limits with this much left (an imported connection's); None above the maximums.
+    pub fn with_remaining(key_updates: u8, warnings: u8) -> Option<PeerLimits> {
+        (key_updates <= Self::KEY_UPDATES && warnings <= Self::WARNING_ALERTS).then_some(
+            PeerLimits {
+                key_updates,
+                warnings,
+            },
+        )
+    }
 
     /// A KeyUpdate arrived.
     pub fn key_update(&mut self) -> Result<(), RecordError> {

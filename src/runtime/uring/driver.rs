@@ -97,6 +97,10 @@ struct Sock {
     acc_armed: bool,
     /// `stop_accept` was called: the multishot accept is not re-armed.
     acc_stopping: bool,
+    /// `detach` was called: the receive is cancelled and never re-armed.
+    detaching: bool,
+    /// The cancellations `detach` asked for are submitted.
+    detach_cancelled: bool,
 }
 
 impl Sock {
@@ -688,7 +692,7 @@ impl Driver {
 
     fn arm_recv(&mut self, idx: usize) {
         let s = self.sock(idx);
-        if s.rx_armed || s.rx_private.is_some() || s.rx_eof || s.rx_err.is_some() {
+        if s.rx_armed || s.rx_private.is_some() || s.rx_eof || s.rx_err.is_some() || s.detaching {
             return;
         }
         s.rx_armed = true;
@@ -764,7 +768,7 @@ impl Driver {
                 // The ring is empty. A socket with data queued re-arms once its reader has
                 // drained it; one with none would wait for others to return buffers, so it
                 // receives into a buffer of its own instead.
-                private = s.alive && s.rx.is_empty();
+                private = s.alive && s.rx.is_empty() && !s.detaching;
             } else if res != -libc::ECANCELED {
                 s.rx_err = Some(-res);
             }
@@ -876,6 +880,68 @@ impl Driver {
         }
         self.rearm(idx);
         result
+    }
+
+    /// Readies the socket to move to another owner (a hitless upgrade hands it to the next
+    /// process): cancels its receive and waits until nothing is in flight — receives
+    /// cancelled, every queued byte sent — then returns what it received that nobody has
+    /// read yet (in order). The socket stays registered; its fd may then be duplicated and
+    /// passed on. None: not yet (the waker is kept). An earlier send or receive error is
+    /// returned instead: such a socket cannot be continued.
+    pub(crate) fn detach(&mut self, idx: usize, waker: &Waker) -> Option<io::Result<Vec<u8>>> {
+        let mut cancels = Vec::new();
+        let busy = {
+            let s = self.sock(idx);
+            s.detaching = true;
+            if !s.detach_cancelled {
+                s.detach_cancelled = true;
+                if s.rx_armed && !s.rx_cancelling {
+                    s.rx_cancelling = true;
+                    cancels.push(ud(idx, K_RECV));
+                }
+                if s.rx_private.is_some() {
+                    cancels.push(ud(idx, K_RECV1));
+                }
+            }
+            if let Some(e) = s.tx_err.or(s.rx_err) {
+                return Some(Err(io::Error::from_raw_os_error(e)));
+            }
+            let busy = s.rx_armed
+                || s.rx_private.is_some()
+                || s.tx_cur.is_some()
+                || !s.tx_q.is_empty()
+                || !s.tx_buf.is_empty()
+                || s.conn_busy;
+            if busy {
+                set_waker(&mut s.rx_waker, waker);
+                set_waker(&mut s.tx_waker, waker);
+            }
+            busy
+        };
+        for c in cancels {
+            self.push(
+                opcode::AsyncCancel::new(c)
+                    .build()
+                    .user_data(ud(0, K_IGNORE)),
+            );
+        }
+        if busy {
+            return None;
+        }
+        let mut out = Vec::new();
+        let Driver { socks, bufs, .. } = self;
+        let s = socks[idx].as_mut()?;
+        while let Some(c) = s.rx.pop_front() {
+            match &c.src {
+                Src::Ring(bid) => {
+                    out.extend_from_slice(bufs.slice_mut(*bid, c.off, c.len - c.off));
+                    bufs.recycle(*bid);
+                }
+                Src::Heap(b) => out.extend_from_slice(&b[c.off..c.len]),
+            }
+        }
+        s.rx_bytes = 0;
+        Some(Ok(out))
     }
 
     /// Re-arms the receive once the reader has drained its queue below half the limit.

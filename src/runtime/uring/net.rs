@@ -213,6 +213,30 @@ read_impl!(ReadHalf);
 io_impls!(Stream);
 io_impls!(WriteHalf);
 
+impl Stream {
+    /// Readies the socket for another owner (hand-over): receive cancelled, every queued
+    /// byte sent; returns a duplicate of its fd and what was received but not yet read.
+    /// The ring's own fd closes when `self` drops; the duplicate keeps the connection.
+    pub async fn detach(self) -> io::Result<(std::os::fd::OwnedFd, Vec<u8>)> {
+        let h = &self.0;
+        let rx = poll_fn(|cx| match driver::with(|d| d.detach(h.idx, cx.waker())) {
+            None => Poll::Pending,
+            Some(r) => Poll::Ready(r),
+        })
+        .await?;
+        let fd = nix::unistd::dup(self.borrowed())?;
+        Ok((fd, rx))
+    }
+
+    /// The two halves of one `split` again (None: they are of different sockets).
+    pub fn reunite(r: ReadHalf, w: WriteHalf) -> Option<Stream> {
+        Rc::ptr_eq(&r.0, &w.0).then(|| {
+            drop(r);
+            Stream(w.0)
+        })
+    }
+}
+
 impl ReadHalf {
     /// Waits for data and returns it: a received buffer itself when the ring can spare it
     /// (no copy; it returns to the ring when dropped), else a copy of what is queued, up to
