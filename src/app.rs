@@ -67,6 +67,8 @@ pub enum StartError {
     Settings(String),
     #[error(transparent)]
     ControlPlane(#[from] grpc::GrpcError),
+    #[error("shard {0} died: the node proxy stops (with an error, so that Kubernetes restarts it)")]
+    ShardDied(usize),
 }
 
 /// Where a pod came from: `--pod` pods stay for the process's life; ZDS pods follow ZDS.
@@ -107,6 +109,11 @@ pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
     // A parent may have started us with these blocked (the signal mask is inherited across
     // exec; the lab's holder blocks them): the shutdown and reload signals must arrive.
     unblock_signals();
+    if args.config_poll.is_zero() {
+        return Err(StartError::Settings(
+            "--config-poll 0s: the poll interval must be above zero (default 1s)".into(),
+        ));
+    }
     raise_fd_limit();
     let vars = config::env::vars();
     let plane = config::env::control_plane(&args, &vars, ztunnel_defaults, &|p| p.exists())
@@ -157,6 +164,7 @@ pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
         }
         node.control_loop(zds_rx, zds_tx.clone(), xds_rx, ho_rx)
             .await;
+        let dead = node.dead_shard;
         node.drain().await;
         if let Some(r) = node.live_record.take() {
             r.finish();
@@ -164,7 +172,10 @@ pub fn run(args: NodeArgs, ztunnel_defaults: bool) -> Result<(), StartError> {
         drop(zds_tx);
         drop(xds_tx);
         node.shutdown();
-        Ok(())
+        match dead {
+            Some(id) => Err(StartError::ShardDied(id)),
+            None => Ok(()),
+        }
     })
 }
 

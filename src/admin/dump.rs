@@ -13,6 +13,8 @@ pub fn config_dump(st: &AdminState) -> Value {
         .workloads
         .iter()
         .map(|w| {
+            // cannot panic: a struct serializes as an object, and a failure is Null, which
+            // string indexing turns into one.
             let mut v = serde_json::to_value(w.as_ref()).unwrap_or(Value::Null);
             v["services"] = json!(w.services.keys().collect::<Vec<_>>());
             v
@@ -95,6 +97,7 @@ pub fn config_dump(st: &AdminState) -> Value {
         "version": {"component": "ringmesh", "version": env!("CARGO_PKG_VERSION"), "configVersion": snap.version},
     });
     for (k, v) in st.sections.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        // cannot panic: `dump` is the object literal above (indexing a non-object panics).
         dump[*k] = v.clone();
     }
     dump

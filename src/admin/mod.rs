@@ -95,11 +95,20 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     }
 }
 
+/// Pause after a failed accept (out of fds, say): retrying at once would spin the control
+/// thread, which also runs xDS and certificate rotation.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Serves HTTP/1 on `l` until the task is dropped.
 pub async fn serve(l: tokio::net::TcpListener, st: Arc<AdminState>, which: Endpoints) {
     loop {
-        let Ok((s, _)) = l.accept().await else {
-            continue;
+        let s = match l.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(endpoints = ?which, "admin accept failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         let st = st.clone();
         tokio::spawn(async move {

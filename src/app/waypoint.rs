@@ -32,13 +32,22 @@ use crate::xds::XdsEvent;
 /// The node settings the waypoint shares (HBONE, CA, control plane), from its own flags.
 fn node_args(a: &WaypointArgs) -> Result<NodeArgs, StartError> {
     use clap::Parser;
-    let Ok(Cli {
-        command: Command::Node(mut n),
-    }) = Cli::try_parse_from(["ringmesh", "node", "--no-zds"])
-    else {
-        return Err(StartError::Settings(
-            "internal: the node's defaults do not parse".into(),
-        ));
+    // The node's defaults, and the environment variables its flags read (operator input).
+    let mut n = match Cli::try_parse_from(["ringmesh", "node", "--no-zds"]) {
+        Ok(Cli {
+            command: Command::Node(n),
+        }) => n,
+        Ok(_) => {
+            return Err(StartError::Settings(
+                "internal: `ringmesh node` did not parse as the node command".into(),
+            ));
+        }
+        Err(e) => {
+            return Err(StartError::Settings(format!(
+                "the node proxy settings the waypoint shares (and the environment variables \
+                 they read) do not parse: {e}"
+            )));
+        }
     };
     n.config = a.config.clone();
     n.control = a.control.clone();
@@ -102,7 +111,7 @@ fn waypoint_config(a: &WaypointArgs, n: &NodeArgs) -> Result<WaypointConfig, Sta
         outlier: lb::OutlierConfig {
             consecutive_errors: a.outlier_consecutive_errors,
             base_ejection: a.outlier_base_ejection,
-            max_ejection: a.outlier_base_ejection * 10,
+            max_ejection: a.outlier_base_ejection.saturating_mul(10),
             ..Default::default()
         },
         request_id: true,
@@ -320,6 +329,7 @@ async fn serve(
     };
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     let admin = w.admin.clone();
+    let mut died = None;
     loop {
         let rotate_in = match w.certs.next_refresh() {
             Some(t) => t
@@ -333,7 +343,17 @@ async fn serve(
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = admin.quit.notified() => { tracing::info!("quitquitquit: shutting down"); break; }
-            _ = poll.tick() => w.poll_files(),
+            _ = poll.tick() => {
+                if let Some(id) = dead_shard(&w.shards) {
+                    // Its listener and connections went with it: not ready, and out, so that
+                    // Kubernetes starts a whole waypoint again (as the node proxy does).
+                    tracing::error!(shard = id, "shard thread died: the waypoint stops (its connections on that shard are gone)");
+                    w.admin.set_pending("shards", true);
+                    died = Some(id);
+                    break;
+                }
+                w.poll_files()
+            }
             _ = tokio::time::sleep(rotate_in) => w.reconcile_certs(),
             Some(f) = cert_rx.recv() => {
                 w.certs.fetched(f, SystemTime::now());
@@ -353,7 +373,18 @@ async fn serve(
     for s in w.shards {
         s.stop();
     }
-    Ok(())
+    match died {
+        Some(id) => Err(StartError::Settings(format!(
+            "shard {id} died (see the panic above): the waypoint stopped so that it is \
+             restarted whole"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The first shard whose thread has ended (a panic outside a connection's task).
+fn dead_shard<C>(shards: &[Shard<C>]) -> Option<usize> {
+    shards.iter().find(|s| !s.is_alive()).map(|s| s.id)
 }
 
 fn listen(
@@ -480,5 +511,58 @@ impl Waypoint {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert("routes", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ringmesh waypoint --name wp <extra>` as parsed from the command line.
+    fn args(extra: &[&str]) -> WaypointArgs {
+        use clap::Parser;
+        let argv = ["ringmesh", "waypoint", "--name", "wp"]
+            .into_iter()
+            .chain(extra.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Waypoint(a),
+            }) => *a,
+            Ok(_) => panic!("not the waypoint command"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_huge_outlier_ejection_is_capped_not_a_panic() {
+        // Operator input: the 10x cap on a base ejection near Duration::MAX overflowed.
+        let a = args(&["--outlier-base-ejection", "18446744073709551615s"]);
+        let n = node_args(&a).unwrap();
+        let w = waypoint_config(&a, &n).unwrap();
+        assert_eq!(w.outlier.base_ejection, Duration::from_secs(u64::MAX));
+        assert_eq!(w.outlier.max_ejection, Duration::MAX);
+        let a = args(&["--outlier-base-ejection", "3s"]);
+        let w = waypoint_config(&a, &node_args(&a).unwrap()).unwrap();
+        assert_eq!(w.outlier.max_ejection, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_panicking_command_leaves_its_shard_alive() {
+        // A panic in a mailbox command is caught on the shard (runtime::spawn_shards): the
+        // shard serves on and the control loop sees no dead shard.
+        let opts = runtime::UringOpts::default();
+        let shards = runtime::spawn_shards(2, false, runtime::Engine::Epoll, &opts, |id| id)
+            .expect("shards start");
+        assert_eq!(dead_shard(&shards), None);
+        let _ = shards[1].send(Box::new(|_| panic!("a command fails")));
+        let (tx, rx) = std::sync::mpsc::channel();
+        shards[1]
+            .send(Box::new(move |id| tx.send(**id).unwrap()))
+            .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(1));
+        assert_eq!(dead_shard(&shards), None);
+        for s in shards {
+            s.stop();
+        }
     }
 }

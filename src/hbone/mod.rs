@@ -81,16 +81,29 @@ pub fn connect_request(authority: SocketAddr, h: &ConnectHeaders) -> Request<()>
         Some(host) => format!("for=\"{}\";host={host}", h.client),
         None => format!("for=\"{}\"", h.client),
     };
-    let mut b = Request::builder()
-        .method(Method::CONNECT)
-        .uri(authority.to_string())
-        .header("forwarded", forwarded)
-        .header("traceparent", &h.traceparent);
-    if !h.baggage.is_empty() {
-        b = b.header("baggage", &h.baggage);
+    let mut req = Request::new(());
+    *req.method_mut() = Method::CONNECT;
+    // cannot fail: a socket address is always a valid authority.
+    if let Ok(uri) = authority.to_string().parse() {
+        *req.uri_mut() = uri;
     }
-    b.body(())
-        .expect("a socket address is always a valid authority")
+    // Values built from control-plane strings (a service hostname, workload names) that
+    // cannot be header values are left out rather than failing the connection.
+    let hs = req.headers_mut();
+    let forwarded = http::HeaderValue::from_str(&forwarded)
+        .or_else(|_| http::HeaderValue::from_str(&format!("for=\"{}\"", h.client)));
+    if let Ok(v) = forwarded {
+        hs.insert("forwarded", v);
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&h.traceparent) {
+        hs.insert("traceparent", v);
+    }
+    if !h.baggage.is_empty()
+        && let Ok(v) = http::HeaderValue::from_str(&h.baggage)
+    {
+        hs.insert("baggage", v);
+    }
+    req
 }
 
 /// The `baggage` header describing a workload, as ztunnel writes it (empty values omitted).
@@ -190,6 +203,23 @@ mod tests {
         assert_eq!(r.headers()["traceparent"].len(), 55);
         let v6 = connect_request("[fd00::1]:80".parse().unwrap(), &h);
         assert_eq!(v6.uri().authority().unwrap().as_str(), "[fd00::1]:80");
+    }
+
+    /// Control-plane strings that cannot be header values (istiod is not checked for them)
+    /// are left out; the connection is not lost, nothing panics.
+    #[test]
+    fn names_that_cannot_be_header_values_are_left_out() {
+        let h = ConnectHeaders {
+            client: "198.18.1.2:40000".parse().unwrap(),
+            service_host: Some("echo\n.svc".into()),
+            baggage: "k8s.namespace.name=de\u{7f}fault".into(),
+            traceparent: traceparent(1, 2),
+        };
+        let r = connect_request("198.18.2.3:8080".parse().unwrap(), &h);
+        assert_eq!(r.method(), Method::CONNECT);
+        assert_eq!(r.headers()["forwarded"], "for=\"198.18.1.2:40000\"");
+        assert!(!r.headers().contains_key("baggage"));
+        assert_eq!(r.headers()["traceparent"].len(), 55);
     }
 
     #[test]

@@ -74,6 +74,11 @@ pub enum CaError {
     BadSan(String),
     #[error("certificate signing request rejected: {0}")]
     BadCsr(String),
+    #[error(
+        "a certificate lifetime of {ttl:?} from now ends past 9999-12-31, the last date X.509 \
+         can hold: lower --cert-ttl (Istio's default is 24h)"
+    )]
+    Lifetime { ttl: Duration },
 }
 
 /// A certificate and its key, issued for one workload identity.
@@ -276,8 +281,9 @@ impl Ca {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.not_before = to_time(now - Duration::from_secs(60));
-        params.not_after = to_time(now + ttl);
+        let (not_before, not_after) = lifetime(now, ttl)?;
+        params.not_before = to_time(not_before);
+        params.not_after = to_time(not_after);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((
             vec![cert.der().clone(), self.root_der.clone()],
@@ -311,11 +317,28 @@ fn leaf_params(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let not_before = now - Duration::from_secs(60);
-    let not_after = now + ttl;
+    let (not_before, not_after) = lifetime(now, ttl)?;
     params.not_before = to_time(not_before);
     params.not_after = to_time(not_after);
     Ok((params, not_before, not_after))
+}
+
+/// A leaf's validity: from a minute before `now` (clock skew) for `ttl`. `ttl` is operator
+/// input (`--cert-ttl`): an end that overflows the clock, or passes the last date X.509 (and
+/// `to_time`) can hold, is an error — not a panic, nor a leaf whose notAfter became 1970.
+fn lifetime(now: SystemTime, ttl: Duration) -> Result<(SystemTime, SystemTime), CaError> {
+    let not_after = now.checked_add(ttl).ok_or(CaError::Lifetime { ttl })?;
+    let representable = match not_after.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs())
+            .is_ok_and(|s| time::OffsetDateTime::from_unix_timestamp(s).is_ok()),
+        // Before 1970 (a clock set far back): `to_time` writes the epoch, as it always did.
+        Err(_) => true,
+    };
+    if !representable {
+        return Err(CaError::Lifetime { ttl });
+    }
+    let not_before = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
+    Ok((not_before, not_after))
 }
 
 /// The largest key file read (a PKCS#8 P-256 key is ~250 bytes of PEM; RSA-4096 ~3.3 KB).
@@ -467,10 +490,12 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// A time as X.509 writes it (whole seconds). Out of range is the epoch: operator-chosen
+/// lifetimes are checked by [`lifetime`] first.
 fn to_time(t: SystemTime) -> time::OffsetDateTime {
     let secs = t
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }

@@ -197,3 +197,32 @@ fn save_writes_the_key_from_the_parsed_key() {
     assert_eq!(std::fs::read(&c).unwrap(), std::fs::read(&c2).unwrap());
     assert_eq!(mode(&k2), 0o600);
 }
+
+#[test]
+fn a_lifetime_past_the_last_x509_date_is_an_error_not_a_panic_or_an_expired_leaf() {
+    // `--cert-ttl` is operator input: a TTL that overflows the clock must not panic the
+    // control thread, and one that ends past 9999-12-31 (the last X.509 date) must not give
+    // a leaf whose notAfter silently became 1970.
+    let now = SystemTime::now();
+    let ca = Ca::generate(now).unwrap();
+    let id = Identity::new("cluster.local", "ns1", "sa1");
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = crate::identity::caclient::csr_pem(&id, &key).unwrap();
+    assert!(ca.sign_csr(&csr, &id, now, Duration::from_secs(60)).is_ok());
+    for ttl in [
+        Duration::from_secs(u64::MAX),
+        Duration::from_secs(20_000 * 365 * 24 * 3600),
+    ] {
+        match ca.issue(&id, now, ttl) {
+            Err(e) => assert!(e.to_string().contains("--cert-ttl"), "{e}"),
+            Ok(c) => panic!("issued a leaf valid until {:?}", c.not_after),
+        }
+        assert!(ca.sign_csr(&csr, &id, now, ttl).is_err());
+        assert!(ca.issue_server(&["x".into()], &[], now, ttl).is_err());
+    }
+    // The longest that fits still works.
+    assert!(
+        ca.issue(&id, now, Duration::from_secs(7000 * 365 * 24 * 3600))
+            .is_ok()
+    );
+}

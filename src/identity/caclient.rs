@@ -182,19 +182,22 @@ pub fn parse_chain(
         }
         Ok(v)
     };
-    if chain.len() < 2 {
+    let [first, middle @ .., last] = chain else {
         return Err(bad(format!(
             "{} element(s); expected the leaf, any intermediates, and the root last",
             chain.len()
         )));
+    };
+    // The leaf is the first certificate of the first element (`certs_of` never returns none).
+    let Some(leaf) = certs_of(0, first)?.into_iter().next() else {
+        return Err(bad("cert_chain[0] holds no certificate".into()));
+    };
+    let mut presented = vec![leaf.clone()];
+    for (i, pem) in middle.iter().enumerate() {
+        presented.extend(certs_of(i + 1, pem)?);
     }
-    let leaf = certs_of(0, &chain[0])?.remove(0);
-    let mut presented = vec![leaf];
-    for (i, pem) in chain.iter().enumerate().take(chain.len() - 1).skip(1) {
-        presented.extend(certs_of(i, pem)?);
-    }
-    let roots = certs_of(chain.len() - 1, &chain[chain.len() - 1])?;
-    match crate::tls::identity_of(&presented[0]) {
+    let roots = certs_of(chain.len() - 1, last)?;
+    match crate::tls::identity_of(&leaf) {
         Ok(got) if got == *id => {}
         Ok(got) => {
             return Err(bad(format!(
@@ -204,7 +207,7 @@ pub fn parse_chain(
         Err(e) => return Err(bad(format!("the leaf: {e}"))),
     }
     let (not_before, not_after) =
-        validity(&presented[0]).ok_or_else(|| bad("the leaf's validity cannot be read".into()))?;
+        validity(&leaf).ok_or_else(|| bad("the leaf's validity cannot be read".into()))?;
     Ok(IssuedCert {
         identity: id.clone(),
         chain: presented,
@@ -218,10 +221,12 @@ pub fn parse_chain(
 
 fn validity(der: &CertificateDer<'_>) -> Option<(SystemTime, SystemTime)> {
     let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let t = |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    let t = |secs: i64| {
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs.max(0).unsigned_abs()))
+    };
     Some((
-        t(c.validity().not_before.timestamp()),
-        t(c.validity().not_after.timestamp()),
+        t(c.validity().not_before.timestamp())?,
+        t(c.validity().not_after.timestamp())?,
     ))
 }
 

@@ -188,16 +188,19 @@ impl CertManager {
 
     /// Takes in the answer of a background CA request.
     pub fn fetched(&mut self, f: Fetched, now: SystemTime) {
-        let Some(state) = self.fetches.get_mut(&f.id) else {
+        if !self.fetches.contains_key(&f.id) {
             return; // no longer wanted
-        };
-        state.in_flight = false;
+        }
         let current = self.handle.load_full();
         let mut next = current.certs.clone();
-        let ok = match f
+        let built = f
             .result
-            .and_then(|c| self.build(c).map_err(|e| e.to_string()))
-        {
+            .and_then(|c| self.build(c).map_err(|e| e.to_string()));
+        let Some(state) = self.fetches.get_mut(&f.id) else {
+            return; // cannot happen: checked above, and `build` leaves `fetches` alone
+        };
+        state.in_flight = false;
+        let ok = match built {
             Ok(wc) => {
                 let exp =
                     crate::telemetry::rfc3339(crate::telemetry::unix_secs(wc.issued.not_after));
@@ -207,8 +210,7 @@ impl CertManager {
                 true
             }
             Err(e) => {
-                let state = self.fetches.get_mut(&f.id).expect("present");
-                state.failures += 1;
+                state.failures = state.failures.saturating_add(1);
                 let wait = backoff(state.failures, rand::random::<f64>());
                 state.retry_at = Some(now + wait);
                 state.last_error = Some(e.clone());

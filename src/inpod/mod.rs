@@ -106,7 +106,9 @@ impl Netns {
         }
     }
 
-    /// Runs `f` with the calling thread inside this namespace, then switches back.
+    /// Runs `f` with the calling thread inside this namespace, then switches back — also
+    /// when `f` panics: the panic goes on once the thread is home, so a shard that catches
+    /// a task's panic does not serve on from inside a pod's namespace.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
         let Some(file) = &self.file else {
             return Ok(f());
@@ -119,15 +121,17 @@ impl Netns {
                 source,
             }
         })?;
-        let out = f();
-        HOME_NETNS.with(|home| match home {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let back = HOME_NETNS.with(|home| match home {
             Ok(h) => {
                 nix::sched::setns(h.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Return)
             }
             Err(e) => Err(NetnsError::Return(nix::Error::from_raw(
                 e.raw_os_error().unwrap_or(libc::EINVAL),
             ))),
-        })?;
+        });
+        let out = out.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        back?;
         Ok(out)
     }
 

@@ -70,9 +70,10 @@ impl SeqPacket {
         Ok(())
     }
 
-    /// Receives one record of at most `max` bytes (and up to 4 fds). `Ok(None)` at EOF.
+    /// Receives one record of at most `max` bytes, with every fd the peer attached (the
+    /// caller checks how many it expects). `Ok(None)` at EOF.
     pub fn recv(&self, max: usize) -> io::Result<Option<Record>> {
-        self.recv_into(max, nix::cmsg_space!([RawFd; 4]))
+        self.recv_many(max)
     }
 
     /// Receives one record of at most `max` bytes and up to [`MAX_FDS`] fds.
@@ -80,6 +81,10 @@ impl SeqPacket {
         self.recv_into(max, nix::cmsg_space!([RawFd; MAX_FDS]))
     }
 
+    /// Room for [`MAX_FDS`] fds always: the kernel never attaches more to one record, so the
+    /// control data is never cut (MSG_CTRUNC). A cut one would be a leak, not only an error:
+    /// the kernel installs the fds that fit in our table, and nix reads no cmsg once it is
+    /// cut, so nothing would own (and close) them.
     fn recv_into(&self, max: usize, mut cmsg: Vec<u8>) -> io::Result<Option<Record>> {
         let mut buf = vec![0u8; max];
         let (n, flags, raw_fds) = {
@@ -118,8 +123,8 @@ impl SeqPacket {
     /// Sets the receive timeout (None = block forever).
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         let tv = nix::sys::time::TimeVal::new(
-            t.map_or(0, |d| d.as_secs() as i64),
-            t.map_or(0, |d| d.subsec_micros() as i64),
+            t.map_or(0, secs),
+            t.map_or(0, |d| i64::from(d.subsec_micros())),
         );
         socket::setsockopt(&self.fd, socket::sockopt::ReceiveTimeout, &tv)?;
         Ok(())
@@ -163,10 +168,15 @@ impl SeqPacketListener {
 
     /// Sets a timeout on `accept` (via SO_RCVTIMEO), so a server thread can poll for stop.
     pub fn set_accept_timeout(&self, t: Duration) -> io::Result<()> {
-        let tv = nix::sys::time::TimeVal::new(t.as_secs() as i64, t.subsec_micros() as i64);
+        let tv = nix::sys::time::TimeVal::new(secs(t), i64::from(t.subsec_micros()));
         socket::setsockopt(&self.fd, socket::sockopt::ReceiveTimeout, &tv)?;
         Ok(())
     }
+}
+
+/// Whole seconds of a timeout, for a `timeval` (saturating: a timeout past 2^63 s is forever).
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -194,5 +204,29 @@ mod tests {
         assert_eq!(s.recv(1024).unwrap().unwrap().data, b"x");
         drop(c);
         assert!(s.recv(1024).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_record_with_more_fds_than_expected_is_received_whole() {
+        // A peer (istio-cni, a hand-over client) that attaches 5 fds where one is expected:
+        // the record must arrive with all of them, for the caller to refuse it and close
+        // them — not fail the connection with ENOBUFS and leak the fds that fit.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let l = SeqPacketListener::bind(&path).unwrap();
+        let c = SeqPacket::connect(&path).unwrap();
+        let s = l.accept().unwrap();
+        let files: Vec<_> = (0..5)
+            .map(|_| std::fs::File::open("/proc/self/ns/net").unwrap())
+            .collect();
+        let raw: Vec<_> = files.iter().map(|f| f.as_raw_fd()).collect();
+        c.send(b"add", &raw).unwrap();
+        let r = s.recv(1024).unwrap().unwrap();
+        assert_eq!(r.data, b"add");
+        assert_eq!(r.fds.len(), 5);
+        assert!(!r.truncated);
+        // The connection still works.
+        c.send(b"next", &[]).unwrap();
+        assert_eq!(s.recv(1024).unwrap().unwrap().data, b"next");
     }
 }

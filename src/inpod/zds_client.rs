@@ -52,7 +52,7 @@ fn run(path: PathBuf, events: tokio::sync::mpsc::UnboundedSender<ZdsEvent>, max:
                     warned = true;
                 }
                 std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(max);
+                backoff = backoff.saturating_mul(2).min(max);
                 continue;
             }
         };
@@ -65,7 +65,7 @@ fn run(path: PathBuf, events: tokio::sync::mpsc::UnboundedSender<ZdsEvent>, max:
         ) {
             tracing::warn!("ZDS hello failed: {e}");
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(max);
+            backoff = backoff.saturating_mul(2).min(max);
             continue;
         }
         backoff = Duration::from_millis(10);

@@ -65,7 +65,26 @@ impl Task {
 pub fn spawn(f: impl Future<Output = ()> + 'static) -> Task {
     match current() {
         Engine::Uring => Task::Uring(uring::exec::spawn(f)),
-        Engine::Epoll => Task::Tokio(tokio::task::spawn_local(f).abort_handle()),
+        Engine::Epoll => Task::Tokio(tokio::task::spawn_local(Guarded(Box::pin(f))).abort_handle()),
+    }
+}
+
+/// A task on the epoll engine whose panic is counted (`ringmesh_task_panics_total`) and ends
+/// only the task, as on the uring engine (tokio would catch it too, silently).
+struct Guarded<F>(Pin<Box<F>>);
+
+impl<F: Future<Output = ()>> Future for Guarded<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let f = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+            Ok(p) => p,
+            Err(_) => {
+                uring::count(&uring::stats().task_panics);
+                Poll::Ready(())
+            }
+        }
     }
 }
 

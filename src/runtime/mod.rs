@@ -102,7 +102,17 @@ pub fn spawn_shards<C: 'static>(
                 let main = async move {
                     let ctx = Rc::new(init(id));
                     while let Some(cmd) = rx.recv().await {
-                        cmd(&ctx);
+                        // A command that panics (a bug) must not take the shard and every
+                        // connection on it along: counted, logged, the shard serves on.
+                        let r =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd(&ctx)));
+                        if r.is_err() {
+                            uring::count(&uring::stats().task_panics);
+                            tracing::error!(
+                                shard = id,
+                                "a control command panicked on this shard; it serves on"
+                            );
+                        }
                     }
                 };
                 if let Err(e) = engine::block_on(engine, &opts, main) {
@@ -136,6 +146,49 @@ mod tests {
     fn shards_run_commands_on_their_own_threads() {
         for engine in [Engine::Uring, Engine::Epoll] {
             shards_run_commands(engine);
+        }
+    }
+
+    /// A command or a task that panics (a bug) is counted and leaves the shard serving, on
+    /// both engines.
+    #[test]
+    fn a_panicking_command_or_task_leaves_the_shard_serving() {
+        for engine in [Engine::Uring, Engine::Epoll] {
+            let shards = spawn_shards(1, false, engine, &UringOpts::default(), |id| id).unwrap();
+            let before = uring::stats()
+                .task_panics
+                .load(std::sync::atomic::Ordering::Relaxed);
+            shards[0]
+                .send(Box::new(|_: &Rc<usize>| panic!("a buggy command")))
+                .unwrap();
+            shards[0]
+                .send(Box::new(|_: &Rc<usize>| {
+                    engine::spawn(async { panic!("a buggy task") });
+                }))
+                .unwrap();
+            let (tx, rx) = std_mpsc::channel();
+            // After both panics the shard still runs commands and tasks.
+            shards[0]
+                .send(Box::new(move |_: &Rc<usize>| {
+                    engine::spawn(async move {
+                        engine::sleep(std::time::Duration::from_millis(20)).await;
+                        tx.send(engine::current()).unwrap();
+                    });
+                }))
+                .unwrap();
+            assert_eq!(
+                rx.recv_timeout(std::time::Duration::from_secs(10)),
+                Ok(engine),
+                "{engine}"
+            );
+            assert!(shards[0].is_alive());
+            let after = uring::stats()
+                .task_panics
+                .load(std::sync::atomic::Ordering::Relaxed);
+            assert!(after >= before + 2, "{engine}: {before} -> {after}");
+            for s in shards {
+                s.stop();
+            }
         }
     }
 

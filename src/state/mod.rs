@@ -69,6 +69,9 @@ impl Snapshot {
                 Arc::new(w)
             })
             .collect();
+        for (i, svc) in services.iter().enumerate() {
+            errs.extend(svc.check(i));
+        }
         let (s, index_errs) = Self::index(
             version,
             workloads,

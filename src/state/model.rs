@@ -220,6 +220,26 @@ impl Workload {
         if self.service_account.is_empty() {
             self.service_account = "default".into();
         }
+        let names = [
+            ("uid", &self.uid),
+            ("name", &self.name),
+            ("namespace", &self.namespace),
+            ("trustDomain", &self.trust_domain),
+            ("serviceAccount", &self.service_account),
+            ("workloadName", &self.workload_name),
+            ("workloadType", &self.workload_type),
+            ("canonicalName", &self.canonical_name),
+            ("canonicalRevision", &self.canonical_revision),
+            ("clusterId", &self.cluster_id),
+            ("locality.region", &self.locality.region),
+            ("locality.zone", &self.locality.zone),
+            ("locality.subzone", &self.locality.subzone),
+        ];
+        for (field, value) in names {
+            if let Some(reason) = control_char(value) {
+                errs.push(err(field, &reason));
+            }
+        }
         for key in self.services.keys() {
             if key.split_once('/').is_none() {
                 errs.push(super::StateError {
@@ -286,6 +306,25 @@ pub struct Service {
 }
 
 impl Service {
+    /// Checks the names of a config file's service (`i`: its position, for the messages).
+    pub fn check(&self, i: usize) -> Vec<super::StateError> {
+        let entry = format!("services[{i}] ({}/{})", self.namespace, self.hostname);
+        [
+            ("name", &self.name),
+            ("namespace", &self.namespace),
+            ("hostname", &self.hostname),
+        ]
+        .into_iter()
+        .filter_map(|(field, value)| {
+            control_char(value).map(|reason| super::StateError {
+                entry: entry.clone(),
+                field,
+                reason,
+            })
+        })
+        .collect()
+    }
+
     /// `namespace/hostname`: the key workloads use in their `services` map.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.hostname)
@@ -310,4 +349,17 @@ impl Service {
             .filter_map(|s| s.parse().ok())
             .collect()
     }
+}
+
+/// Why `name` cannot be used, if it holds an ASCII control character: names go into HBONE
+/// CONNECT headers (`forwarded: …;host=<hostname>`, `baggage`), which cannot carry one, so
+/// every connection to or from the entry would fail.
+fn control_char(name: &str) -> Option<String> {
+    name.chars().find(char::is_ascii_control).map(|c| {
+        format!(
+            "contains the control character U+{:04X}: names go into HBONE headers, which \
+             cannot carry it",
+            u32::from(c)
+        )
+    })
 }

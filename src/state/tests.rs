@@ -69,3 +69,40 @@ fn duplicates_rejected() {
         .to_string();
     assert!(e.contains("unknown workload uid \"nope\""), "{e}");
 }
+
+#[test]
+fn names_with_control_characters_are_rejected() {
+    // These names go into HBONE CONNECT headers (`forwarded: …;host=<hostname>`, `baggage`),
+    // where a control character cannot be written: such a config would make every
+    // connection to or from the entry fail, so the file is refused, naming the field.
+    let bad_host = CFG.replace("hostname: svc,", "hostname: \"svc\\n\",");
+    let e = snapshot_from_str("t", &bad_host, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hostname") && e.contains("control character"),
+        "{e}"
+    );
+    let bad_name = CFG.replace(
+        "{uid: a, name: a, namespace: ns1,",
+        "{uid: a, name: a, namespace: ns1, canonicalName: \"a\\u007f\",",
+    );
+    let e = snapshot_from_str("t", &bad_name, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("canonicalName") && e.contains("control character"),
+        "{e}"
+    );
+    let bad_zone = CFG.replace(
+        "{uid: b, name: b,",
+        "{uid: b, locality: {region: r, zone: \"z\\r\"}, name: b,",
+    );
+    let e = snapshot_from_str("t", &bad_zone, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("locality.zone"), "{e}");
+    // Other characters are names like any other.
+    let ok = CFG.replace("hostname: svc,", "hostname: \"svc.ns1.svc.cluster.local\",");
+    assert!(snapshot_from_str("t", &ok, 1).is_ok());
+}

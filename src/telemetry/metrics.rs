@@ -757,7 +757,7 @@ impl Metrics {
             ),
             (
                 "ringmesh_task_panics",
-                "Tasks that panicked on an io_uring shard: each was dropped, the shard kept serving",
+                "Tasks (and shard control commands) that panicked on a shard, either engine: each was dropped, the shard kept serving",
                 &u.task_panics,
             ),
         ] {

@@ -315,6 +315,7 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
 pub fn request_id(r: u128) -> String {
     let b = ((r & !(0xf << 76)) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     let h = format!("{b:032x}");
+    // cannot panic: a u128 printed as `{:032x}` is exactly 32 ASCII hex digits.
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
@@ -483,9 +484,10 @@ async fn handle(
             taps,
         })
     };
-    let attempts_max = dest.retry.attempts + 1;
+    let attempts_max = dest.retry.tries();
     let mut tried: Vec<SocketAddr> = Vec::new();
-    let deadline = dest.timeout.map(|t| started + t);
+    // A timeout past what the clock holds is no deadline.
+    let deadline = dest.timeout.and_then(|t| started.checked_add(t));
     let mut last: Option<(StatusCode, &'static str, String, Option<Picked>)> = None;
     for attempt in 0..attempts_max {
         log.attempts = attempt + 1;

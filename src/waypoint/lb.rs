@@ -132,6 +132,8 @@ impl<K: Hash + Eq + Clone> Balancer<K> {
         // Panic mode: every candidate ejected → use them all.
         let use_all = open == 0;
         let n = if use_all { candidates.len() } else { open };
+        // cannot panic: `candidates` is not empty (checked above), and `n` (≥ 1) is the
+        // number of candidates `nth` chooses among, so every index below is below it.
         let nth = |i: usize| -> &K {
             if use_all {
                 &candidates[i]
@@ -166,7 +168,8 @@ impl<K: Hash + Eq + Clone> Balancer<K> {
 
     /// A request to `k` started (counts towards least-request).
     pub fn start(&mut self, k: &K) {
-        self.endpoints.entry(k.clone()).or_default().active += 1;
+        let e = self.endpoints.entry(k.clone()).or_default();
+        e.active = e.active.saturating_add(1);
     }
 
     /// A request to `k` ended with `outcome`; may eject `k`. Unknown keys (forgotten since
@@ -292,13 +295,15 @@ impl Endpoint {
         let cap = cfg.max_ejection.max(cfg.base_ejection);
         // Stop growing once at the cap, so that decay brings it down in a bounded time.
         if cfg.base_ejection.saturating_mul(self.times_ejected) < cap {
-            self.times_ejected += 1;
+            self.times_ejected = self.times_ejected.saturating_add(1);
         }
         let t = cfg
             .base_ejection
             .saturating_mul(self.times_ejected)
             .min(cap);
-        self.ejected_until = Some(now + t);
+        // The ejection time is operator input (`--outlier-base-ejection`): one past what an
+        // `Instant` holds ejects for as long as one can.
+        self.ejected_until = Some(later(now, t));
         self.decay_from = self.ejected_until;
     }
 
@@ -311,8 +316,18 @@ impl Endpoint {
         let steps = u32::try_from(steps).unwrap_or(u32::MAX);
         let taken = steps.min(self.times_ejected);
         self.times_ejected -= taken;
+        // cannot panic: `taken` whole intervals after `from` is at most `now`.
         self.decay_from = Some(from + interval.saturating_mul(taken));
     }
+}
+
+/// `now + d`, or a century ahead when that overflows the clock (a century always fits: the
+/// monotonic clock counts 2^63 s).
+fn later(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }
 
 #[derive(Debug)]

@@ -321,3 +321,23 @@ fn forget_drops_state_of_departed_endpoints() {
     fail(&mut b, 6, 5, now);
     assert_eq!(b.ejected(now), vec![6]);
 }
+
+#[test]
+fn an_ejection_time_past_the_clock_ejects_without_panicking() {
+    // `--outlier-base-ejection` is operator input: an ejection that would end past what an
+    // `Instant` holds must not panic the request that triggers it.
+    let cfg = OutlierConfig {
+        consecutive_errors: 1,
+        base_ejection: Duration::MAX,
+        max_ejection: Duration::MAX,
+        max_ejection_percent: 100,
+        interval: secs(10),
+    };
+    let mut b = Balancer::new(cfg);
+    let now = Instant::now();
+    register(&mut b, &keys(2), now);
+    fail(&mut b, 0, 1, now);
+    assert_eq!(b.ejected(now), vec![0]);
+    assert_eq!(b.ejected(now + secs(99 * 365 * 24 * 3600)), vec![0]);
+    assert_eq!(b.times_ejected(&0, now), 1);
+}

@@ -238,12 +238,7 @@ pub async fn open(
                 addr: *next_hop,
                 src_pod: String::new(),
             };
-            let headers = ConnectHeaders {
-                client,
-                service_host: service_host.map(str::to_string),
-                baggage: String::new(),
-                traceparent: hbone::traceparent(rand::random(), rand::random()),
-            };
+            let headers = connect_headers(client, service_host, rand::random());
             let req = hbone::connect_request(*authority, &headers);
             let p = &cfg.proxy;
             let max = p.h2.client_max_streams;
@@ -273,6 +268,34 @@ pub async fn open(
     })
 }
 
+/// The headers of the CONNECT to an endpoint for `client`'s request to a service
+/// (`service_host`), `trace` the random trace and span ids. A hostname that cannot go into a
+/// header (a control character: control-plane input) is left out, with a debug line:
+/// `forwarded` then names the client alone, as for a workload addressed directly — building
+/// the request with it would panic.
+pub(super) fn connect_headers(
+    client: SocketAddr,
+    service_host: Option<&str>,
+    trace: (u128, u64),
+) -> ConnectHeaders {
+    let service_host = service_host.and_then(|h| {
+        if http::HeaderValue::from_str(h).is_ok() {
+            Some(h.to_string())
+        } else {
+            tracing::debug!(
+                "service hostname {h:?} cannot go into a forwarded header: left out of the CONNECT"
+            );
+            None
+        }
+    });
+    ConnectHeaders {
+        client,
+        service_host,
+        baggage: String::new(),
+        traceparent: hbone::traceparent(trace.0, trace.1),
+    }
+}
+
 impl Ready {
     /// Sends the request; the connection goes back to the shard's pool for the next one.
     pub async fn send(
@@ -300,5 +323,30 @@ impl Ready {
             }
         };
         r.map_err(|e| UpstreamError::Reset(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_hostname_that_cannot_be_a_header_is_left_out_of_the_connect() {
+        let client: SocketAddr = "198.18.0.1:5000".parse().unwrap();
+        let to: SocketAddr = "198.18.0.2:8080".parse().unwrap();
+        let h = connect_headers(client, Some("bad\nhost"), (1, 2));
+        assert_eq!(h.service_host, None);
+        let req = hbone::connect_request(to, &h);
+        assert_eq!(req.headers()["forwarded"], "for=\"198.18.0.1:5000\"");
+        let h = connect_headers(client, Some("reviews.ns.svc.cluster.local"), (1, 2));
+        let req = hbone::connect_request(to, &h);
+        assert_eq!(
+            req.headers()["forwarded"],
+            "for=\"198.18.0.1:5000\";host=reviews.ns.svc.cluster.local"
+        );
+        assert_eq!(
+            req.headers()["traceparent"],
+            "00-00000000000000000000000000000001-0000000000000002-00"
+        );
     }
 }

@@ -148,7 +148,7 @@ pub fn stats() -> &'static Stats {
     &STATS
 }
 
-fn count(c: &AtomicU64) {
+pub(crate) fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 

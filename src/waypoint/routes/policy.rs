@@ -27,6 +27,11 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Tries in all: the first and its retries (`attempts` is a route's, up to u32::MAX).
+    pub fn tries(&self) -> u32 {
+        self.attempts.saturating_add(1)
+    }
+
     pub fn off() -> RetryPolicy {
         RetryPolicy {
             attempts: 0,

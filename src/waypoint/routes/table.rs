@@ -146,6 +146,7 @@ impl RouteTable {
                     None => &mut svc.any_port,
                 };
                 for (rule_i, rule) in effective.rules.iter().enumerate() {
+                    // cannot panic: `index` has one entry per kept rule.
                     let original = index[rule_i];
                     if rule.matches.is_empty() {
                         list.push(entry(&effective, ri, rule_i, original, None, created));
@@ -188,6 +189,9 @@ impl RouteTable {
             return Selection::NoRoutes;
         }
         let mut query: Option<Vec<(String, String)>> = None;
+        // cannot panic (here and in `describe`): entries are made only by `build`, from the
+        // route it pushes at `e.route` with `rule_index[e.route]` beside it, and name a kept
+        // rule and one of its matches; the fields are private and the table immutable.
         for e in list {
             let route = &self.routes[e.route];
             let rule = &route.rules[e.rule];
@@ -220,6 +224,7 @@ impl RouteTable {
         let mut keys: Vec<_> = self.services.keys().collect();
         keys.sort();
         for key in keys {
+            // cannot panic: `keys` are this map's own, and the ports `by_port`'s.
             let svc = &self.services[key];
             let mut ports: Vec<_> = svc.by_port.keys().copied().collect();
             ports.sort_unstable();

@@ -1163,6 +1163,23 @@ fn retry_stanza_maps_attempts_codes_backoff() {
 }
 
 #[test]
+fn tries_count_the_first_and_every_retry_without_overflow() {
+    assert_eq!(retry_policy(None).tries(), 3);
+    assert_eq!(RetryPolicy::off().tries(), 1);
+    // `attempts` is the route's (any u32): the request loop must not overflow on it.
+    let p = retry_policy(Some(&rule_with(
+        Some(Retry {
+            attempts: Some(u32::MAX),
+            codes: vec![],
+            backoff: None,
+        }),
+        None,
+        None,
+    )));
+    assert_eq!(p.tries(), u32::MAX);
+}
+
+#[test]
 fn timeouts_map_request_and_backend_request() {
     let ms = |v| Some(Duration::from_millis(v));
     assert_eq!(timeouts(None), (None, None), "no default timeout");
