@@ -105,7 +105,10 @@ pub async fn serve(l: tokio::net::TcpListener, st: Arc<AdminState>, which: Endpo
         let s = match l.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!(endpoints = ?which, "admin accept failed: {e}");
+                // Counted and rate-limited with the data plane's failed accepts.
+                if crate::telemetry::metrics::accept_failed().1 {
+                    tracing::warn!(endpoints = ?which, "admin accept failed: {e} (logged at most every 10 s; ringmesh_accept_failures_total counts them)");
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }

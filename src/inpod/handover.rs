@@ -250,7 +250,10 @@ pub fn serve(
                         continue;
                     }
                     Err(e) => {
-                        tracing::warn!(socket = %shown, "hand-over accept failed: {e}");
+                        // Counted and rate-limited with every other failed accept.
+                        if crate::telemetry::metrics::accept_failed().1 {
+                            tracing::warn!(socket = %shown, "hand-over accept failed: {e} (logged at most every 10 s; ringmesh_accept_failures_total counts them)");
+                        }
                         std::thread::sleep(Duration::from_millis(100));
                         continue;
                     }

@@ -437,17 +437,8 @@ pub async fn accept_loop<F, Fut>(
 
 /// Counts an accept failure; logs it unless another was logged in the last 10 s.
 fn accept_failed(pod: &Pod, what: &str, e: &std::io::Error) {
-    use crate::telemetry::metrics::{ACCEPT_FAILURES, ACCEPT_FAILURES_LOGGED};
-    let n = ACCEPT_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = ACCEPT_FAILURES_LOGGED.load(Ordering::Relaxed);
-    if now >= last + 10
-        && ACCEPT_FAILURES_LOGGED
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    let (n, log) = crate::telemetry::metrics::accept_failed();
+    if log {
         tracing::warn!(
             pod = %pod.uid,
             total = n,

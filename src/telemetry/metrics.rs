@@ -553,11 +553,27 @@ pub struct Metrics {
     pub lifecycle: Lifecycle,
 }
 
-/// Failed accepts on the pods' listeners (out of fds, mostly), over the process's life.
+/// Failed accepts on any listener of the process (out of fds, mostly), over its life.
 pub static ACCEPT_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// When an accept failure was last logged (Unix seconds): the log is rate-limited.
 pub static ACCEPT_FAILURES_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a failed accept (any listener of the process: the pods', the admin ports, the
+/// hand-over socket) and says whether to log it: at most one line every 10 s for them all,
+/// so that running out of fds costs a line, not a flood. Returns the total so far.
+pub fn accept_failed() -> (u64, bool) {
+    let n = ACCEPT_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = ACCEPT_FAILURES_LOGGED.load(Ordering::Relaxed);
+    let log = now >= last.saturating_add(10)
+        && ACCEPT_FAILURES_LOGGED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+    (n, log)
+}
 
 /// Rolling updates and the SIGTERM drain, as counted by this process.
 #[derive(Debug, Default)]
@@ -796,7 +812,7 @@ impl Metrics {
         accept_failures.inc_by(ACCEPT_FAILURES.load(Ordering::Relaxed));
         reg.register(
             "ringmesh_accept_failures",
-            "Failed accepts on the pods' listeners (EMFILE and the like): the connection waits in the kernel's queue",
+            "Failed accepts on the pods' listeners, the admin ports and the hand-over socket (EMFILE and the like): the connection waits in the kernel's queue",
             accept_failures,
         );
         let live: Gauge = Gauge::default();
