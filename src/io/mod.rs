@@ -7,6 +7,7 @@
 //! and byte counting.
 
 pub mod h2io;
+pub mod link;
 pub mod tls;
 
 use std::cell::Cell;
