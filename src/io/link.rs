@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
 use super::Counters;
+pub use super::link_state::{LinkState, StateError, TunnelState};
 use super::tls::TlsStream;
 use crate::hbone::h2::{self, Conn, Event, HeaderField, Reason, StreamId};
 use crate::runtime::net::Stream;
@@ -45,6 +46,25 @@ pub enum TunnelEnd {
     App(String),
     /// The HBONE connection failed or went away.
     Link(String),
+    /// Handed to the next process with its connection (it goes on there).
+    Moved,
+}
+
+/// What an export gives: the state and the sockets (TLS first, then each tunnel's app
+/// socket in the order of `state.tunnels`).
+#[derive(Debug)]
+pub struct Exported {
+    pub state: LinkState,
+    pub fds: Vec<std::os::fd::OwnedFd>,
+}
+
+/// A tunnel continued from another process.
+#[derive(Debug)]
+pub struct ImportedTunnel {
+    pub id: StreamId,
+    pub end: tokio::sync::oneshot::Receiver<TunnelEnd>,
+    pub sent_before: u64,
+    pub received_before: u64,
 }
 
 /// A stream the peer opened (server role), waiting to be answered.
@@ -60,6 +80,9 @@ struct Tun {
     to_app: VecDeque<Bytes>,
     /// Read from the app, not yet taken by the codec (its window was full).
     from_app: Bytes,
+    /// Leading bytes of `to_app` already counted and released to the codec (the previous
+    /// process's socket had taken them but not sent them).
+    prereleased: usize,
     /// The app's read side ended; END_STREAM is sent once `from_app` is.
     app_eof: bool,
     end_sent: bool,
@@ -79,6 +102,8 @@ struct Inner {
     accept_waker: Option<Waker>,
     task_waker: Option<Waker>,
     closed: Option<String>,
+    /// A hand-over asked for the connection: the task stops and exports it here.
+    export_to: Option<tokio::sync::oneshot::Sender<Result<Exported, String>>>,
 }
 
 impl Inner {
@@ -138,7 +163,82 @@ impl Link {
             accept_waker: None,
             task_waker: None,
             closed: None,
+            export_to: None,
         })))
+    }
+
+    /// Hand-over: asks the task to stop moving bytes and export the whole connection (its
+    /// sockets and [`LinkState`]); the task ends once it has, and every tunnel's end says
+    /// `Moved`. A stream the peer opened that has no app socket yet (server role, still
+    /// being authorized or connected) cannot move: it is refused with 503 first.
+    pub fn export(&self) -> tokio::sync::oneshot::Receiver<Result<Exported, String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut i = self.0.borrow_mut();
+        match &i.closed {
+            Some(e) => {
+                let _ = tx.send(Err(format!("the connection is closed: {e}")));
+            }
+            None => i.export_to = Some(tx),
+        }
+        i.wake_task();
+        rx
+    }
+
+    /// Continues a connection another process exported: `fds` are its sockets in the order
+    /// of [`Exported::fds`] (TLS first, then each tunnel's app socket). Returns the link
+    /// (run its task with [`run`] over the returned TLS stream) and each tunnel with its end
+    /// and what it had carried before. `counters` gives each tunnel's counters here.
+    pub fn import(
+        state: &LinkState,
+        mut fds: Vec<std::os::fd::OwnedFd>,
+        counters: impl Fn(StreamId) -> Rc<Counters>,
+    ) -> Result<(Link, TlsStream, Vec<ImportedTunnel>), String> {
+        if fds.len() != 1 + state.tunnels.len() {
+            return Err(format!(
+                "hand-over: {} sockets for a connection with {} tunnels",
+                fds.len(),
+                state.tunnels.len()
+            ));
+        }
+        let conn = Conn::import(state.conn.clone()).map_err(|e| e.to_string())?;
+        let apps = fds.split_off(1);
+        let tls_fd = fds.pop().ok_or("hand-over: no TLS socket")?;
+        let tls = TlsStream::import(
+            Stream::from_fd(tls_fd).map_err(|e| e.to_string())?,
+            state.tls.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        let link = Link::new(conn);
+        let mut out = Vec::new();
+        {
+            let mut i = link.0.borrow_mut();
+            for (t, fd) in state.tunnels.iter().zip(apps) {
+                let app = Stream::from_fd(fd).map_err(|e| e.to_string())?;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let id = StreamId(t.id);
+                let mut tun = tun(Some(app), counters(id), tx, t.established);
+                tun.to_app = (!t.to_app.is_empty())
+                    .then(|| Bytes::from(t.to_app.clone()))
+                    .into_iter()
+                    .collect();
+                tun.from_app = Bytes::from(t.from_app.clone());
+                tun.prereleased = usize::try_from(t.to_app_released)
+                    .unwrap_or(usize::MAX)
+                    .min(t.to_app.len());
+                tun.app_eof = t.app_eof;
+                tun.end_sent = t.end_sent;
+                tun.peer_end = t.peer_end;
+                tun.app_shut = t.app_shut;
+                i.tuns.insert(t.id, tun);
+                out.push(ImportedTunnel {
+                    id,
+                    end: rx,
+                    sent_before: t.sent,
+                    received_before: t.received,
+                });
+            }
+        }
+        Ok((link, tls, out))
     }
 
     /// Client: opens a tunnel for `app` with the CONNECT `headers`; the receiver says how
@@ -260,6 +360,7 @@ fn tun_base() -> Tun {
         app: None,
         to_app: VecDeque::new(),
         from_app: Bytes::new(),
+        prereleased: 0,
         app_eof: false,
         end_sent: false,
         peer_end: false,
@@ -275,6 +376,26 @@ fn tun_base() -> Tun {
 pub async fn run(link: Link, mut tls: TlsStream) {
     let mut events = Vec::new();
     let why = poll_fn(|cx| poll_link(&link, &mut tls, &mut events, cx)).await;
+    let export_to = link.0.borrow_mut().export_to.take();
+    if let Some(to) = export_to {
+        let r = export(&link, tls).await;
+        let failed = r.as_ref().err().cloned();
+        let _ = to.send(r);
+        let mut i = link.0.borrow_mut();
+        let end = match &failed {
+            None => TunnelEnd::Moved,
+            Some(e) => TunnelEnd::Link(format!("hand-over failed: {e}")),
+        };
+        i.closed = Some(failed.unwrap_or_else(|| "handed to the next process".into()));
+        let ids: Vec<u32> = i.tuns.keys().copied().collect();
+        for id in ids {
+            i.finish(id, end.clone());
+        }
+        if let Some(w) = i.accept_waker.take() {
+            w.wake();
+        }
+        return;
+    }
     {
         let mut i = link.0.borrow_mut();
         i.closed = Some(why.clone());
@@ -300,6 +421,9 @@ fn poll_link(
     let mut guard = link.0.borrow_mut();
     let i = &mut *guard;
     i.task_waker = Some(cx.waker().clone());
+    if i.export_to.is_some() {
+        return Poll::Ready("exporting".into());
+    }
     // Receive: records → codec → events.
     loop {
         let buf = i.conn.read_buf();
@@ -411,8 +535,12 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
                 return Some(TunnelEnd::App(e.to_string()));
             }
             Poll::Ready(Ok(n)) => {
-                t.counters.add_received(n as u64);
-                i.conn.release(sid, n);
+                let already = n.min(t.prereleased);
+                t.prereleased -= already;
+                if n > already {
+                    t.counters.add_received((n - already) as u64);
+                    i.conn.release(sid, n - already);
+                }
                 bytes::Buf::advance(front, n);
                 if front.is_empty() {
                     t.to_app.pop_front();
@@ -467,6 +595,76 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
     }
     (t.app_eof && t.end_sent && t.peer_end && t.app_shut && t.to_app.is_empty())
         .then_some(TunnelEnd::Done)
+}
+
+/// Detaches every socket of a stopped link and collects its state (see [`Link::export`]).
+async fn export(link: &Link, tls: TlsStream) -> Result<Exported, String> {
+    // Streams with no app socket yet cannot move: refused now (the codec's output carries
+    // the refusal over).
+    let tuns = {
+        let mut i = link.0.borrow_mut();
+        let unanswered: Vec<u32> = i
+            .tuns
+            .iter()
+            .filter(|(_, t)| t.app.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unanswered {
+            let _ = i.conn.send_headers(
+                StreamId(id),
+                &h2::response_fields(503, &http::HeaderMap::new()),
+                true,
+            );
+            i.tuns.remove(&id);
+        }
+        std::mem::take(&mut i.tuns)
+    };
+    let mut tunnels = Vec::with_capacity(tuns.len());
+    let mut app_fds = Vec::with_capacity(tuns.len());
+    let mut err = None;
+    let mut kept = BTreeMap::new();
+    for (id, mut t) in tuns {
+        let Some(app) = t.app.take() else { continue };
+        match app.detach().await {
+            Ok((fd, ahead, unsent)) => {
+                let mut from_app = t.from_app.to_vec();
+                from_app.extend_from_slice(&ahead);
+                // What the socket had queued for the app goes before what waits here.
+                let to_app_released = (unsent.len() + t.prereleased) as u64;
+                let mut to_app = unsent;
+                to_app.extend(t.to_app.iter().flat_map(|b| b.iter().copied()));
+                tunnels.push(TunnelState {
+                    id,
+                    established: t.established,
+                    app_eof: t.app_eof,
+                    end_sent: t.end_sent,
+                    peer_end: t.peer_end,
+                    app_shut: t.app_shut,
+                    to_app,
+                    to_app_released,
+                    from_app,
+                    sent: t.counters.sent.get(),
+                    received: t.counters.received.get(),
+                });
+                app_fds.push(fd);
+            }
+            Err(e) => err = Some(format!("app socket of stream {id}: {e}")),
+        }
+        kept.insert(id, t);
+    }
+    // Ends are sent by `run` once the export is delivered.
+    link.0.borrow_mut().tuns = kept;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let (tls_fd, tls) = tls.export().await.map_err(|e| format!("TLS: {e}"))?;
+    let conn = link.0.borrow().conn.export();
+    let mut fds = vec![tls_fd];
+    fds.extend(app_fds);
+    Ok(Exported {
+        state: LinkState { conn, tls, tunnels },
+        fds,
+    })
 }
 
 fn flush_output(i: &mut Inner, tls: &mut TlsStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

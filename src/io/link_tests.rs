@@ -359,6 +359,97 @@ fn a_server_link_serves_h2_clients_tunnels(engine: Engine) {
     .unwrap();
 }
 
+/// Hand-over: a tunnel mid-transfer (bytes in flight both ways) is exported with its
+/// connection, its state encoded and decoded, and continued by another executor on another
+/// thread (the next process) from the sockets; the h2 peer never notices and the app's
+/// echo comes back whole and in order.
+fn an_exported_link_continues_in_another_executor(engine: Engine) {
+    const TOTAL: usize = 16 << 20;
+    with_client_link(engine, move |link| async move {
+        let (ours, app) = app_pair();
+        // Small socket buffers: once the app stops reading, bytes pile up in the link (both
+        // ways: the echo peer stops reading once its replies are blocked).
+        socket2::SockRef::from(&ours)
+            .set_send_buffer_size(64 * 1024)
+            .unwrap();
+        socket2::SockRef::from(&app)
+            .set_recv_buffer_size(64 * 1024)
+            .unwrap();
+        let counters = Rc::new(Counters::default());
+        let end = link
+            .open(
+                &connect_fields(ECHO),
+                Stream::from_fd(ours.into()).unwrap(),
+                counters.clone(),
+            )
+            .unwrap();
+        let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+        let app_thread = std::thread::spawn(move || {
+            let data = pattern(TOTAL, 9);
+            let mut w = app.try_clone().unwrap();
+            let d = data.clone();
+            let writer = std::thread::spawn(move || {
+                w.write_all(&d).unwrap();
+                w.shutdown(std::net::Shutdown::Write).unwrap();
+            });
+            let mut app = app;
+            let mut back = vec![0u8; 1 << 20];
+            app.read_exact(&mut back).unwrap();
+            // The app stops reading until the connection has moved.
+            resume_rx.recv().unwrap();
+            app.read_to_end(&mut back).unwrap();
+            writer.join().unwrap();
+            back == data
+        });
+        while counters.received.get() < 1 << 20 {
+            engine::sleep(Duration::from_millis(2)).await;
+        }
+        engine::sleep(Duration::from_millis(300)).await;
+        let exported = link.export().await.unwrap().unwrap();
+        assert_eq!(end.await.unwrap(), TunnelEnd::Moved);
+        assert_eq!(exported.fds.len(), 2);
+        assert_eq!(exported.state.tunnels.len(), 1);
+        let t = &exported.state.tunnels[0];
+        assert!(t.sent > 0 && (t.sent as usize) < TOTAL, "{}", t.sent);
+        // Bytes in flight inside the link travel with it (the test exercises both).
+        assert!(!t.to_app.is_empty(), "nothing waiting for the app");
+        assert!(!t.from_app.is_empty(), "nothing waiting for the window");
+        let bytes = exported.state.encode();
+        let fds = exported.fds;
+        let next = std::thread::spawn(move || {
+            engine::block_on(engine, &UringOpts::default(), async move {
+                let state = LinkState::decode(&bytes).unwrap();
+                let counters = Rc::new(Counters::default());
+                let c = counters.clone();
+                let (link, tls, mut tunnels) =
+                    Link::import(&state, fds, move |_| c.clone()).unwrap();
+                engine::spawn(run(link, tls));
+                resume_tx.send(()).unwrap();
+                let t = tunnels.pop().unwrap();
+                let end = engine::timeout(Duration::from_secs(30), t.end)
+                    .await
+                    .expect("the imported tunnel timed out");
+                (end.unwrap(), t.sent_before + counters.sent.get())
+            })
+            .unwrap()
+        });
+        // The h2 peer lives on this executor: keep it running while the next one works.
+        while !next.is_finished() {
+            engine::sleep(Duration::from_millis(5)).await;
+        }
+        let (end, sent) = next.join().unwrap();
+        assert_eq!(end, TunnelEnd::Done);
+        assert_eq!(sent as usize, TOTAL);
+        while !app_thread.is_finished() {
+            engine::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            app_thread.join().unwrap(),
+            "the echo came back whole and in order"
+        );
+    });
+}
+
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
         $(
@@ -380,4 +471,5 @@ on_both_engines!(
     several_tunnels_carry_a_megabyte_each_way,
     a_refused_connect_and_a_reset_end_their_tunnels,
     a_server_link_serves_h2_clients_tunnels,
+    an_exported_link_continues_in_another_executor,
 );

@@ -8,6 +8,7 @@
 
 pub mod h2io;
 pub mod link;
+pub mod link_state;
 pub mod tls;
 
 use std::cell::Cell;

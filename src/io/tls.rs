@@ -142,8 +142,11 @@ impl TlsStream {
             limits,
             ..
         } = self;
-        let (fd, more) = io.detach().await?;
+        let (fd, more, unsent) = io.detach().await?;
         rx.extend_from_slice(&more);
+        // Records the socket had queued go first, then those sealed after them.
+        let mut tx_all = unsent;
+        tx_all.extend_from_slice(&tx);
         let st = TlsState {
             client,
             tx_secret,
@@ -157,7 +160,7 @@ impl TlsStream {
             limits,
             rx: rx.to_vec(),
             plain: plain.to_vec(),
-            tx: tx.to_vec(),
+            tx: tx_all,
             peer_certs: peer_certs.iter().map(|c| c.to_vec()).collect(),
         };
         Ok((fd, st))

@@ -174,13 +174,14 @@ impl Stream {
     }
 
     /// Readies the socket for another owner (hand-over to the next process): nothing in
-    /// flight, everything queued sent. Returns the socket's fd (a duplicate on uring) and
-    /// the bytes received that nobody read yet (uring receives ahead; epoll never does).
-    pub async fn detach(self) -> io::Result<(std::os::fd::OwnedFd, Vec<u8>)> {
+    /// flight. Returns the socket's fd (a duplicate on uring), the bytes received that nobody
+    /// read yet and the bytes queued and not sent (uring receives ahead and queues sends;
+    /// epoll does neither: both empty).
+    pub async fn detach(self) -> io::Result<(std::os::fd::OwnedFd, Vec<u8>, Vec<u8>)> {
         match self {
             Stream::Epoll(s) => {
                 let std = s.into_std()?;
-                Ok((std.into(), Vec::new()))
+                Ok((std.into(), Vec::new(), Vec::new()))
             }
             Stream::Uring(s) => s.detach().await,
         }

@@ -883,12 +883,16 @@ impl Driver {
     }
 
     /// Readies the socket to move to another owner (a hitless upgrade hands it to the next
-    /// process): cancels its receive and waits until nothing is in flight — receives
-    /// cancelled, every queued byte sent — then returns what it received that nobody has
-    /// read yet (in order). The socket stays registered; its fd may then be duplicated and
+    /// process): cancels its receive and its send in flight and waits until nothing is in
+    /// flight, then returns what it received that nobody has read yet and what was queued
+    /// for sending and not sent (each in order: the new owner sends those bytes first). The socket stays registered; its fd may then be duplicated and
     /// passed on. None: not yet (the waker is kept). An earlier send or receive error is
     /// returned instead: such a socket cannot be continued.
-    pub(crate) fn detach(&mut self, idx: usize, waker: &Waker) -> Option<io::Result<Vec<u8>>> {
+    pub(crate) fn detach(
+        &mut self,
+        idx: usize,
+        waker: &Waker,
+    ) -> Option<io::Result<(Vec<u8>, Vec<u8>)>> {
         let mut cancels = Vec::new();
         let busy = {
             let s = self.sock(idx);
@@ -902,16 +906,17 @@ impl Driver {
                 if s.rx_private.is_some() {
                     cancels.push(ud(idx, K_RECV1));
                 }
+                // A send the peer is not taking would never complete: cancelled; what it
+                // had not sent yet goes back to the queue (`on_send`).
+                if s.tx_cur.is_some() {
+                    cancels.push(ud(idx, K_SEND));
+                    cancels.push(ud(idx, K_SENDZC));
+                }
             }
             if let Some(e) = s.tx_err.or(s.rx_err) {
                 return Some(Err(io::Error::from_raw_os_error(e)));
             }
-            let busy = s.rx_armed
-                || s.rx_private.is_some()
-                || s.tx_cur.is_some()
-                || !s.tx_q.is_empty()
-                || !s.tx_buf.is_empty()
-                || s.conn_busy;
+            let busy = s.rx_armed || s.rx_private.is_some() || s.tx_cur.is_some() || s.conn_busy;
             if busy {
                 set_waker(&mut s.rx_waker, waker);
                 set_waker(&mut s.tx_waker, waker);
@@ -941,7 +946,15 @@ impl Driver {
             }
         }
         s.rx_bytes = 0;
-        Some(Ok(out))
+        // Unsent, in order: the queue, then what was written into the buffer after it.
+        let mut unsent = Vec::with_capacity(s.tx_queued);
+        for b in s.tx_q.drain(..) {
+            unsent.extend_from_slice(&b);
+        }
+        unsent.extend_from_slice(&s.tx_buf);
+        s.tx_buf.clear();
+        s.tx_queued = 0;
+        Some(Ok((out, unsent)))
     }
 
     /// Re-arms the receive once the reader has drained its queue below half the limit.
@@ -1087,7 +1100,7 @@ impl Driver {
     fn kick_send(&mut self, idx: usize) {
         let zc = self.opts.send_zc_threshold;
         let s = self.sock(idx);
-        if s.tx_cur.is_some() || s.tx_err.is_some() {
+        if s.tx_cur.is_some() || s.tx_err.is_some() || s.detaching {
             return;
         }
         let next = match s.tx_q.pop_front() {
@@ -1146,7 +1159,14 @@ impl Driver {
         } else {
             s.inflight -= 1;
         }
-        if res < 0 {
+        if res == -libc::ECANCELED && s.detaching {
+            // `detach` cancelled it before anything was sent: it goes back to the queue,
+            // which `detach` hands over unsent.
+            if let Some(c) = cur {
+                s.tx_queued += c.len();
+                s.tx_q.push_front(c);
+            }
+        } else if res < 0 {
             if res != -libc::ECANCELED || s.alive {
                 s.tx_err = Some(-res);
             }

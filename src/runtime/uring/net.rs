@@ -214,18 +214,19 @@ io_impls!(Stream);
 io_impls!(WriteHalf);
 
 impl Stream {
-    /// Readies the socket for another owner (hand-over): receive cancelled, every queued
-    /// byte sent; returns a duplicate of its fd and what was received but not yet read.
+    /// Readies the socket for another owner (hand-over): receive and send cancelled;
+    /// returns a duplicate of its fd, what was received but not yet read, and what was
+    /// queued but not sent (the new owner sends it first).
     /// The ring's own fd closes when `self` drops; the duplicate keeps the connection.
-    pub async fn detach(self) -> io::Result<(std::os::fd::OwnedFd, Vec<u8>)> {
+    pub async fn detach(self) -> io::Result<(std::os::fd::OwnedFd, Vec<u8>, Vec<u8>)> {
         let h = &self.0;
-        let rx = poll_fn(|cx| match driver::with(|d| d.detach(h.idx, cx.waker())) {
+        let (rx, unsent) = poll_fn(|cx| match driver::with(|d| d.detach(h.idx, cx.waker())) {
             None => Poll::Pending,
             Some(r) => Poll::Ready(r),
         })
         .await?;
         let fd = nix::unistd::dup(self.borrowed())?;
-        Ok((fd, rx))
+        Ok((fd, rx, unsent))
     }
 
     /// The two halves of one `split` again (None: they are of different sockets).
