@@ -28,6 +28,9 @@ const K_EVENTFD: u64 = 8;
 const K_IGNORE: u64 = 9;
 const K_EVENTFD_POLL: u64 = 10;
 
+/// Connections a listener holds accepted but not yet taken by its accept loop.
+pub(crate) const ACC_MAX: usize = 256;
+
 /// Buffer group id of the shard's provided buffer ring.
 const BGID: u16 = 0;
 /// Size of the private buffer a socket receives into while the ring is empty.
@@ -97,6 +100,8 @@ struct Sock {
     acc_armed: bool,
     /// `stop_accept` was called: the multishot accept is not re-armed.
     acc_stopping: bool,
+    /// The multishot accept is being cancelled because `acc` is full (`ACC_MAX`).
+    acc_pausing: bool,
     /// `detach` was called: the receive is cancelled and never re-armed.
     detaching: bool,
     /// The cancellations `detach` asked for are submitted.
@@ -1229,6 +1234,12 @@ impl Driver {
 
     // ---- accept ----
 
+    /// Connections accepted and not yet taken (tests of the bound).
+    #[cfg(test)]
+    pub(crate) fn accepted_queued(&mut self, idx: usize) -> usize {
+        self.sock(idx).acc.len()
+    }
+
     pub(crate) fn accept(&mut self, idx: usize, waker: &Waker) -> Option<io::Result<RawFd>> {
         let s = self.sock(idx);
         if let Some(r) = s.acc.pop_front() {
@@ -1281,10 +1292,13 @@ impl Driver {
 
     fn on_accept(&mut self, idx: usize, res: i32, flags: u32) {
         let mut close = None;
+        let mut pause = false;
         {
             let s = self.sock(idx);
-            if !cqueue::more(flags) {
+            let more = cqueue::more(flags);
+            if !more {
                 s.acc_armed = false;
+                s.acc_pausing = false;
                 s.inflight -= 1;
             }
             if res >= 0 {
@@ -1296,7 +1310,21 @@ impl Driver {
             } else if res != -libc::ECANCELED {
                 s.acc.push_back(Err(-res));
             }
+            // Bounded: past ACC_MAX accepted and not yet taken, the multishot accept is
+            // cancelled; the rest wait in the kernel's listen queue (its backlog bounds them)
+            // and `accept` re-arms once the queue here is drained.
+            if more && s.acc.len() >= ACC_MAX && !s.acc_pausing && !s.acc_stopping {
+                s.acc_pausing = true;
+                pause = true;
+            }
             wake(&mut s.rx_waker);
+        }
+        if pause {
+            self.push(
+                opcode::AsyncCancel::new(ud(idx, K_ACCEPT))
+                    .build()
+                    .user_data(ud(0, K_IGNORE)),
+            );
         }
         if let Some(fd) = close {
             self.push(

@@ -185,11 +185,22 @@ pub fn block_on<T: 'static>(
     EXEC.with(|e| e.borrow_mut().shared = Some(shared.clone()));
     let out: Rc<RefCell<Option<T>>> = Rc::new(RefCell::new(None));
     let o = out.clone();
+    // Set when the main task is gone, finished or not: a main task that panics is dropped
+    // like any task, and the loop must end then too (not serve nothing forever).
+    struct Gone(Rc<std::cell::Cell<bool>>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+    let gone = Rc::new(std::cell::Cell::new(false));
+    let g = Gone(gone.clone());
     spawn(async move {
+        let _g = g;
         let v = main.await;
         *o.borrow_mut() = Some(v);
     });
-    while out.borrow().is_none() {
+    while out.borrow().is_none() && !gone.get() {
         if shared.notified.swap(false, Ordering::AcqRel) {
             let remote =
                 std::mem::take(&mut *shared.remote.lock().unwrap_or_else(|e| e.into_inner()));
@@ -225,7 +236,9 @@ pub fn block_on<T: 'static>(
     // SAFETY: the eventfd made above; the ring that read it is gone.
     unsafe { libc::close(efd) };
     let v = out.borrow_mut().take();
-    Ok(v.expect("main task finished"))
+    v.ok_or_else(|| {
+        io::Error::other("the executor's main task panicked (see the panic message above)")
+    })
 }
 
 fn run_ready() {
