@@ -32,6 +32,8 @@ pub mod benchmark;
 pub mod config;
 #[cfg(feature = "lab")]
 pub mod demo;
+#[doc(hidden)] // the cargo-fuzz targets' entry points (tests/fuzz)
+pub mod fuzzing;
 pub mod hbone;
 pub mod identity;
 #[allow(unsafe_code)] // fd passing (SCM_RIGHTS); each block has a SAFETY comment

@@ -61,6 +61,20 @@ else
   rc=1
   summary+=("deploy: validate.sh FAILED")
 fi
+# The fuzz targets (tests/fuzz/README.md), briefly: RINGMESH_FUZZ_SECS seconds each.
+: >"$log"
+set +e
+RINGMESH_FUZZ_SECS=${RINGMESH_FUZZ_SECS:-15} bash tests/fuzz/run.sh 2>&1 | tee "$log"
+r=${PIPESTATUS[0]}
+set -e
+case "$r" in
+  0) summary+=("$(grep '^fuzz: ' "$log" | tail -1)") ;;
+  2) summary+=("fuzz: not run (no nightly toolchain)") ;;
+  *)
+    rc=1
+    summary+=("fuzz: FAILED ($(grep '^fuzz: ' "$log" | tail -1 | sed 's/^fuzz: //'))")
+    ;;
+esac
 printf '%s\n' "${summary[@]}"
 echo "tests: ${total_p} passed, ${total_f} failed"
 exit "$rc"

@@ -210,7 +210,7 @@ pub fn check(vars: &BTreeMap<String, String>) -> Vec<String> {
         }
     }
     fn log(s: &str) -> Result<(), String> {
-        tracing_subscriber::EnvFilter::try_new(s)
+        tracing_subscriber::EnvFilter::try_new(log_directives(s))
             .map(|_| ())
             .map_err(|e| format!("{s:?}: not a log filter: {e}"))
     }
@@ -262,6 +262,15 @@ pub fn check(vars: &BTreeMap<String, String>) -> Vec<String> {
         }
     }
     errs
+}
+
+/// A log filter (RUST_LOG) with the blanks around each directive removed, as it must reach
+/// `tracing_subscriber::EnvFilter`: 0.3.20 to 0.3.23 trim a directive and then slice the
+/// untrimmed one at the trimmed offsets, so `info, ringmesh=debug` filters target ` r` and a
+/// non-ASCII character after a blank panics (`is not a char boundary`). Without those
+/// blanks both offsets agree. `EnvFilter` splits at every comma too, so nothing else changes.
+pub fn log_directives(s: &str) -> String {
+    s.split(',').map(str::trim).collect::<Vec<_>>().join(",")
 }
 
 /// Where a server's trust anchors come from.

@@ -320,3 +320,19 @@ fn every_ztunnel_variable_is_in_the_readme() {
         "README.md's variable table lacks {missing:?}"
     );
 }
+
+/// Found by the `config` fuzz target: tracing-subscriber (0.3.20 to 0.3.23) trims each
+/// directive, then slices the untrimmed one at the trimmed offsets, so a blank after a comma
+/// shifts the target name and a non-ASCII character after one panics.
+#[test]
+fn log_filters_with_blanks_after_commas_are_checked_as_written() {
+    assert_eq!(
+        log_directives(" info , ringmesh=debug,, é=warn "),
+        "info,ringmesh=debug,,é=warn"
+    );
+    assert!(check(&map(&[("RUST_LOG", "info, é=debug")])).is_empty());
+    let f = tracing_subscriber::EnvFilter::try_new(log_directives("info, ringmesh=debug")).unwrap();
+    assert!(f.to_string().contains("ringmesh=debug"), "{f}");
+    let e = check(&map(&[("RUST_LOG", "info, é[")]));
+    assert!(e[0].contains("not a log filter"), "{e:?}");
+}

@@ -869,15 +869,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         if !unit.chars().all(|c| c.is_ascii_alphabetic()) {
             return Err(bad());
         }
+        let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
         let d = match unit.as_str() {
-            "ms" => Duration::from_millis(n),
-            "" | "s" | "sec" | "secs" => Duration::from_secs(n),
-            "m" | "min" | "mins" => Duration::from_secs(n * 60),
-            "h" | "hr" | "hrs" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86400),
+            "ms" => Some(Duration::from_millis(n)),
+            "" | "s" | "sec" | "secs" => Some(Duration::from_secs(n)),
+            "m" | "min" | "mins" => secs(60),
+            "h" | "hr" | "hrs" => secs(3600),
+            "d" => secs(86400),
             u => return Err(format!("{s:?}: unknown unit {u:?} (ms, s, m, h, d)")),
         };
-        total += d;
+        total = d
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(|| format!("{s:?}: too long (at most {} s)", u64::MAX))?;
     }
     Ok(total)
 }
@@ -900,6 +903,23 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+    }
+
+    /// A number of units past what a `Duration` holds is an error, not an overflow panic
+    /// (`Duration` addition panics even in release builds).
+    #[test]
+    fn durations_too_long_are_refused() {
+        for s in [
+            "18446744073709551615d",
+            "18446744073709551615s1s",
+            "307445734561825861m",
+        ] {
+            assert!(parse_duration(s).unwrap_err().contains("too long"), "{s}");
+        }
+        assert_eq!(
+            parse_duration("18446744073709551615").unwrap(),
+            Duration::from_secs(u64::MAX)
+        );
     }
 
     #[test]
