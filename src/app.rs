@@ -841,7 +841,7 @@ fn effective_config(
         AuthSource::File(p) => format!("file {}", p.display()),
         AuthSource::Static(_) => "static (hidden)".to_string(),
     };
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "configSource": source,
         "configFile": config_file,
         "xdsAddress": xds_address,
@@ -889,7 +889,9 @@ fn effective_config(
         "adminAddr": args.admin_addr.to_string(),
         "statsAddr": args.stats_addr.to_string(),
         "readinessAddr": args.readiness_addr.to_string(),
-    })
+    });
+    v["hboneCodec"] = (if proxy_link(args) { "link" } else { "h2" }).into();
+    v
 }
 
 /// The flow settings from the flags; `--orig-src auto` becomes on or off by whether this
@@ -923,8 +925,16 @@ pub fn proxy_config(args: &NodeArgs) -> ProxyConfig {
                 retries: args.keepalive_retries,
             }),
         tls_records: args.tls_records,
+        link: proxy_link(args),
+        fault_refuse_adopt: args.fault_refuse_adopt,
         ..ProxyConfig::default()
     }
+}
+
+/// Whether HBONE runs on the link task (`--hbone-codec link`, which needs direct records).
+fn proxy_link(args: &NodeArgs) -> bool {
+    args.hbone_codec == crate::config::flags::HboneCodec::Link
+        && args.tls_records == crate::config::flags::TlsRecords::Direct
 }
 
 /// `--local-tcp-congestion`: None for `default`, or when this kernel does not offer it (one

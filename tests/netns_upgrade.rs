@@ -1,7 +1,9 @@
 //! Rolling updates and crashes of `ringmesh node` in a real lab (root): a new process beside
 //! the old one takes every pod's listeners over (none refused, none reset), new connections
-//! go to it, the old one drains what it still carries and exits; after `kill -9` and a
-//! restart the pods are enrolled again and new connections work.
+//! go to it, and on SIGTERM the old one hands its live connections over (a 1 GiB transfer
+//! and an idle-then-active connection go on byte-exact) and exits within 5 s; a connection
+//! the new process refuses drains in the old one; after `kill -9` and a restart the pods are
+//! enrolled again and new connections work.
 
 mod common;
 
@@ -135,8 +137,34 @@ fn exchange(c: &mut (std::net::TcpStream, BufReader<std::net::TcpStream>), what:
     assert_eq!(back, format!("{what}\n"));
 }
 
+/// A transfer of `len` bytes from `pod` to server-b's checksum sink (9001), paced to take at
+/// least `at_least` (so that it runs across a roll); (byte-exact, seconds).
+fn send_paced(
+    run: &LabRun,
+    pod: &str,
+    len: u64,
+    at_least: Duration,
+) -> std::thread::JoinHandle<(bool, f64)> {
+    let ns = pod_ns(run, pod);
+    let dst = addr(run, "server-b", 9001);
+    std::thread::spawn(move || common::send_paced(&ns, dst, len, at_least))
+}
+
+/// The number after `key=` in the old process's hand-over log line.
+fn handover_field(log: &str, key: &str) -> Option<u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("live connections handed over to the next node proxy"))?;
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[test]
-fn netns_upgrade_rolls_the_node_proxy_without_refusing_a_connection() {
+fn netns_upgrade_hands_live_connections_to_the_new_process() {
     let Some(_) = lab_or_skip("netns_upgrade") else {
         return;
     };
@@ -145,31 +173,23 @@ fn netns_upgrade_rolls_the_node_proxy_without_refusing_a_connection() {
     let mut run = LabRun::up(topology(&name), &dir.path().join(&name)).unwrap();
     serve_echo(&pod_ns(&run, "server-b"), 9000, "server-b");
     serve_sha(&pod_ns(&run, "server-b"), 9001);
-    // A drain long enough for the transfers below to finish in the old process.
+    // A drain far longer than the 5 s the old process may take: only a hand-over (not a
+    // drain) lets it exit in time with the connections below still open.
     let drain = ["--drain-deadline".to_string(), "60s".to_string()];
     run.start_ringmesh_exe(std::path::Path::new(BIN), &drain)
         .unwrap();
     run.wait_ready(Duration::from_secs(30)).unwrap();
     echo_from(&pod_ns(&run, "client-a"), addr(&run, "server-b", 9000)).unwrap();
 
-    // Roll the client's node (its 15001 listeners move), then the server's (15008).
+    // Roll the client's node (its outbound HBONE connections move), then the server's
+    // (its inbound ones).
     for node in ["node-a", "node-b"] {
+        // Idle across the roll, used after it.
         let mut live = long_lived(&run);
         exchange(&mut live, "before");
-        let bulk = {
-            let ns = pod_ns(&run, "client-a");
-            let dst = addr(&run, "server-b", 9001);
-            std::thread::spawn(move || send_checked(&ns, dst, 256 << 20))
-        };
+        let bulk = send_paced(&run, "client-a", 1 << 30, Duration::from_secs(8));
         let churn = churn(&run);
-        std::thread::sleep(Duration::from_millis(300));
-        // The old process exits once the long-lived connection and the transfer are done:
-        // end the long-lived one from another thread once the new process serves.
-        let ender = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1500));
-            exchange(&mut live, "after");
-            drop(live);
-        });
+        std::thread::sleep(Duration::from_millis(500));
         let roll = run
             .roll_node(
                 node,
@@ -178,17 +198,55 @@ fn netns_upgrade_rolls_the_node_proxy_without_refusing_a_connection() {
                 Duration::from_secs(90),
             )
             .unwrap();
-        ender.join().unwrap();
-        let (ok, checksum_secs) = bulk.join().unwrap();
-        assert!(
-            ok,
-            "{node}: the transfer across the roll arrived byte-exact ({checksum_secs:.1}s)"
-        );
+        // The old process is gone: the idle connection goes on in the new one.
+        exchange(&mut live, "after");
+        let (ok, secs) = bulk.join().unwrap_or((false, 0.0));
+        if !ok {
+            for p in &run.proxies {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let tail: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.contains("connection complete") || l.contains("ERROR"))
+                    .collect();
+                eprintln!(
+                    "--- {} {}:\n{}",
+                    p.node,
+                    p.log.display(),
+                    tail[tail.len().saturating_sub(40)..].join("\n")
+                );
+            }
+            eprintln!(
+                "--- old:\n{}",
+                roll.old_log
+                    .lines()
+                    .filter(|l| !l.contains("connection complete") || l.contains("ERROR"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(300));
         let (n_ok, n_failed, errors) = churn.finish();
+        let m = node_metrics(&run, node);
+        let received = metric_sum(
+            &m,
+            "ringmesh_handover_connections_total",
+            &[("outcome", "received")],
+        );
         eprintln!(
-            "{node}: rolled; old process exited {:?} after SIGTERM; {n_ok} new connections, {n_failed} failed",
-            roll.old_exit
+            "{node}: old process exited {:?} after SIGTERM; handed over {:?} connections, cut {:?}; \
+             new process received {received}; 1 GiB in {secs:.1}s byte-exact: {ok}; \
+             {n_ok} new connections, {n_failed} failed",
+            roll.old_exit,
+            handover_field(&roll.old_log, "connections"),
+            handover_field(&roll.old_log, "cut"),
+        );
+        assert!(
+            ok,
+            "{node}: the 1 GiB transfer across the roll arrived byte-exact"
+        );
+        assert!(
+            secs > roll.old_exit.as_secs_f64(),
+            "{node}: the transfer ran across the roll"
         );
         assert_eq!(
             n_failed, 0,
@@ -196,9 +254,20 @@ fn netns_upgrade_rolls_the_node_proxy_without_refusing_a_connection() {
         );
         assert!(n_ok > 20, "{node}: only {n_ok} connections during the roll");
         assert!(
+            roll.old_exit < Duration::from_secs(5),
+            "{node}: the old process took {:?} to exit:\n{}",
+            roll.old_exit,
             roll.old_log
-                .contains("pod handed over to the next node proxy"),
+        );
+        assert_eq!(
+            handover_field(&roll.old_log, "cut"),
+            Some(0),
             "{node}: old log:\n{}",
+            roll.old_log
+        );
+        assert!(
+            handover_field(&roll.old_log, "connections").is_some_and(|n| n >= 2),
+            "{node}: the long-lived connection and the transfer were handed over:\n{}",
             roll.old_log
         );
         assert!(
@@ -206,8 +275,10 @@ fn netns_upgrade_rolls_the_node_proxy_without_refusing_a_connection() {
             "{node}: the old process cut connections:\n{}",
             roll.old_log
         );
-        // The new process took the pod's listeners over and serves new connections.
-        let m = node_metrics(&run, node);
+        assert!(
+            received >= 2.0,
+            "{node}: the new process adopted them:\n{m}"
+        );
         assert_eq!(
             metric_sum(
                 &m,
@@ -217,12 +288,109 @@ fn netns_upgrade_rolls_the_node_proxy_without_refusing_a_connection() {
             1.0,
             "{node}:\n{m}"
         );
+        exchange(&mut live, "again");
+        drop(live);
+        // The new process counts new connections.
         let before = metric_sum(&m, "istio_tcp_connections_opened_total", &[]);
         echo_from(&pod_ns(&run, "client-a"), addr(&run, "server-b", 9000)).unwrap();
         let m = node_metrics(&run, node);
         assert!(
             metric_sum(&m, "istio_tcp_connections_opened_total", &[]) > before,
             "{node}: a new connection is not counted by the new process:\n{m}"
+        );
+    }
+}
+
+#[test]
+fn netns_upgrade_drains_a_connection_the_new_process_refuses() {
+    let Some(_) = lab_or_skip("netns_upgrade") else {
+        return;
+    };
+    let name = format!("rf{}", std::process::id() % 10000);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+name: {name}
+nodes: [{{name: node-a}}, {{name: node-b}}]
+pods:
+- {{name: client-a, node: node-a, serviceAccount: client, labels: {{istio.io/dataplane-mode: ambient}}}}
+- {{name: client-a2, node: node-a, serviceAccount: other, labels: {{istio.io/dataplane-mode: ambient}}}}
+- {{name: server-b, node: node-b, serviceAccount: server, labels: {{istio.io/dataplane-mode: ambient}}}}
+"#
+    );
+    let topo = Topology::parse("netns_upgrade topology", &text).unwrap();
+    let mut run = LabRun::up(topo, &dir.path().join(&name)).unwrap();
+    serve_echo(&pod_ns(&run, "server-b"), 9000, "server-b");
+    serve_sha(&pod_ns(&run, "server-b"), 9001);
+    let drain = ["--drain-deadline".to_string(), "60s".to_string()];
+    run.start_ringmesh_exe(std::path::Path::new(BIN), &drain)
+        .unwrap();
+    run.wait_ready(Duration::from_secs(30)).unwrap();
+    for node in ["node-a", "node-b"] {
+        // client-a2's connection to 9000 is on an HBONE connection of its own (another
+        // identity): the new process refuses that one, so it stays and drains.
+        let s = connect_from(&pod_ns(&run, "client-a2"), addr(&run, "server-b", 9000)).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut greeting = String::new();
+        r.read_line(&mut greeting).unwrap();
+        let mut kept = (s, r);
+        exchange(&mut kept, "before");
+        let bulk = send_paced(&run, "client-a", 256 << 20, Duration::from_secs(6));
+        std::thread::sleep(Duration::from_millis(500));
+        // Used once the old process has kept it (after SIGTERM), then closed: the old
+        // process exits.
+        let old_log = run.node_proxy(node).unwrap().log.clone();
+        let ender = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !std::fs::read_to_string(&old_log)
+                .unwrap_or_default()
+                .contains("did not take an HBONE connection")
+                && t0.elapsed() < Duration::from_secs(60)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            exchange(&mut kept, "after");
+            drop(kept);
+        });
+        let mut extra = drain.to_vec();
+        extra.extend(["--fault-refuse-adopt".to_string(), "9000".to_string()]);
+        let roll = run
+            .roll_node(
+                node,
+                std::path::Path::new(BIN),
+                &extra,
+                Duration::from_secs(90),
+            )
+            .unwrap();
+        ender.join().unwrap();
+        let (ok, secs) = bulk.join().unwrap();
+        eprintln!(
+            "{node}: refused one: old process exited {:?} after SIGTERM; handed over {:?}, cut {:?}; transfer {secs:.1}s byte-exact: {ok}",
+            roll.old_exit,
+            handover_field(&roll.old_log, "connections"),
+            handover_field(&roll.old_log, "cut"),
+        );
+        assert!(ok, "{node}: the transfer moved and arrived byte-exact");
+        assert!(
+            roll.old_log.contains("did not take an HBONE connection"),
+            "{node}: old log:\n{}",
+            roll.old_log
+        );
+        assert!(
+            handover_field(&roll.old_log, "kept").is_some_and(|n| n >= 1),
+            "{node}: old log:\n{}",
+            roll.old_log
+        );
+        assert!(
+            handover_field(&roll.old_log, "connections").is_some_and(|n| n >= 1),
+            "{node}: the transfer moved:\n{}",
+            roll.old_log
+        );
+        assert!(
+            roll.old_log.contains("drained: no connection left"),
+            "{node}: the refused connection drained in the old process:\n{}",
+            roll.old_log
         );
     }
 }

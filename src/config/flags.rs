@@ -14,6 +14,8 @@ pub mod env {
     pub const IO_ENGINE: &str = "RINGMESH_IO_ENGINE";
     pub const LOCAL_TCP_CONGESTION: &str = "RINGMESH_LOCAL_TCP_CONGESTION";
     pub const TLS_RECORDS: &str = "RINGMESH_TLS_RECORDS";
+    pub const HBONE_CODEC: &str = "RINGMESH_HBONE_CODEC";
+    pub const FAULT_REFUSE_ADOPT: &str = "RINGMESH_FAULT_REFUSE_ADOPT";
     pub const CA_CERT: &str = "RINGMESH_CA_CERT";
     pub const CA_KEY: &str = "RINGMESH_CA_KEY";
     // ztunnel's names.
@@ -436,6 +438,21 @@ pub struct NodeArgs {
     #[arg(long, value_enum, default_value_t = TlsRecords::Direct, env = env::TLS_RECORDS)]
     pub tls_records: TlsRecords,
 
+    /// Who speaks HTTP/2 on the node proxy's HBONE connections: `link` (default) — one task
+    /// per connection on ringmesh's own codec, whose whole state (TLS secrets, HTTP/2
+    /// windows and HPACK tables, bytes in flight) can be handed to the next process in a
+    /// rolling update, so long-lived connections survive it; `h2` — the h2 crate (a
+    /// connection then drains on SIGTERM and is cut at the deadline). `link` needs
+    /// `--tls-records direct`; with `rustls` records, `h2` is used.
+    #[arg(long, value_enum, default_value_t = HboneCodec::Link, env = env::HBONE_CODEC)]
+    pub hbone_codec: HboneCodec,
+
+    /// Fault injection, for tests of the hand-over: refuse to adopt (from the previous
+    /// process) any connection that carries a tunnel to this destination port; the previous
+    /// process then keeps it and drains it. Not for production.
+    #[arg(long, hide = true, env = env::FAULT_REFUSE_ADOPT)]
+    pub fault_refuse_adopt: Option<u16>,
+
     /// HTTP/2 maximum frame size (bytes; 16384 to 16777215, RFC 9113 §6.5.2).
     #[arg(long, default_value_t = 1024 * 1024, env = env::H2_FRAME_SIZE,
           value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
@@ -831,6 +848,13 @@ pub struct UringFlags {
 pub enum TlsRecords {
     Direct,
     Rustls,
+}
+
+/// `--hbone-codec` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HboneCodec {
+    Link,
+    H2,
 }
 
 /// `--uring-taskrun` values.

@@ -52,6 +52,12 @@ pub enum Request {
     Took {
         uid: String,
     },
+    /// Sent by the old process to the new one (on the new one's socket): continue this
+    /// live HBONE connection. `info` is the proxy's description of it (opaque here); the
+    /// record's fds are a memfd with its state, then its sockets.
+    Adopt {
+        info: String,
+    },
 }
 
 /// What the old process answers.
@@ -76,6 +82,14 @@ pub enum Reply {
     Error {
         why: String,
     },
+    /// The connection continues here, with this many tunnels.
+    Adopted {
+        tunnels: usize,
+    },
+    /// Not taken (the old process keeps it and drains it), and why.
+    Refused {
+        why: String,
+    },
 }
 
 /// A request for the control thread of the old process.
@@ -91,6 +105,61 @@ pub enum HandoverEvent {
         uid: String,
         reply: std_mpsc::Sender<()>,
     },
+    /// The previous process hands over a live connection: `state` (its bytes, read from
+    /// the memfd) and its sockets; answered with the tunnels adopted, or why not.
+    Adopt {
+        info: String,
+        state: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        reply: std_mpsc::Sender<Result<usize, String>>,
+    },
+}
+
+/// The largest connection state accepted through a memfd (windows bound what a connection
+/// holds: 200 streams of 4 MiB each way is 1.6 GiB at the very worst).
+const MAX_STATE: u64 = 2 << 30;
+
+/// Puts `state` in a memfd (sealed from growing), for a record's SCM_RIGHTS.
+fn state_memfd(state: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    let fd = nix::sys::memfd::memfd_create(
+        c"ringmesh-handover",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(state)?;
+    f.rewind()?;
+    Ok(OwnedFd::from(f))
+}
+
+/// Reads a memfd's state (checked: a regular file within [`MAX_STATE`]).
+fn read_state(fd: OwnedFd) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::from(fd);
+    let meta = f.metadata().map_err(|e| format!("state fd: {e}"))?;
+    if !meta.is_file() {
+        return Err("the state fd is not a memfd".into());
+    }
+    if meta.len() > MAX_STATE {
+        return Err(format!("state of {} bytes is too large", meta.len()));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    f.rewind().map_err(|e| format!("state fd: {e}"))?;
+    f.read_to_end(&mut out)
+        .map_err(|e| format!("state fd: {e}"))?;
+    Ok(out)
+}
+
+/// How handing one connection over ended, as the old process sees it.
+#[derive(Debug)]
+pub enum AdoptOutcome {
+    /// It continues in the new process, with this many tunnels.
+    Adopted(usize),
+    /// The new process refused it, or is gone: it is still ours (drain it).
+    Kept(String),
+    /// No answer in time: whether the new process took it is unknown, so nobody may
+    /// continue it here (it is cut).
+    Unknown(String),
 }
 
 /// Why a hand-over step failed (the caller then opens its own listeners).
@@ -193,13 +262,51 @@ impl Client {
         }
     }
 
+    /// Hands one live connection to the new process (we are the old one, connected to the
+    /// new one's socket): its `info`, `state` bytes and sockets (duplicated by the kernel;
+    /// ours stay open for a fallback).
+    pub fn adopt(&self, info: &str, state: &[u8], fds: &[OwnedFd]) -> AdoptOutcome {
+        if fds.len() + 1 > MAX_FDS {
+            return AdoptOutcome::Kept(format!(
+                "{} sockets, more than one record carries",
+                fds.len()
+            ));
+        }
+        let memfd = match state_memfd(state) {
+            Ok(f) => f,
+            Err(e) => return AdoptOutcome::Kept(format!("memfd: {e}")),
+        };
+        let mut raw = vec![memfd.as_raw_fd()];
+        raw.extend(fds.iter().map(|f| f.as_raw_fd()));
+        let req = Request::Adopt { info: info.into() };
+        match self.call_with(&req, &raw) {
+            Ok((Reply::Adopted { tunnels }, _)) => AdoptOutcome::Adopted(tunnels),
+            Ok((Reply::Refused { why }, _)) => AdoptOutcome::Kept(why),
+            Ok((Reply::Error { why }, _)) => AdoptOutcome::Unknown(why),
+            Ok((other, _)) => AdoptOutcome::Kept(format!("adopt answered {other:?}")),
+            Err(HandoverError::Closed) => {
+                AdoptOutcome::Kept("the new process closed the hand-over socket".into())
+            }
+            Err(e @ HandoverError::Io { .. }) => AdoptOutcome::Unknown(e.to_string()),
+            Err(e) => AdoptOutcome::Kept(e.to_string()),
+        }
+    }
+
     fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>), HandoverError> {
+        self.call_with(req, &[])
+    }
+
+    fn call_with(
+        &self,
+        req: &Request,
+        fds: &[std::os::fd::RawFd],
+    ) -> Result<(Reply, Vec<OwnedFd>), HandoverError> {
         let io = |source| HandoverError::Io {
             path: self.path.clone(),
             source,
         };
         let data = serde_json::to_vec(req).map_err(|e| HandoverError::Protocol(e.to_string()))?;
-        self.sock.send(&data, &[]).map_err(io)?;
+        self.sock.send(&data, fds).map_err(io)?;
         let rec = self
             .sock
             .recv_many(MAX_RECORD)
@@ -337,6 +444,7 @@ fn serve_client(
                 let _ = rx.recv_timeout(TIMEOUT);
                 (Reply::Done, Vec::new())
             }
+            Ok(Request::Adopt { info }) => (adopt(info, rec.fds, events), Vec::new()),
         };
         let data = match serde_json::to_vec(&reply) {
             Ok(d) => d,
@@ -347,6 +455,74 @@ fn serve_client(
             return format!("send failed: {e}");
         }
     }
+}
+
+/// The new process's side of an `adopt`: reads the state, has the control thread continue
+/// the connection, answers.
+fn adopt(
+    info: String,
+    mut fds: Vec<OwnedFd>,
+    events: &tokio::sync::mpsc::UnboundedSender<HandoverEvent>,
+) -> Reply {
+    if fds.len() < 2 {
+        return Reply::Refused {
+            why: format!(
+                "{} fds: expected the state and at least the TLS socket",
+                fds.len()
+            ),
+        };
+    }
+    let sockets = fds.split_off(1);
+    let Some(memfd) = fds.pop() else {
+        return Reply::Refused {
+            why: "no state fd".into(),
+        };
+    };
+    let state = match read_state(memfd) {
+        Ok(s) => s,
+        Err(why) => return Reply::Refused { why },
+    };
+    for (k, fd) in sockets.iter().enumerate() {
+        if let Err(why) = check_stream(fd) {
+            return Reply::Refused {
+                why: format!("socket {k}: {why}"),
+            };
+        }
+    }
+    let (tx, rx) = std_mpsc::channel();
+    let ev = HandoverEvent::Adopt {
+        info,
+        state,
+        fds: sockets,
+        reply: tx,
+    };
+    if events.send(ev).is_err() {
+        return Reply::Refused {
+            why: "node proxy stopping".into(),
+        };
+    }
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(Ok(tunnels)) => Reply::Adopted { tunnels },
+        Ok(Err(why)) => Reply::Refused { why },
+        // The connection may be running here after all: say so (the old process must not
+        // continue it too).
+        Err(_) => Reply::Error {
+            why: "the control thread did not answer in time".into(),
+        },
+    }
+}
+
+/// Checks that a received fd is a connected TCP socket.
+fn check_stream(fd: &OwnedFd) -> Result<(), String> {
+    let s = socket2::SockRef::from(fd);
+    match s.r#type() {
+        Ok(socket2::Type::STREAM) => {}
+        Ok(t) => return Err(format!("not a stream socket ({t:?})")),
+        Err(e) => return Err(format!("not a socket: {e}")),
+    }
+    s.peer_addr()
+        .map_err(|e| format!("not a connected socket: {e}"))?;
+    Ok(())
 }
 
 /// Checks that a received fd is a listening TCP socket on `port` in the network namespace

@@ -35,6 +35,21 @@ fn control(
                     let _ = took_tx.send(uid);
                     let _ = reply.send(());
                 }
+                // Adopts what says "ok" (answering with the state's length and the number
+                // of sockets), refuses the rest.
+                HandoverEvent::Adopt {
+                    info,
+                    state,
+                    fds,
+                    reply,
+                } => {
+                    let r = if info == "ok" {
+                        Ok(state.len() * 1000 + fds.len())
+                    } else {
+                        Err(format!("not taking {info}"))
+                    };
+                    let _ = reply.send(r);
+                }
             }
         }
     });
@@ -116,6 +131,37 @@ fn a_garbled_request_gets_an_error_and_the_server_keeps_serving() {
     drop(raw);
     let c = Client::connect(&path).unwrap().unwrap();
     assert!(c.take("x").unwrap().is_none());
+}
+
+#[test]
+fn a_live_connection_is_adopted_with_its_state_and_sockets_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h");
+    let (tx, _took) = control(vec![]);
+    let _server = serve(&path, tx).unwrap();
+    let c = Client::connect(&path).unwrap().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    let fds = vec![OwnedFd::from(a), OwnedFd::from(b)];
+    // The state travels in a memfd, larger than a record may be.
+    let state = vec![7u8; 300 * 1024];
+    match c.adopt("ok", &state, &fds) {
+        AdoptOutcome::Adopted(n) => assert_eq!(n, 300 * 1024 * 1000 + 2),
+        other => panic!("{other:?}"),
+    }
+    match c.adopt("no", &state, &fds) {
+        AdoptOutcome::Kept(why) => assert!(why.contains("not taking no"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // A listener is not a connection: refused before the control thread sees it.
+    let lfd = vec![OwnedFd::from(l)];
+    match c.adopt("ok", &state, &lfd) {
+        AdoptOutcome::Kept(why) => assert!(why.contains("not a connected socket"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Our sockets stay ours (a kept connection is continued here).
+    assert!(socket2::SockRef::from(&fds[0]).peer_addr().is_ok());
 }
 
 #[test]

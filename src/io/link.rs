@@ -62,6 +62,8 @@ pub struct Exported {
 #[derive(Debug)]
 pub struct ImportedTunnel {
     pub id: StreamId,
+    /// The bookkeeping given to `open`/`establish` in the process before.
+    pub meta: Vec<u8>,
     pub end: tokio::sync::oneshot::Receiver<TunnelEnd>,
     pub sent_before: u64,
     pub received_before: u64,
@@ -91,8 +93,14 @@ struct Tun {
     app_shut: bool,
     /// Client: the response arrived (2xx): data may flow.
     established: bool,
+    /// The peer reset the stream after sending data still in `to_app`: the tunnel ends so
+    /// once that is written (as the h2 crate delivers data received before a reset).
+    reset: Option<TunnelEnd>,
     counters: Rc<Counters>,
     done: Option<tokio::sync::oneshot::Sender<TunnelEnd>>,
+    /// The caller's own bookkeeping for the tunnel (identities, labels: opaque here); it
+    /// travels with the tunnel on a hand-over.
+    meta: Vec<u8>,
 }
 
 struct Inner {
@@ -102,6 +110,11 @@ struct Inner {
     accept_waker: Option<Waker>,
     task_waker: Option<Waker>,
     closed: Option<String>,
+    /// [`Link::close`] asked the task to end, for this reason.
+    closing: Option<String>,
+    /// The peer closed the connection (TLS EOF): nothing more is read; tunnels that had
+    /// their END_STREAM still write what they hold to their apps, the others end.
+    peer_closed: Option<String>,
     /// A hand-over asked for the connection: the task stops and exports it here.
     export_to: Option<tokio::sync::oneshot::Sender<Result<Exported, String>>>,
 }
@@ -163,6 +176,8 @@ impl Link {
             accept_waker: None,
             task_waker: None,
             closed: None,
+            closing: None,
+            peer_closed: None,
             export_to: None,
         })))
     }
@@ -217,6 +232,7 @@ impl Link {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let id = StreamId(t.id);
                 let mut tun = tun(Some(app), counters(id), tx, t.established);
+                tun.meta = t.meta.clone();
                 tun.to_app = (!t.to_app.is_empty())
                     .then(|| Bytes::from(t.to_app.clone()))
                     .into_iter()
@@ -232,6 +248,7 @@ impl Link {
                 i.tuns.insert(t.id, tun);
                 out.push(ImportedTunnel {
                     id,
+                    meta: t.meta.clone(),
                     end: rx,
                     sent_before: t.sent,
                     received_before: t.received,
@@ -242,20 +259,24 @@ impl Link {
     }
 
     /// Client: opens a tunnel for `app` with the CONNECT `headers`; the receiver says how
-    /// it ended. Data flows once the peer's 2xx arrives.
+    /// it ended. Data flows once the peer's 2xx arrives. `meta` is the caller's bookkeeping,
+    /// carried along on a hand-over.
     pub fn open(
         &self,
         headers: &[HeaderField],
         app: Stream,
         counters: Rc<Counters>,
-    ) -> Result<tokio::sync::oneshot::Receiver<TunnelEnd>, LinkError> {
+        meta: Vec<u8>,
+    ) -> Result<(StreamId, tokio::sync::oneshot::Receiver<TunnelEnd>), LinkError> {
         let mut i = self.0.borrow_mut();
         i.check_open()?;
         let id = i.conn.open_stream(headers, false)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        i.tuns.insert(id.0, tun(Some(app), counters, tx, false));
+        let mut t = tun(Some(app), counters, tx, false);
+        t.meta = meta;
+        i.tuns.insert(id.0, t);
         i.wake_task();
-        Ok(rx)
+        Ok((id, rx))
     }
 
     /// Server: the next stream the peer opens (None once the link is closed).
@@ -274,12 +295,13 @@ impl Link {
         .await
     }
 
-    /// Server: answers stream `id` with 200 and tunnels it to `app`.
+    /// Server: answers stream `id` with 200 and tunnels it to `app` (`meta` as for `open`).
     pub fn establish(
         &self,
         id: StreamId,
         app: Stream,
         counters: Rc<Counters>,
+        meta: Vec<u8>,
     ) -> Result<tokio::sync::oneshot::Receiver<TunnelEnd>, LinkError> {
         let mut i = self.0.borrow_mut();
         i.check_open()?;
@@ -295,6 +317,7 @@ impl Link {
                 t.counters = counters;
                 t.done = Some(tx);
                 t.established = true;
+                t.meta = meta;
             }
             _ => {
                 return Err(LinkError::Closed(format!(
@@ -319,6 +342,58 @@ impl Link {
             true,
         );
         i.wake_task();
+    }
+
+    /// Resets tunnel `id` (CANCEL) and ends it: `TunnelEnd::Reset` with `remote: false`
+    /// (e.g. a policy change now denies it).
+    pub fn reset(&self, id: StreamId) {
+        let mut i = self.0.borrow_mut();
+        if i.tuns.contains_key(&id.0) {
+            i.conn.reset(id, Reason::CANCEL);
+            i.finish(
+                id.0,
+                TunnelEnd::Reset {
+                    code: Reason::CANCEL,
+                    remote: false,
+                },
+            );
+        }
+        i.wake_task();
+    }
+
+    /// Ends the link: its task stops and every tunnel ends with `TunnelEnd::Link(why)`.
+    pub fn close(&self, why: impl Into<String>) {
+        let mut i = self.0.borrow_mut();
+        if i.closed.is_none() && i.closing.is_none() {
+            i.closing = Some(why.into());
+        }
+        i.wake_task();
+    }
+
+    /// Sends a PING (keepalive); false when one is still unanswered or the link is closed.
+    pub fn ping(&self) -> bool {
+        let mut i = self.0.borrow_mut();
+        if i.closed.is_some() || i.conn.ping_in_flight() {
+            return false;
+        }
+        let ok = i.conn.send_ping(rand::random()).is_ok();
+        i.wake_task();
+        ok
+    }
+
+    /// Whether our last PING is still unanswered.
+    pub fn ping_in_flight(&self) -> bool {
+        self.0.borrow().conn.ping_in_flight()
+    }
+
+    /// Whether the peer's connection preface (and first SETTINGS) arrived.
+    pub fn peer_ready(&self) -> bool {
+        self.0.borrow().conn.preface_received()
+    }
+
+    /// Whether the task has ended.
+    pub fn is_closed(&self) -> bool {
+        self.0.borrow().closed.is_some()
     }
 
     /// Tunnels on this link now.
@@ -366,8 +441,10 @@ fn tun_base() -> Tun {
         peer_end: false,
         app_shut: false,
         established: false,
+        reset: None,
         counters: Rc::new(Counters::default()),
         done: None,
+        meta: Vec::new(),
     }
 }
 
@@ -424,8 +501,12 @@ fn poll_link(
     if i.export_to.is_some() {
         return Poll::Ready("exporting".into());
     }
+    if let Some(why) = i.closing.take() {
+        let _ = flush_output(i, tls, cx);
+        return Poll::Ready(why);
+    }
     // Receive: records → codec → events.
-    loop {
+    while i.peer_closed.is_none() {
         let buf = i.conn.read_buf();
         if buf.capacity() - buf.len() < TLS_READ / 4 {
             buf.reserve(TLS_READ);
@@ -433,7 +514,8 @@ fn poll_link(
         match tokio_util::io::poll_read_buf(Pin::new(&mut *tls), cx, buf) {
             Poll::Pending => break,
             Poll::Ready(Err(e)) => return Poll::Ready(format!("TLS: {e}")),
-            Poll::Ready(Ok(0)) => return Poll::Ready("the peer closed the connection".into()),
+            // What arrived before the end still goes to the apps (below).
+            Poll::Ready(Ok(0)) => i.peer_closed = Some("the peer closed the connection".into()),
             Poll::Ready(Ok(_)) => {
                 events.clear();
                 if let Err(e) = i.conn.process(events) {
@@ -453,14 +535,35 @@ fn poll_link(
             i.finish(id, end);
         }
     }
-    // Send what the codec has.
-    if let Poll::Ready(Err(e)) = flush_output(i, tls, cx) {
-        return Poll::Ready(format!("TLS: {e}"));
+    if let Some(why) = i.peer_closed.clone() {
+        // Only tunnels the peer ended, with bytes still to write to their app, go on.
+        let ids: Vec<u32> = i.tuns.keys().copied().collect();
+        for id in ids {
+            let draining = i.tuns.get(&id).is_some_and(|t| {
+                t.app.is_some()
+                    && (t.peer_end || t.reset.is_some())
+                    && (!t.to_app.is_empty() || !t.app_shut)
+            });
+            if !draining {
+                i.finish(id, TunnelEnd::Link(why.clone()));
+            }
+        }
+        if i.tuns.is_empty() {
+            return Poll::Ready(why);
+        }
+        return Poll::Pending;
     }
+    // Send what the codec has.
+    let flushed = match flush_output(i, tls, cx) {
+        Poll::Ready(Err(e)) => return Poll::Ready(format!("TLS: {e}")),
+        Poll::Ready(Ok(())) => true,
+        Poll::Pending => false,
+    };
     if let Some(code) = i.conn.failure() {
         return Poll::Ready(format!("HTTP/2 connection failed ({code})"));
     }
-    if i.conn.is_going_away() && i.tuns.is_empty() && i.conn.active_streams() == 0 {
+    // Done only once the last stream's frames (its final DATA and END_STREAM) are out.
+    if flushed && i.conn.is_going_away() && i.tuns.is_empty() && i.conn.active_streams() == 0 {
         return Poll::Ready("GOAWAY and no stream left".into());
     }
     Poll::Pending
@@ -509,7 +612,11 @@ fn on_event(i: &mut Inner, ev: Event) {
         }
         Event::Reset { id, code, remote } => {
             i.incoming.retain(|inc| inc.id != id);
-            i.finish(id.0, TunnelEnd::Reset { code, remote });
+            let end = TunnelEnd::Reset { code, remote };
+            match i.tuns.get_mut(&id.0) {
+                Some(t) if t.app.is_some() && !t.to_app.is_empty() => t.reset = Some(end),
+                _ => i.finish(id.0, end),
+            }
         }
         Event::GoAway { .. }
         | Event::Pong { .. }
@@ -547,6 +654,11 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
                 }
             }
         }
+    }
+    if t.to_app.is_empty()
+        && let Some(end) = t.reset.take()
+    {
+        return Some(end);
     }
     if t.peer_end && t.to_app.is_empty() && !t.app_shut {
         match Pin::new(&mut *app).poll_shutdown(cx) {
@@ -624,6 +736,13 @@ async fn export(link: &Link, tls: TlsStream) -> Result<Exported, String> {
     let mut err = None;
     let mut kept = BTreeMap::new();
     for (id, mut t) in tuns {
+        if let Some(end) = t.reset.take() {
+            // Reset by the peer with data still for the app: it ends here (cut short).
+            if let Some(tx) = t.done.take() {
+                let _ = tx.send(end);
+            }
+            continue;
+        }
         let Some(app) = t.app.take() else { continue };
         match app.detach().await {
             Ok((fd, ahead, unsent)) => {
@@ -645,6 +764,7 @@ async fn export(link: &Link, tls: TlsStream) -> Result<Exported, String> {
                     from_app,
                     sent: t.counters.sent.get(),
                     received: t.counters.received.get(),
+                    meta: t.meta.clone(),
                 });
                 app_fds.push(fd);
             }

@@ -9,7 +9,7 @@ use crate::hbone::h2;
 use crate::tls::state::TlsState;
 
 const MAGIC: &[u8; 4] = b"RMLK";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// One tunnel of an exported connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct TunnelState {
     /// Bytes carried so far each way (for the access log's totals).
     pub sent: u64,
     pub received: u64,
+    /// The proxy's bookkeeping for the tunnel (opaque here).
+    pub meta: Vec<u8>,
 }
 
 /// A whole HBONE connection in transit to the next process: codec, TLS, tunnels.
@@ -78,6 +80,7 @@ impl LinkState {
             put(&mut w, &t.from_app);
             w.extend_from_slice(&t.sent.to_be_bytes());
             w.extend_from_slice(&t.received.to_be_bytes());
+            put(&mut w, &t.meta);
         }
         w
     }
@@ -113,6 +116,7 @@ impl LinkState {
             let from_app = get(&mut r)?.to_vec();
             let sent = u64_at(&mut r)?;
             let received = u64_at(&mut r)?;
+            let meta = get(&mut r)?.to_vec();
             tunnels.push(TunnelState {
                 id,
                 established: f & 1 != 0,
@@ -125,6 +129,7 @@ impl LinkState {
                 from_app,
                 sent,
                 received,
+                meta,
             });
         }
         if !r.is_empty() {

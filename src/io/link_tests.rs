@@ -159,8 +159,14 @@ fn several_tunnels_carry_a_megabyte_each_way(engine: Engine) {
             let ours = Stream::from_fd(ours.into()).unwrap();
             let counters = Rc::new(Counters::default());
             let rx = link
-                .open(&connect_fields(ECHO), ours, counters.clone())
-                .unwrap();
+                .open(
+                    &connect_fields(ECHO),
+                    ours,
+                    counters.clone(),
+                    b"m1".to_vec(),
+                )
+                .unwrap()
+                .1;
             ends.push((rx, counters));
             // The app: sends 1 MiB (more than the 4 MiB window? no: several windows' worth
             // over the connection window once all three run), half-closes, reads the echo.
@@ -199,8 +205,10 @@ fn a_refused_connect_and_a_reset_end_their_tunnels(engine: Engine) {
                 &connect_fields(REFUSE),
                 Stream::from_fd(ours.into()).unwrap(),
                 Rc::default(),
+                Vec::new(),
             )
-            .unwrap();
+            .unwrap()
+            .1;
         assert_eq!(rx.await.unwrap(), TunnelEnd::Refused(403));
         let (ours, app2) = app_pair();
         let rx = link
@@ -208,8 +216,10 @@ fn a_refused_connect_and_a_reset_end_their_tunnels(engine: Engine) {
                 &connect_fields(RESET),
                 Stream::from_fd(ours.into()).unwrap(),
                 Rc::default(),
+                Vec::new(),
             )
-            .unwrap();
+            .unwrap()
+            .1;
         assert_eq!(
             rx.await.unwrap(),
             TunnelEnd::Reset {
@@ -240,8 +250,10 @@ fn a_refused_connect_and_a_reset_end_their_tunnels(engine: Engine) {
                 &connect_fields(ECHO),
                 Stream::from_fd(ours.into()).unwrap(),
                 Rc::default(),
+                Vec::new(),
             )
-            .unwrap();
+            .unwrap()
+            .1;
         let t = std::thread::spawn(move || {
             app3.write_all(b"still here").unwrap();
             app3.shutdown(std::net::Shutdown::Write).unwrap();
@@ -288,8 +300,13 @@ fn a_server_link_serves_h2_clients_tunnels(engine: Engine) {
                 });
                 // The tunnel's end is not awaited here (the client checks the bytes).
                 drop(
-                    link.establish(inc.id, Stream::from_fd(ours.into()).unwrap(), Rc::default())
-                        .unwrap(),
+                    link.establish(
+                        inc.id,
+                        Stream::from_fd(ours.into()).unwrap(),
+                        Rc::default(),
+                        Vec::new(),
+                    )
+                    .unwrap(),
                 );
             }
         });
@@ -381,8 +398,10 @@ fn an_exported_link_continues_in_another_executor(engine: Engine) {
                 &connect_fields(ECHO),
                 Stream::from_fd(ours.into()).unwrap(),
                 counters.clone(),
+                b"carried".to_vec(),
             )
-            .unwrap();
+            .unwrap()
+            .1;
         let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
         let app_thread = std::thread::spawn(move || {
             let data = pattern(TOTAL, 9);
@@ -426,6 +445,7 @@ fn an_exported_link_continues_in_another_executor(engine: Engine) {
                 engine::spawn(run(link, tls));
                 resume_tx.send(()).unwrap();
                 let t = tunnels.pop().unwrap();
+                assert_eq!(t.meta, b"carried", "the bookkeeping moved with the tunnel");
                 let end = engine::timeout(Duration::from_secs(30), t.end)
                     .await
                     .expect("the imported tunnel timed out");

@@ -20,7 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::flags::TlsRecords;
 use crate::hbone::H2Settings;
+use crate::hbone::h2 as codec;
 use crate::identity::Identity;
+use crate::io::link::Link;
 use crate::tls;
 
 /// Errors establishing an HBONE connection, aimed at the operator.
@@ -170,9 +172,17 @@ impl DialDeadline {
     }
 }
 
+/// What carries a client HBONE connection's streams.
+pub enum Carrier {
+    /// The h2 crate: the request handle (a driver task runs the connection).
+    H2(SendRequest<Bytes>),
+    /// The link task (`io::link`), which can be handed to the next process.
+    Link(Link),
+}
+
 /// A client HBONE connection: the request handle plus liveness and use tracking.
 pub struct ClientConn {
-    pub sender: SendRequest<Bytes>,
+    pub carrier: Carrier,
     pub peer: Identity,
     pub streams: Rc<Cell<usize>>,
     pub dead: Rc<Cell<bool>>,
@@ -180,12 +190,29 @@ pub struct ClientConn {
     driver: crate::runtime::engine::Task,
 }
 
+impl ClientConn {
+    /// Whether the connection can take no more streams (failed, closed, or going away).
+    pub fn is_dead(&self) -> bool {
+        self.dead.get()
+            || match &self.carrier {
+                Carrier::H2(_) => false,
+                Carrier::Link(l) => !l.is_usable(),
+            }
+    }
+}
+
 impl Drop for ClientConn {
     fn drop(&mut self) {
-        // The h2 connection closes gracefully once no handles remain; make sure the driver
-        // task also ends if it was stuck.
-        if self.streams.get() == 0 {
-            self.driver.abort();
+        match &self.carrier {
+            // The h2 connection closes gracefully once no handles remain; make sure the
+            // driver task also ends if it was stuck.
+            Carrier::H2(_) => {
+                if self.streams.get() == 0 {
+                    self.driver.abort();
+                }
+            }
+            // Out of the pool: GOAWAY, so the link ends once its tunnels have.
+            Carrier::Link(l) => l.go_away(),
         }
     }
 }
@@ -269,10 +296,50 @@ where
         );
     }
     Ok(ClientConn {
-        sender,
+        carrier: Carrier::H2(sender),
         peer,
         streams: Rc::new(Cell::new(0)),
         dead,
+        last_used: Cell::new(Instant::now()),
+        driver,
+    })
+}
+
+/// Like [`dial`], for the link task: the TLS client handshake (direct records) within
+/// `deadline`, the server's identity checked, then our codec's preface and SETTINGS; the
+/// link's task, its keepalive and its entry in `links` (for a hand-over) run as local
+/// tasks. Streams may be opened at once (HTTP/2 lets a client send before the server's
+/// SETTINGS arrive).
+pub async fn dial_link(
+    tcp: TcpStream,
+    cfg: Arc<ClientConfig>,
+    expected: &[Identity],
+    settings: &H2Settings,
+    deadline: &DialDeadline,
+    links: Rc<crate::proxy::links::Links>,
+) -> Result<ClientConn, DialError> {
+    let addr = tcp
+        .peer_addr()
+        .map_err(|e| DialError::Connect(e.to_string()))?;
+    let connect = crate::io::tls::connect(tcp, cfg, tls::dummy_server_name());
+    let tls = deadline
+        .bound(Phase::Tls, connect)
+        .await?
+        .map_err(|source| DialError::Tls { addr, source })?;
+    let peer = tls::verify_peer(tls.peer_certificates(), expected)
+        .map_err(|source| DialError::Identity { addr, source })?;
+    let conn = codec::Conn::new(
+        codec::Role::Client,
+        codec::Config::hbone(codec::Role::Client, settings),
+    );
+    let link = Link::new(conn);
+    let info = crate::proxy::links::LinkInfo::client(addr, &peer);
+    let driver = links.run(link.clone(), tls, info, settings);
+    Ok(ClientConn {
+        carrier: Carrier::Link(link),
+        peer,
+        streams: Rc::new(Cell::new(0)),
+        dead: Rc::new(Cell::new(false)),
         last_used: Cell::new(Instant::now()),
         driver,
     })

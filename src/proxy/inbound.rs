@@ -34,20 +34,37 @@ pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<St
     .await
 }
 
-/// Serves one HBONE connection: TLS, HTTP/2, then a task per CONNECT stream.
+/// The pod's server certificate for an HBONE connection it accepted (waiting a moment for
+/// late state, as ztunnel does); None (logged) when there is none.
+pub async fn server_cert(
+    ctx: &ShardCtx,
+    pod: &Pod,
+    peer: SocketAddr,
+) -> Option<Arc<crate::identity::store::WorkloadCert>> {
+    let Some(id) = super::wait_for(|| pod.workload(&ctx.state.load()).map(|w| w.identity())).await
+    else {
+        tracing::warn!(pod = %pod.uid, %peer, "HBONE connection for a pod that is not in the config: closing");
+        return None;
+    };
+    let Some(cert) = super::wait_for(|| ctx.certs.load().get(&id).cloned()).await else {
+        tracing::warn!(pod = %pod.uid, %peer, "no certificate for {id} (the CA has not issued one): closing HBONE connection");
+        return None;
+    };
+    Some(cert)
+}
+
+/// Serves one HBONE connection: TLS, HTTP/2, then a task per CONNECT stream (on the link
+/// task when `link` is configured: `inbound_link`).
 pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
+    if ctx.cfg.link {
+        return super::inbound_link::handle_conn(ctx, pod, s, peer).await;
+    }
     let _ = s.set_nodelay(true);
     let local = match s.local_addr() {
         Ok(a) => a,
         Err(_) => return,
     };
-    let Some(id) = super::wait_for(|| pod.workload(&ctx.state.load()).map(|w| w.identity())).await
-    else {
-        tracing::warn!(pod = %pod.uid, %peer, "HBONE connection for a pod that is not in the config: closing");
-        return;
-    };
-    let Some(cert) = super::wait_for(|| ctx.certs.load().get(&id).cloned()).await else {
-        tracing::warn!(pod = %pod.uid, %peer, "no certificate for {id} (the CA has not issued one): closing HBONE connection");
+    let Some(cert) = server_cert(&ctx, &pod, peer).await else {
         return;
     };
     // TLS and HTTP/2 within the connect timeout: a client that stalls in either is dropped.
@@ -206,7 +223,7 @@ async fn handle_stream(
 }
 
 /// The `host=` of the `forwarded` header: the service the client dialled.
-fn forwarded_host<B>(req: &Request<B>) -> Option<String> {
+pub fn forwarded_host<B>(req: &Request<B>) -> Option<String> {
     let f = req.headers().get("forwarded")?.to_str().ok()?;
     f.split(';')
         .find_map(|p| p.trim().strip_prefix("host="))
@@ -251,10 +268,10 @@ pub fn labels(
 
 /// Validates, authorizes and connects; returns (destination, workload uid, its identity, the
 /// app connection).
-async fn admit(
+pub async fn admit<B>(
     ctx: &ShardCtx,
     pod: &Pod,
-    req: &Request<h2::RecvStream>,
+    req: &Request<B>,
     peer: SocketAddr,
     local: SocketAddr,
     peer_id: &Option<Identity>,
@@ -319,7 +336,7 @@ impl Drop for Defer {
     }
 }
 
-fn status_only(status: StatusCode) -> Response<()> {
+pub fn status_only(status: StatusCode) -> Response<()> {
     let mut r = Response::new(());
     *r.status_mut() = status;
     r

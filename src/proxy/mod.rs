@@ -2,7 +2,8 @@
 //! share.
 //!
 //! - `outbound.rs`: 15001, app → (HBONE | plaintext passthrough)
-//! - `inbound.rs`: 15008, HBONE → app, with authorization
+//! - `inbound.rs`: 15008, HBONE → app, with authorization (h2 crate); `inbound_link.rs`: the
+//!   same on the link task (the default), `links.rs`: links, their hand-over and adoption
 //! - `inbound_plain.rs`: 15006, plaintext → app, with authorization (no identity)
 //! - `pool.rs`: the per-shard HBONE connection pool; `h2conn.rs`: HBONE connections
 //! - `conns.rs`: live inbound connections, re-checked when policies change
@@ -13,7 +14,9 @@
 pub mod conns;
 pub mod h2conn;
 pub mod inbound;
+pub mod inbound_link;
 pub mod inbound_plain;
+pub mod links;
 pub mod outbound;
 pub mod pool;
 
@@ -55,6 +58,10 @@ pub struct ProxyConfig {
     pub tls_records: flags::TlsRecords,
     /// TCP keepalive on app-facing connections (None: off).
     pub keepalive: Option<crate::runtime::sockopt::Keepalive>,
+    /// HBONE on the link task (`io::link`, hand-over capable) instead of the h2 crate.
+    pub link: bool,
+    /// Fault injection (tests): refuse to adopt connections carrying this port.
+    pub fault_refuse_adopt: Option<u16>,
 }
 
 impl Default for ProxyConfig {
@@ -74,6 +81,8 @@ impl Default for ProxyConfig {
             local_congestion: Some(flags::DEFAULT_LOCAL_TCP_CONGESTION.to_string()),
             keepalive: Some(crate::runtime::sockopt::Keepalive::default()),
             tls_records: flags::TlsRecords::Direct,
+            link: true,
+            fault_refuse_adopt: None,
         }
     }
 }
@@ -150,6 +159,8 @@ pub struct ShardCtx {
     pub certs: CertHandle,
     pub pool: pool::Pool,
     pub conns: conns::Registry,
+    /// HBONE connections on the link task (both roles), for a hand-over.
+    pub links: Rc<links::Links>,
     pub metrics: Arc<ShardMetrics>,
     pods: RefCell<HashMap<String, PodTasks>>,
     rr: RefCell<HashMap<String, usize>>,
@@ -173,6 +184,7 @@ impl ShardCtx {
             certs,
             pool: pool::Pool::default(),
             conns: conns::Registry::default(),
+            links: Rc::default(),
             pods: RefCell::default(),
             rr: RefCell::default(),
             drain: Drain::default(),
@@ -358,11 +370,22 @@ pub fn log_complete(
 }
 
 /// A connection's metrics: counted opened when made, closed when dropped.
-pub struct ConnMetrics(pub Arc<TcpCounters>);
+pub struct ConnMetrics(pub Arc<TcpCounters>, Cell<bool>);
 
 impl ConnMetrics {
     pub fn open(ctx: &ShardCtx, labels: TcpLabels) -> ConnMetrics {
-        ConnMetrics(ctx.metrics.open(labels))
+        ConnMetrics(ctx.metrics.open(labels), Cell::new(true))
+    }
+
+    /// The metrics of a connection the previous process opened and handed to this one:
+    /// counted closed here when it ends, not opened again.
+    pub fn adopted(ctx: &ShardCtx, labels: TcpLabels) -> ConnMetrics {
+        ConnMetrics(ctx.metrics.counters_for(labels), Cell::new(true))
+    }
+
+    /// The connection moved to the next process, which counts its close.
+    pub fn moved(self) {
+        self.1.set(false);
     }
 
     /// Byte counters of the connection that feed these metrics.
@@ -378,7 +401,9 @@ impl ConnMetrics {
 
 impl Drop for ConnMetrics {
     fn drop(&mut self) {
-        TcpCounters::add(&self.0.closed, 1);
+        if self.1.get() {
+            TcpCounters::add(&self.0.closed, 1);
+        }
     }
 }
 

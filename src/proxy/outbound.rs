@@ -12,10 +12,12 @@ use std::time::Instant;
 
 use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 
+use super::links::{TunnelMeta, end_error, unix_ms_ago};
 use super::pool::PoolKey;
 use super::{ConnMetrics, Pod, ShardCtx, StopSignal, connect_in, h2conn, log_complete};
 use crate::hbone::{self, ConnectHeaders};
 use crate::identity::Identity;
+use crate::io::link::TunnelEnd;
 use crate::io::{self, Counters};
 use crate::runtime::sockopt;
 use crate::state::{GatewayAddress, GatewayDestination, Protocol, Snapshot, Workload};
@@ -264,29 +266,44 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
             namespace: &s.namespace,
             name: &s.name,
         });
-        ConnMetrics::open(
-            &ctx,
-            TcpLabels::new(
-                "source",
-                &Peer {
-                    workload: Some(&src),
-                    principal: src_id.clone(),
-                },
-                &Peer {
-                    workload: dst_w.map(|w| w.as_ref()),
-                    principal: dst_id.clone(),
-                },
-                svc_labels.as_ref(),
-                mtls,
-                if r.is_err() { "CONNECT" } else { "-" },
-            ),
-        )
+        let lbl = TcpLabels::new(
+            "source",
+            &Peer {
+                workload: Some(&src),
+                principal: src_id.clone(),
+            },
+            &Peer {
+                workload: dst_w.map(|w| w.as_ref()),
+                principal: dst_id.clone(),
+            },
+            svc_labels.as_ref(),
+            mtls,
+            if r.is_err() { "CONNECT" } else { "-" },
+        );
+        (ConnMetrics::open(&ctx, lbl.clone()), lbl)
     };
     drop(snap);
+    let (metrics, lbl) = metrics;
     let counters = metrics.counters(true);
+    // What travels with the tunnel if it is handed to the next process.
+    let meta = TunnelMeta {
+        direction: "outbound".into(),
+        pod: pod.uid.clone(),
+        src: peer,
+        src_id: src_id.clone(),
+        dst,
+        hbone_addr,
+        dst_id: dst_id.clone(),
+        service: svc_host.clone(),
+        labels: lbl,
+        started_unix_ms: unix_ms_ago(started.elapsed()),
+        policy: None,
+    };
     let result = match r {
         Err(e) => Err(e.to_string()),
-        Ok(Route::Passthrough { dst }) => passthrough(&ctx, &pod, s, dst, &counters).await,
+        Ok(Route::Passthrough { dst }) => passthrough(&ctx, &pod, s, dst, &counters)
+            .await
+            .map(|()| false),
         Ok(Route::Hbone {
             next_hop,
             authority,
@@ -304,10 +321,16 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
                 &expected,
                 service_host,
                 &counters,
+                meta,
             )
             .await
         }
     };
+    if result == Ok(true) {
+        // Handed to the next process with its HBONE connection: it logs and counts the end.
+        metrics.moved();
+        return;
+    }
     if result.is_err() && counters.sent.get() + counters.received.get() == 0 {
         metrics.failed();
     }
@@ -351,7 +374,8 @@ async fn hbone_out(
     expected: &[Identity],
     service_host: Option<String>,
     counters: &Rc<Counters>,
-) -> Result<(), String> {
+    meta: TunnelMeta,
+) -> Result<bool, String> {
     let src_id = src.identity();
     let cert = super::wait_for(|| ctx.certs.load().get(&src_id).cloned())
         .await
@@ -371,17 +395,51 @@ async fn hbone_out(
     let req = hbone::connect_request(authority, &headers);
     let cfg = &ctx.cfg;
     let max = cfg.h2.client_max_streams;
+    if cfg.link {
+        let links = ctx.links.clone();
+        let slot = ctx
+            .pool
+            .link(&key, max, cfg.connect_timeout, |deadline| async move {
+                let tcp = dial_tcp(ctx, pod, next_hop).await?;
+                h2conn::dial_link(
+                    tcp,
+                    cert.client.clone(),
+                    expected,
+                    &cfg.h2,
+                    &deadline,
+                    links,
+                )
+                .await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let (link, _peer, share) = slot.into_parts();
+        let fields = crate::hbone::h2::request_fields(&req);
+        let (_, end) = link
+            .open(&fields, s, counters.clone(), meta.encode())
+            .map_err(|e| format!("HBONE stream to {next_hop}: {e}"))?;
+        let end = end
+            .await
+            .unwrap_or_else(|_| TunnelEnd::Link("the HBONE connection's task ended".into()));
+        drop(share);
+        return match end {
+            TunnelEnd::Done => Ok(false),
+            TunnelEnd::Moved => Ok(true),
+            TunnelEnd::Refused(status) => Err(format!(
+                "HBONE CONNECT to {next_hop} answered {}",
+                http::StatusCode::from_u16(status)
+                    .map_or_else(|_| status.to_string(), |s| s.to_string())
+            )),
+            other => Err(format!(
+                "HBONE stream to {next_hop}: {}",
+                end_error(&other).unwrap_or_default()
+            )),
+        };
+    }
     let stream = ctx
         .pool
         .stream(&key, max, cfg.connect_timeout, req, |deadline| async move {
-            let tcp = connect_in(&pod.netns, next_hop, cfg.mark, None, cfg.connect_timeout)
-                .await
-                .map_err(|e| {
-                    h2conn::DialError::Connect(format!(
-                        "{e} (is HBONE port {} reachable?)",
-                        next_hop.port()
-                    ))
-                })?;
+            let tcp = dial_tcp(ctx, pod, next_hop).await?;
             let (h2s, records) = (&cfg.h2, cfg.tls_records);
             h2conn::dial(tcp, cert.client.clone(), expected, h2s, records, &deadline).await
         })
@@ -389,7 +447,25 @@ async fn hbone_out(
         .map_err(|e| e.to_string())?;
     io::copy_h2(s, stream.send, stream.recv, counters.clone())
         .await
+        .map(|()| false)
         .map_err(|e| e.to_string())
+}
+
+/// The TCP connect of an HBONE dial, from the pod's netns.
+async fn dial_tcp(
+    ctx: &ShardCtx,
+    pod: &Pod,
+    next_hop: SocketAddr,
+) -> Result<TcpStream, h2conn::DialError> {
+    let cfg = &ctx.cfg;
+    connect_in(&pod.netns, next_hop, cfg.mark, None, cfg.connect_timeout)
+        .await
+        .map_err(|e| {
+            h2conn::DialError::Connect(format!(
+                "{e} (is HBONE port {} reachable?)",
+                next_hop.port()
+            ))
+        })
 }
 
 #[cfg(test)]

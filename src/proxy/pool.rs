@@ -21,8 +21,9 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use http::Request;
 
-use super::h2conn::{ClientConn, DialDeadline, DialError};
+use super::h2conn::{Carrier, ClientConn, DialDeadline, DialError};
 use crate::identity::Identity;
+use crate::io::link::Link;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -83,6 +84,22 @@ pub enum StreamError {
     },
     #[error("HBONE stream to {addr}: refused on two pooled connections in a row")]
     Retried { addr: SocketAddr },
+    #[error("HBONE to {addr}: the pooled connection is of the other codec (a bug)")]
+    Carrier { addr: SocketAddr },
+}
+
+/// A pooled link with room for one more tunnel, and that tunnel's share of it.
+pub struct LinkSlot {
+    pub link: Link,
+    pub peer: crate::identity::Identity,
+    _slot: Slot,
+}
+
+impl LinkSlot {
+    /// The guard that holds this tunnel's share of the pooled connection until dropped.
+    pub fn into_parts(self) -> (Link, crate::identity::Identity, Box<dyn std::any::Any>) {
+        (self.link, self.peer, Box::new(self._slot))
+    }
 }
 
 /// How opening a stream failed: `Refused` before the peer processed it (safe to retry).
@@ -156,6 +173,35 @@ impl Pool {
         Err(StreamError::Retried { addr: key.addr })
     }
 
+    /// A link for one more tunnel to `key`: a pooled one with room or a new one from `dial`
+    /// (or the dial under way for `key`), within `dial_timeout`, as for [`Pool::stream`].
+    /// The tunnel is opened on it by the caller (`Link::open`).
+    pub async fn link<F, Fut>(
+        &self,
+        key: &PoolKey,
+        max_streams: usize,
+        dial_timeout: Duration,
+        dial: F,
+    ) -> Result<LinkSlot, StreamError>
+    where
+        F: FnOnce(DialDeadline) -> Fut,
+        Fut: std::future::Future<Output = Result<ClientConn, DialError>>,
+    {
+        let deadline = DialDeadline::new(key.addr, dial_timeout, Instant::now());
+        let mut dial = Some(dial);
+        let (conn, _) = self
+            .connection(key, max_streams, deadline, &mut dial)
+            .await?;
+        let Carrier::Link(link) = &conn.carrier else {
+            return Err(StreamError::Carrier { addr: key.addr });
+        };
+        Ok(LinkSlot {
+            link: link.clone(),
+            peer: conn.peer.clone(),
+            _slot: Slot(conn.clone()),
+        })
+    }
+
     /// Opens one CONNECT stream on `conn` and waits for the 200.
     async fn open(
         &self,
@@ -165,7 +211,10 @@ impl Pool {
     ) -> Result<Stream, Open> {
         let slot = Slot(conn.clone());
         let h2e = |source| StreamError::H2 { addr, source };
-        let mut sender = match conn.sender.clone().ready().await {
+        let Carrier::H2(sender) = &conn.carrier else {
+            return Err(Open::Failed(StreamError::Carrier { addr }));
+        };
+        let mut sender = match sender.clone().ready().await {
             Ok(s) => s,
             Err(e) => {
                 conn.dead.set(true);
@@ -295,7 +344,7 @@ impl Pool {
     fn checkout(&self, key: &PoolKey, max_streams: usize) -> Option<Rc<ClientConn>> {
         let mut conns = self.conns.borrow_mut();
         let list = conns.get_mut(key)?;
-        list.retain(|c| !c.dead.get());
+        list.retain(|c| !c.is_dead());
         let c = list.iter().find(|c| c.streams.get() < max_streams)?.clone();
         c.streams.set(c.streams.get() + 1);
         c.last_used.set(Instant::now());
@@ -308,7 +357,9 @@ impl Pool {
         let mut conns = self.conns.borrow_mut();
         conns.retain(|_, list| {
             list.retain(|c| {
-                !c.dead.get() && (c.streams.get() > 0 || now - c.last_used.get() < idle)
+                !c.is_dead()
+                    && (c.streams.get() > 0
+                        || now.saturating_duration_since(c.last_used.get()) < idle)
             });
             !list.is_empty()
         });

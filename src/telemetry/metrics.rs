@@ -31,7 +31,9 @@ use prometheus_client::registry::Registry;
 use crate::identity::Identity;
 
 /// The label set of Istio's TCP metrics (names and order as ztunnel's `CommonTrafficLabels`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(
+    Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, serde::Serialize, serde::Deserialize,
+)]
 pub struct TcpLabels {
     pub reporter: String,
     pub source_workload: String,
@@ -401,15 +403,19 @@ pub struct ShardMetrics {
 impl ShardMetrics {
     /// The counters of a label set (created on first use); counts a connection opened.
     pub fn open(&self, labels: TcpLabels) -> Arc<TcpCounters> {
-        let c = self
-            .tcp
+        let c = self.counters_for(labels);
+        TcpCounters::add(&c.opened, 1);
+        c
+    }
+
+    /// The TCP counters of a label set (created on first use), nothing counted.
+    pub fn counters_for(&self, labels: TcpLabels) -> Arc<TcpCounters> {
+        self.tcp
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(labels)
             .or_default()
-            .clone();
-        TcpCounters::add(&c.opened, 1);
-        c
+            .clone()
     }
 
     /// The HTTP counters of a label set (created on first use), for a caller that keeps the
@@ -582,6 +588,12 @@ pub struct Lifecycle {
     pub pods_received: AtomicU64,
     /// Pods whose listeners this process handed to the one after it.
     pub pods_sent: AtomicU64,
+    /// Live connections (HBONE tunnels) handed to the next process, which continues them.
+    pub conns_sent: AtomicU64,
+    /// Live connections continued here, handed over by the previous process.
+    pub conns_received: AtomicU64,
+    /// Connections whose hand-over the next process refused: kept here and drained.
+    pub conns_kept: AtomicU64,
     /// Connections that were live when the drain began and finished before its deadline.
     pub drained: AtomicU64,
     /// Connections still live at the drain's deadline, closed by the exit.
@@ -833,6 +845,21 @@ impl Metrics {
             "ringmesh_handover_pods",
             "Pods whose listening sockets were taken over from the previous node proxy (received) or handed to the next one (sent)",
             handover,
+        );
+        let moved: Family<Vec<(String, String)>, Counter> = Family::default();
+        for (outcome, v) in [
+            ("sent", &l.conns_sent),
+            ("received", &l.conns_received),
+            ("kept", &l.conns_kept),
+        ] {
+            moved
+                .get_or_create(&vec![("outcome".into(), outcome.into())])
+                .inc_by(v.load(Ordering::Relaxed));
+        }
+        reg.register(
+            "ringmesh_handover_connections",
+            "Live connections handed to the next node proxy (sent), continued from the previous one (received), or refused by the next one and drained here (kept)",
+            moved,
         );
         let drain: Family<Vec<(String, String)>, Counter> = Family::default();
         for (outcome, v) in [("drained", &l.drained), ("cut", &l.cut)] {

@@ -231,6 +231,12 @@ pub fn hex(b: &[u8]) -> String {
 
 /// Sends `len` bytes of a deterministic pattern to a checksum sink; returns (ok, seconds).
 pub fn send_checked(ns: &Netns, dst: SocketAddr, len: u64) -> (bool, f64) {
+    send_paced(ns, dst, len, Duration::ZERO)
+}
+
+/// As [`send_checked`], paced to take at least `at_least` (to run across an event, e.g. a
+/// rolling update).
+pub fn send_paced(ns: &Netns, dst: SocketAddr, len: u64, at_least: Duration) -> (bool, f64) {
     let mut s = connect_from(ns, dst).expect("connect to sink");
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut block = vec![0u8; 1024 * 1024];
@@ -249,6 +255,10 @@ pub fn send_checked(ns: &Netns, dst: SocketAddr, len: u64) -> (bool, f64) {
         s.write_all(&block[..n]).expect("send");
         h.update(&block[..n]);
         sent += n as u64;
+        let due = at_least.mul_f64(sent as f64 / len as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
     }
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut answer = String::new();
@@ -257,6 +267,9 @@ pub fn send_checked(ns: &Netns, dst: SocketAddr, len: u64) -> (bool, f64) {
         .expect("sink answer");
     let secs = start.elapsed().as_secs_f64();
     let want = format!("{} {len}", hex(&h.finalize()));
+    if answer.trim() != want {
+        eprintln!("checksum sink answered {answer:?}, expected {want:?}");
+    }
     (answer.trim() == want, secs)
 }
 

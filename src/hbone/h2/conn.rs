@@ -447,6 +447,11 @@ impl Conn {
         self.local_pending.is_empty()
     }
 
+    /// Whether the peer's connection preface (its first SETTINGS) has arrived.
+    pub fn preface_received(&self) -> bool {
+        self.preface == Preface::Ready
+    }
+
     /// GOAWAY was sent or received: open no more streams here.
     pub fn is_going_away(&self) -> bool {
         self.goaway_sent.is_some() || self.goaway_recv.is_some()
