@@ -175,7 +175,12 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
     serve_sha(&pod_ns(&run, "server-b"), 9001);
     // A drain far longer than the 5 s the old process may take: only a hand-over (not a
     // drain) lets it exit in time with the connections below still open.
-    let drain = ["--drain-deadline".to_string(), "60s".to_string()];
+    let drain = [
+        "--drain-deadline".to_string(),
+        "60s".to_string(),
+        "--hbone-codec".to_string(),
+        "link".to_string(),
+    ];
     run.start_ringmesh_exe(std::path::Path::new(BIN), &drain)
         .unwrap();
     run.wait_ready(Duration::from_secs(30)).unwrap();
@@ -322,7 +327,12 @@ pods:
     let mut run = LabRun::up(topo, &dir.path().join(&name)).unwrap();
     serve_echo(&pod_ns(&run, "server-b"), 9000, "server-b");
     serve_sha(&pod_ns(&run, "server-b"), 9001);
-    let drain = ["--drain-deadline".to_string(), "60s".to_string()];
+    let drain = [
+        "--drain-deadline".to_string(),
+        "60s".to_string(),
+        "--hbone-codec".to_string(),
+        "link".to_string(),
+    ];
     run.start_ringmesh_exe(std::path::Path::new(BIN), &drain)
         .unwrap();
     run.wait_ready(Duration::from_secs(30)).unwrap();

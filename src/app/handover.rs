@@ -146,7 +146,8 @@ impl Node {
                 reply,
             } => {
                 let fault = self.args.fault_refuse_adopt;
-                if let Err(e) = self.adopt_link(&info, state, fds, fault, Some(reply.clone())) {
+                if let Err(e) = self.adopt_link(&info, state, fds, fault, Some(reply.clone()), true)
+                {
                     let _ = reply.send(Err(e));
                 }
             }
@@ -163,6 +164,7 @@ impl Node {
         fds: Vec<OwnedFd>,
         fault: Option<u16>,
         reply: Option<std::sync::mpsc::Sender<Result<usize, String>>>,
+        from_previous: bool,
     ) -> Result<(), String> {
         if !super::proxy_link(&self.args) {
             return Err("this node proxy runs HBONE on the h2 crate (--hbone-codec h2)".into());
@@ -179,7 +181,7 @@ impl Node {
             .map(|(p, _)| p.clone());
         let k = (info.peer.port() as usize) % self.shards.len();
         let metrics = self.metrics.clone();
-        let adopting = reply.is_some();
+        let adopting = from_previous;
         self.shards[k]
             .send(Box::new(move |ctx| {
                 let r = links::adopt(ctx, &info, pod, &state, fds, fault);
@@ -284,7 +286,15 @@ impl Node {
                 AdoptOutcome::Kept(why) => {
                     tracing::warn!(peer = %info.peer, tunnels = n, "the next node proxy did not take an HBONE connection ({why}): it drains here");
                     kept += n as u64;
-                    if let Err(e) = self.adopt_link(&info_json, state, fds, None, None) {
+                    // Continued here before the drain counts what is live.
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let r = self
+                        .adopt_link(&info_json, state, fds, None, Some(tx), false)
+                        .and_then(|()| {
+                            rx.recv_timeout(handover::TIMEOUT)
+                                .map_err(|_| "the shard did not answer".to_string())?
+                        });
+                    if let Err(e) = r {
                         tracing::warn!(peer = %info.peer, "cannot continue it here either ({e}): cut");
                         lost += n as u64;
                     }

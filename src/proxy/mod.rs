@@ -81,7 +81,7 @@ impl Default for ProxyConfig {
             local_congestion: Some(flags::DEFAULT_LOCAL_TCP_CONGESTION.to_string()),
             keepalive: Some(crate::runtime::sockopt::Keepalive::default()),
             tls_records: flags::TlsRecords::Direct,
-            link: true,
+            link: false,
             fault_refuse_adopt: None,
         }
     }
