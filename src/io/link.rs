@@ -115,6 +115,9 @@ struct Inner {
     /// The peer closed the connection (TLS EOF): nothing more is read; tunnels that had
     /// their END_STREAM still write what they hold to their apps, the others end.
     peer_closed: Option<String>,
+    /// Where app reads land (one buffer per link, reused: a tunnel holds only what it read
+    /// and has not yet handed to the codec, not a read-sized buffer of its own).
+    scratch: BytesMut,
     /// A hand-over asked for the connection: the task stops and exports it here.
     export_to: Option<tokio::sync::oneshot::Sender<Result<Exported, String>>>,
 }
@@ -178,6 +181,7 @@ impl Link {
             closed: None,
             closing: None,
             peer_closed: None,
+            scratch: BytesMut::new(),
             export_to: None,
         })))
     }
@@ -677,6 +681,8 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
                         if !t.from_app.is_empty() {
                             break; // window full: wait for WINDOW_UPDATE
                         }
+                        // Let go of the read buffer it was a view of.
+                        t.from_app = Bytes::new();
                     }
                     Err(e) => return Some(TunnelEnd::Link(e.to_string())),
                 }
@@ -693,15 +699,18 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
             if i.conn.send_capacity(sid) == 0 {
                 break;
             }
-            let mut buf = BytesMut::with_capacity(APP_READ);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut *app), cx, &mut buf) {
+            let buf = &mut i.scratch;
+            if buf.capacity() < APP_READ / 4 {
+                buf.reserve(APP_READ);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *app), cx, buf) {
                 Poll::Pending => break,
                 Poll::Ready(Err(e)) => {
                     i.conn.reset(sid, Reason::CANCEL);
                     return Some(TunnelEnd::App(e.to_string()));
                 }
                 Poll::Ready(Ok(0)) => t.app_eof = true,
-                Poll::Ready(Ok(_)) => t.from_app = buf.freeze(),
+                Poll::Ready(Ok(_)) => t.from_app = buf.split().freeze(),
             }
         }
     }

@@ -10,6 +10,7 @@
 //! current-thread runtime); `engine` is what the flows call for tasks and timers, `net` for
 //! sockets, whichever engine runs.
 
+pub mod counting;
 pub mod engine;
 pub mod net;
 pub mod sockopt;
