@@ -101,6 +101,9 @@ pub struct Node {
     dead_shard: Option<usize>,
     /// Our live-connection count on disk, for the next process to count what a crash cut.
     live_record: Option<live_record::LiveRecord>,
+    /// Pods whose listeners went to the next process: a connection it refuses to adopt is
+    /// continued here and still serves the pod's new streams until it drains.
+    handed_pods: HashMap<String, Arc<Pod>>,
 }
 
 /// Runs the node proxy until SIGTERM/SIGINT or `POST /quitquitquit`. `ztunnel_defaults`:
@@ -348,6 +351,7 @@ impl Node {
             listener_fds: HashMap::new(),
             dead_shard: None,
             live_record: None,
+            handed_pods: HashMap::new(),
         };
         for p in node.args.pods.clone() {
             let netns = Netns::open(&p.netns)?;
@@ -542,8 +546,11 @@ impl Node {
     /// Drops a pod from the books and its listeners from the shards: closed, or (`keep_queues`,
     /// handed to another process) released without closing their queues. False if unknown.
     fn forget_pod(&mut self, uid: &str, keep_queues: bool) -> bool {
-        if self.pods.remove(uid).is_none() {
+        let Some((pod, _)) = self.pods.remove(uid) else {
             return false;
+        };
+        if keep_queues {
+            self.handed_pods.insert(uid.to_string(), pod);
         }
         self.listener_fds.remove(uid);
         for shard in &self.shards {

@@ -128,13 +128,47 @@ fn long_lived(run: &LabRun) -> (std::net::TcpStream, BufReader<std::net::TcpStre
 }
 
 fn exchange(c: &mut (std::net::TcpStream, BufReader<std::net::TcpStream>), what: &str) {
-    c.0.write_all(format!("{what}\n").as_bytes()).unwrap();
+    if let Err(e) = try_exchange(c, what) {
+        panic!("{e}");
+    }
+}
+
+fn try_exchange(
+    c: &mut (std::net::TcpStream, BufReader<std::net::TcpStream>),
+    what: &str,
+) -> Result<(), String> {
+    c.0.write_all(format!("{what}\n").as_bytes())
+        .map_err(|e| format!("{what}: send: {e}"))?;
     let mut back = String::new();
     let n =
         c.1.read_line(&mut back)
-            .expect("echo answer (not a timeout)");
-    assert!(n > 0, "the long-lived connection was closed");
-    assert_eq!(back, format!("{what}\n"));
+            .map_err(|e| format!("{what}: echo answer (not a timeout): {e}"))?;
+    if n == 0 {
+        return Err(format!("{what}: the long-lived connection was closed"));
+    }
+    if back != format!("{what}\n") {
+        return Err(format!("{what}: echoed {back:?}"));
+    }
+    Ok(())
+}
+
+/// Every proxy's log lines but successful access lines (for a failure's message).
+fn logs(run: &LabRun, old_log: &str) -> String {
+    let keep = |l: &&str| !l.contains("connection complete") || l.contains("ERROR");
+    let mut out = String::new();
+    for p in &run.proxies {
+        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(keep).collect();
+        out += &format!(
+            "--- {} {}:\n{}\n",
+            p.node,
+            p.log.display(),
+            lines.join("\n")
+        );
+    }
+    let lines: Vec<&str> = old_log.lines().filter(keep).collect();
+    out += &format!("--- the old process:\n{}\n", lines.join("\n"));
+    out
 }
 
 /// A transfer of `len` bytes from `pod` to server-b's checksum sink (9001), paced to take at
@@ -191,7 +225,9 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
     for node in ["node-a", "node-b"] {
         // Idle across the roll, used after it.
         let mut live = long_lived(&run);
-        exchange(&mut live, "before");
+        if let Err(e) = try_exchange(&mut live, "before") {
+            panic!("{node}: {e}\n{}", logs(&run, ""));
+        }
         let bulk = send_paced(&run, "client-a", 1 << 30, Duration::from_secs(8));
         let churn = churn(&run);
         std::thread::sleep(Duration::from_millis(500));
@@ -204,30 +240,12 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
             )
             .unwrap();
         // The old process is gone: the idle connection goes on in the new one.
-        exchange(&mut live, "after");
+        if let Err(e) = try_exchange(&mut live, "after") {
+            panic!("{node}: {e}\n{}", logs(&run, &roll.old_log));
+        }
         let (ok, secs) = bulk.join().unwrap_or((false, 0.0));
         if !ok {
-            for p in &run.proxies {
-                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-                let tail: Vec<&str> = log
-                    .lines()
-                    .filter(|l| !l.contains("connection complete") || l.contains("ERROR"))
-                    .collect();
-                eprintln!(
-                    "--- {} {}:\n{}",
-                    p.node,
-                    p.log.display(),
-                    tail[tail.len().saturating_sub(40)..].join("\n")
-                );
-            }
-            eprintln!(
-                "--- old:\n{}",
-                roll.old_log
-                    .lines()
-                    .filter(|l| !l.contains("connection complete") || l.contains("ERROR"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
+            eprintln!("{node}: the transfer failed\n{}", logs(&run, &roll.old_log));
         }
         std::thread::sleep(Duration::from_millis(300));
         let (n_ok, n_failed, errors) = churn.finish();
@@ -254,8 +272,10 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
             "{node}: the transfer ran across the roll"
         );
         assert_eq!(
-            n_failed, 0,
-            "{node}: new connections failed during the roll: {errors:?}"
+            n_failed,
+            0,
+            "{node}: new connections failed during the roll: {errors:?}\n{}",
+            logs(&run, &roll.old_log)
         );
         assert!(n_ok > 20, "{node}: only {n_ok} connections during the roll");
         assert!(
@@ -293,7 +313,9 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
             1.0,
             "{node}:\n{m}"
         );
-        exchange(&mut live, "again");
+        if let Err(e) = try_exchange(&mut live, "again") {
+            panic!("{node}: {e}\n{}", logs(&run, &roll.old_log));
+        }
         drop(live);
         // The new process counts new connections.
         let before = metric_sum(&m, "istio_tcp_connections_opened_total", &[]);

@@ -174,11 +174,12 @@ impl Node {
         if self.shards.is_empty() {
             return Err("no shards".into());
         }
-        let pod = info
-            .pod
-            .as_ref()
-            .and_then(|uid| self.pods.get(uid))
-            .map(|(p, _)| p.clone());
+        let pod = info.pod.as_ref().and_then(|uid| {
+            self.pods
+                .get(uid)
+                .map(|(p, _)| p.clone())
+                .or_else(|| self.handed_pods.get(uid).cloned())
+        });
         let k = (info.peer.port() as usize) % self.shards.len();
         let metrics = self.metrics.clone();
         let adopting = from_previous;

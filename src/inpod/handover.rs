@@ -512,7 +512,9 @@ fn adopt(
     }
 }
 
-/// Checks that a received fd is a connected TCP socket.
+/// Checks that a received fd is a TCP connection's socket (not a listener). It need not be
+/// connected still: an app may have closed or reset its end a moment ago, which the
+/// connection's new owner sees as it would have.
 fn check_stream(fd: &OwnedFd) -> Result<(), String> {
     let s = socket2::SockRef::from(fd);
     match s.r#type() {
@@ -520,8 +522,11 @@ fn check_stream(fd: &OwnedFd) -> Result<(), String> {
         Ok(t) => return Err(format!("not a stream socket ({t:?})")),
         Err(e) => return Err(format!("not a socket: {e}")),
     }
-    s.peer_addr()
-        .map_err(|e| format!("not a connected socket: {e}"))?;
+    if nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::AcceptConn)
+        .map_err(|e| format!("SO_ACCEPTCONN: {e}"))?
+    {
+        return Err("a listening socket, not a connection".into());
+    }
     Ok(())
 }
 

@@ -48,6 +48,10 @@ pub enum TunnelEnd {
     Link(String),
     /// Handed to the next process with its connection (it goes on there).
     Moved,
+    /// Client: the peer refused the stream before processing it (REFUSED_STREAM, or above
+    /// its GOAWAY's last stream): nothing was sent or received, and the app socket waits in
+    /// [`Link::take_unprocessed`] to be tried on another connection.
+    Unprocessed,
 }
 
 /// What an export gives: the state and the sockets (TLS first, then each tunnel's app
@@ -115,6 +119,11 @@ struct Inner {
     /// The peer closed the connection (TLS EOF): nothing more is read; tunnels that had
     /// their END_STREAM still write what they hold to their apps, the others end.
     peer_closed: Option<String>,
+    /// A hand-over is coming: read no more frames (no new streams), finish answering the
+    /// ones being answered.
+    paused: bool,
+    /// App sockets of streams the peer refused unprocessed (see `TunnelEnd::Unprocessed`).
+    unprocessed: BTreeMap<u32, Stream>,
     /// Where app reads land (one buffer per link, reused: a tunnel holds only what it read
     /// and has not yet handed to the codec, not a read-sized buffer of its own).
     scratch: BytesMut,
@@ -182,6 +191,8 @@ impl Link {
             closing: None,
             peer_closed: None,
             scratch: BytesMut::new(),
+            unprocessed: BTreeMap::new(),
+            paused: false,
             export_to: None,
         })))
     }
@@ -272,9 +283,28 @@ impl Link {
         counters: Rc<Counters>,
         meta: Vec<u8>,
     ) -> Result<(StreamId, tokio::sync::oneshot::Receiver<TunnelEnd>), LinkError> {
+        self.try_open(headers, app, counters, meta)
+            .map_err(|(e, _)| e)
+    }
+
+    /// As [`Link::open`], giving the app socket back when the stream cannot be opened here
+    /// (to be tried on another connection).
+    #[allow(clippy::result_large_err)]
+    pub fn try_open(
+        &self,
+        headers: &[HeaderField],
+        app: Stream,
+        counters: Rc<Counters>,
+        meta: Vec<u8>,
+    ) -> Result<(StreamId, tokio::sync::oneshot::Receiver<TunnelEnd>), (LinkError, Stream)> {
         let mut i = self.0.borrow_mut();
-        i.check_open()?;
-        let id = i.conn.open_stream(headers, false)?;
+        if let Err(e) = i.check_open() {
+            return Err((e, app));
+        }
+        let id = match i.conn.open_stream(headers, false) {
+            Ok(id) => id,
+            Err(e) => return Err((e.into(), app)),
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut t = tun(Some(app), counters, tx, false);
         t.meta = meta;
@@ -400,6 +430,29 @@ impl Link {
         self.0.borrow().closed.is_some()
     }
 
+    /// Before an export: stop reading from the peer (frames wait in the socket, for the next
+    /// owner), so that no new stream arrives while those being answered are.
+    pub fn pause(&self) {
+        let mut i = self.0.borrow_mut();
+        i.paused = true;
+        i.wake_task();
+    }
+
+    /// Streams the peer opened that are not answered yet (server role).
+    pub fn unanswered(&self) -> usize {
+        self.0
+            .borrow()
+            .tuns
+            .values()
+            .filter(|t| t.app.is_none())
+            .count()
+    }
+
+    /// The app socket of a stream that ended `TunnelEnd::Unprocessed`.
+    pub fn take_unprocessed(&self, id: StreamId) -> Option<Stream> {
+        self.0.borrow_mut().unprocessed.remove(&id.0)
+    }
+
     /// Tunnels on this link now.
     pub fn tunnels(&self) -> usize {
         self.0.borrow().tuns.len()
@@ -510,7 +563,7 @@ fn poll_link(
         return Poll::Ready(why);
     }
     // Receive: records → codec → events.
-    while i.peer_closed.is_none() {
+    while i.peer_closed.is_none() && !i.paused {
         let buf = i.conn.read_buf();
         if buf.capacity() - buf.len() < TLS_READ / 4 {
             buf.reserve(TLS_READ);
@@ -617,7 +670,16 @@ fn on_event(i: &mut Inner, ev: Event) {
         Event::Reset { id, code, remote } => {
             i.incoming.retain(|inc| inc.id != id);
             let end = TunnelEnd::Reset { code, remote };
+            let client = i.conn.role() == h2::Role::Client;
             match i.tuns.get_mut(&id.0) {
+                // Never processed by the peer, and nothing read from the app yet (a client
+                // reads it only once established): the app may try another connection.
+                Some(t) if client && remote && code == Reason::REFUSED_STREAM && !t.established => {
+                    if let Some(app) = t.app.take() {
+                        i.unprocessed.insert(id.0, app);
+                    }
+                    i.finish(id.0, TunnelEnd::Unprocessed);
+                }
                 Some(t) if t.app.is_some() && !t.to_app.is_empty() => t.reset = Some(end),
                 _ => i.finish(id.0, end),
             }

@@ -138,6 +138,7 @@ fn started_at(unix_ms: u64) -> Instant {
 pub fn end_error(end: &TunnelEnd) -> Option<String> {
     match end {
         TunnelEnd::Done | TunnelEnd::Moved => None,
+        TunnelEnd::Unprocessed => Some("HBONE stream refused unprocessed (REFUSED_STREAM)".into()),
         TunnelEnd::Refused(status) => Some(format!("HBONE CONNECT answered {status}")),
         TunnelEnd::Reset { code, remote: true } => {
             Some(format!("HBONE stream reset by the peer ({code})"))
@@ -150,6 +151,9 @@ pub fn end_error(end: &TunnelEnd) -> Option<String> {
         TunnelEnd::Link(e) => Some(e.clone()),
     }
 }
+
+/// How long an export waits for streams being answered (authorized, their app connected).
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// The live links of one shard.
 #[derive(Default)]
@@ -191,6 +195,15 @@ impl Links {
     /// be exported (its tunnels are then cut).
     pub async fn export_all(&self) -> Vec<(LinkInfo, Result<Exported, String>)> {
         let all: Vec<(Link, LinkInfo)> = self.live.borrow().values().cloned().collect();
+        // No new streams from here on; those being authorized and connected get their
+        // answer first (up to `ANSWER_WAIT`), so that they move too instead of being refused.
+        for (l, _) in &all {
+            l.pause();
+        }
+        let t0 = Instant::now();
+        while all.iter().any(|(l, _)| l.unanswered() > 0) && t0.elapsed() < ANSWER_WAIT {
+            engine::sleep(Duration::from_millis(2)).await;
+        }
         let asks: Vec<_> = all.into_iter().map(|(l, i)| (l.export(), i)).collect();
         let mut out = Vec::with_capacity(asks.len());
         for (rx, info) in asks {

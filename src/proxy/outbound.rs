@@ -396,45 +396,68 @@ async fn hbone_out(
     let cfg = &ctx.cfg;
     let max = cfg.h2.client_max_streams;
     if cfg.link {
-        let links = ctx.links.clone();
-        let slot = ctx
-            .pool
-            .link(&key, max, cfg.connect_timeout, |deadline| async move {
-                let tcp = dial_tcp(ctx, pod, next_hop).await?;
-                h2conn::dial_link(
-                    tcp,
-                    cert.client.clone(),
-                    expected,
-                    &cfg.h2,
-                    &deadline,
-                    links,
-                )
-                .await
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let (link, _peer, share) = slot.into_parts();
         let fields = crate::hbone::h2::request_fields(&req);
-        let (_, end) = link
-            .open(&fields, s, counters.clone(), meta.encode())
-            .map_err(|e| format!("HBONE stream to {next_hop}: {e}"))?;
-        let end = end
-            .await
-            .unwrap_or_else(|_| TunnelEnd::Link("the HBONE connection's task ended".into()));
-        drop(share);
-        return match end {
-            TunnelEnd::Done => Ok(false),
-            TunnelEnd::Moved => Ok(true),
-            TunnelEnd::Refused(status) => Err(format!(
-                "HBONE CONNECT to {next_hop} answered {}",
-                http::StatusCode::from_u16(status)
-                    .map_or_else(|_| status.to_string(), |s| s.to_string())
-            )),
-            other => Err(format!(
-                "HBONE stream to {next_hop}: {}",
-                end_error(&other).unwrap_or_default()
-            )),
-        };
+        let mut app = s;
+        // A stream the peer refused unprocessed (a draining peer's GOAWAY, REFUSED_STREAM)
+        // is tried once more, on another connection, as the h2 path's pool does.
+        for attempt in 0..2 {
+            let links = ctx.links.clone();
+            let cert = cert.clone();
+            let slot = ctx
+                .pool
+                .link(&key, max, cfg.connect_timeout, |deadline| async move {
+                    let tcp = dial_tcp(ctx, pod, next_hop).await?;
+                    h2conn::dial_link(
+                        tcp,
+                        cert.client.clone(),
+                        expected,
+                        &cfg.h2,
+                        &deadline,
+                        links,
+                    )
+                    .await
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let (link, _peer, share) = slot.into_parts();
+            let (id, end) = match link.try_open(&fields, app, counters.clone(), meta.encode()) {
+                Ok(x) => x,
+                Err((e, back)) if attempt == 0 => {
+                    tracing::debug!(%next_hop, "pooled HBONE connection refused a new stream ({e}): retrying");
+                    app = back;
+                    continue;
+                }
+                Err((e, _)) => return Err(format!("HBONE stream to {next_hop}: {e}")),
+            };
+            let end = end
+                .await
+                .unwrap_or_else(|_| TunnelEnd::Link("the HBONE connection's task ended".into()));
+            drop(share);
+            return match end {
+                TunnelEnd::Done => Ok(false),
+                TunnelEnd::Moved => Ok(true),
+                TunnelEnd::Unprocessed if attempt == 0 => match link.take_unprocessed(id) {
+                    Some(back) => {
+                        tracing::debug!(%next_hop, "HBONE stream refused unprocessed: retrying on another connection");
+                        app = back;
+                        continue;
+                    }
+                    None => Err(format!("HBONE stream to {next_hop}: refused unprocessed")),
+                },
+                TunnelEnd::Refused(status) => Err(format!(
+                    "HBONE CONNECT to {next_hop} answered {}",
+                    http::StatusCode::from_u16(status)
+                        .map_or_else(|_| status.to_string(), |s| s.to_string())
+                )),
+                other => Err(format!(
+                    "HBONE stream to {next_hop}: {}",
+                    end_error(&other).unwrap_or_default()
+                )),
+            };
+        }
+        return Err(format!(
+            "HBONE stream to {next_hop}: refused unprocessed on two connections in a row"
+        ));
     }
     let stream = ctx
         .pool
