@@ -302,7 +302,8 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
         );
         assert!(
             received >= 2.0,
-            "{node}: the new process adopted them:\n{m}"
+            "{node}: the new process adopted them:\n{m}\n{}",
+            logs(&run, &roll.old_log)
         );
         assert_eq!(
             metric_sum(
@@ -311,7 +312,8 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
                 &[("direction", "received")]
             ),
             1.0,
-            "{node}:\n{m}"
+            "{node}: the pod's listeners were taken over:\n{m}\n{}",
+            logs(&run, &roll.old_log)
         );
         if let Err(e) = try_exchange(&mut live, "again") {
             panic!("{node}: {e}\n{}", logs(&run, &roll.old_log));
