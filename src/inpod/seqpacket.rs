@@ -54,13 +54,20 @@ impl SeqPacket {
         let iov = [IoSlice::new(data)];
         let cmsg = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-        let n = socket::sendmsg::<UnixAddr>(
-            self.fd.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )?;
+        // A signal during a blocking call with a socket timeout is not restarted (signal(7)):
+        // EINTR is retried, it is not the peer's answer.
+        let n = loop {
+            match socket::sendmsg::<UnixAddr>(
+                self.fd.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r?,
+            }
+        };
         if n != data.len() {
             return Err(io::Error::other(format!(
                 "short send: {n} of {}",
@@ -87,21 +94,26 @@ impl SeqPacket {
     /// cut, so nothing would own (and close) them.
     fn recv_into(&self, max: usize, mut cmsg: Vec<u8>) -> io::Result<Option<Record>> {
         let mut buf = vec![0u8; max];
-        let (n, flags, raw_fds) = {
+        // EINTR (a signal: not restarted under SO_RCVTIMEO, signal(7)) is retried; nothing
+        // was received then.
+        let (n, flags, raw_fds) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = socket::recvmsg::<UnixAddr>(
+            let msg = match socket::recvmsg::<UnixAddr>(
                 self.fd.as_raw_fd(),
                 &mut iov,
                 Some(&mut cmsg),
                 MsgFlags::MSG_CMSG_CLOEXEC,
-            )?;
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => r?,
+            };
             let mut raw = Vec::new();
             for c in msg.cmsgs()? {
                 if let ControlMessageOwned::ScmRights(fds) = c {
                     raw.extend(fds);
                 }
             }
-            (msg.bytes, msg.flags, raw)
+            break (msg.bytes, msg.flags, raw);
         };
         let fds = raw_fds
             .into_iter()
