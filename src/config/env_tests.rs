@@ -336,3 +336,20 @@ fn log_filters_with_blanks_after_commas_are_checked_as_written() {
     let e = check(&map(&[("RUST_LOG", "info, é[")]));
     assert!(e[0].contains("not a log filter"), "{e:?}");
 }
+
+/// The logger reads RUST_LOG the way the check does: before, `telemetry::init` parsed it
+/// untrimmed, so `info, é=debug` (accepted by the check) panicked at start and
+/// `info, ringmesh=debug` silently logged at `info` only.
+#[test]
+fn the_logger_reads_rust_log_as_the_check_does() {
+    let f = crate::telemetry::filter(Some("info, ringmesh=debug"));
+    assert!(f.to_string().contains("ringmesh=debug"), "{f}");
+    let f = crate::telemetry::filter(Some("info, é=debug"));
+    assert!(f.to_string().contains("é=debug"), "{f}");
+    assert_eq!(crate::telemetry::filter(None).to_string(), "info");
+    assert_eq!(crate::telemetry::filter(Some("  ")).to_string(), "info");
+    assert_eq!(
+        crate::telemetry::filter(Some("info, é[")).to_string(),
+        "info"
+    );
+}

@@ -124,7 +124,7 @@ impl DialDeadline {
     pub fn new(addr: std::net::SocketAddr, budget: Duration, now: Instant) -> DialDeadline {
         DialDeadline {
             addr,
-            at: now + budget,
+            at: crate::runtime::deadline_after(now, budget),
             budget,
             phase: Rc::new(Cell::new(Phase::Connect)),
         }

@@ -61,6 +61,16 @@ impl<C> Shard<C> {
 #[error("shard {0} has stopped")]
 pub struct ShardGone(pub usize);
 
+/// `now + d`, or a time too far ahead to matter (about 30 years) when that does not fit in an
+/// `Instant` (a configured timeout of `u64::MAX` seconds): `Instant + Duration` panics on
+/// overflow.
+pub fn deadline_after(now: std::time::Instant, d: std::time::Duration) -> std::time::Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 86_400);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
 /// The CPUs this process may run on.
 pub fn allowed_cpus() -> Vec<usize> {
     match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
@@ -142,6 +152,18 @@ fn pin_to(cpu: usize) {
 mod tests {
     use super::*;
     use std::sync::mpsc as std_mpsc;
+
+    #[test]
+    fn a_deadline_past_what_an_instant_holds_is_far_ahead_not_a_panic() {
+        let now = std::time::Instant::now();
+        let d = std::time::Duration::from_secs(5);
+        assert_eq!(deadline_after(now, d), now + d);
+        let far = deadline_after(now, std::time::Duration::MAX);
+        assert!(
+            far > now + std::time::Duration::from_secs(86_400 * 365),
+            "{far:?}"
+        );
+    }
 
     #[test]
     fn shards_run_commands_on_their_own_threads() {

@@ -7,8 +7,7 @@ pub mod metrics;
 /// Installs the global subscriber once; later calls are no-ops.
 pub fn init() {
     use crate::config::flags::env;
-    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = filter(std::env::var(env::LOG).ok().as_deref());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -19,6 +18,18 @@ pub fn init() {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init();
     }
+}
+
+/// The log filter for a RUST_LOG value: spaces around its directives are allowed (as the
+/// node's environment check allows them: `info, ringmesh=debug`); no value, or one that
+/// does not parse (the node refuses it before starting), is `info`.
+pub fn filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    rust_log
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| {
+            tracing_subscriber::EnvFilter::try_new(crate::config::env::log_directives(v)).ok()
+        })
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
 }
 
 /// A Unix time in seconds as RFC 3339 UTC (`2026-12-01T09:00:00Z`), as ztunnel's dumps write

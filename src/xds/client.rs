@@ -127,7 +127,7 @@ async fn run(
         metrics.xds_termination(end.label());
         let pause = match &end {
             End::ConnectionError(e) | End::Error(e) => {
-                backoff = (backoff * 2).min(cfg.max_backoff);
+                backoff = backoff.saturating_mul(2).min(cfg.max_backoff);
                 tracing::warn!(
                     "xDS stream to {} ended ({}): {e}; retrying in {backoff:?}, serving the last state",
                     cfg.target.uri,

@@ -316,7 +316,7 @@ pub struct Sleep {
 /// Completes after `d`.
 pub fn sleep(d: Duration) -> Sleep {
     Sleep {
-        deadline: Instant::now() + d,
+        deadline: crate::runtime::deadline_after(Instant::now(), d),
         key: None,
     }
 }
