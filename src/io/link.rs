@@ -32,6 +32,16 @@ use crate::runtime::net::Stream;
 const APP_READ: usize = 64 * 1024;
 /// Room reserved in the codec's receive buffer for one read from TLS.
 const TLS_READ: usize = 64 * 1024;
+/// Codec output past this stops tunnels reading their apps until it is written to TLS:
+/// without it one turn read a whole flow-control window (4 MiB a stream, 16 MiB the
+/// connection) from the apps before the first byte went out, and the output buffer kept
+/// that size for the connection's life.
+const OUT_HIGH: usize = 256 * 1024;
+/// Bytes taken from TLS in one round before the apps get what they carry (the same
+/// batching, on the receive side).
+const RECV_ROUND: usize = 256 * 1024;
+/// Rounds in one poll before the task yields to the shard's other tasks.
+const ROUNDS: usize = 16;
 
 /// How a tunnel ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +137,11 @@ struct Inner {
     /// Where app reads land (one buffer per link, reused: a tunnel holds only what it read
     /// and has not yet handed to the codec, not a read-sized buffer of its own).
     scratch: BytesMut,
+    /// A tunnel stopped reading its app because the codec's output was past `OUT_HIGH`.
+    out_full: bool,
+    /// Where the next round starts pumping tunnels (turns round, so that no tunnel always
+    /// comes first to the output's room).
+    next_pump: usize,
     /// A hand-over asked for the connection: the task stops and exports it here.
     export_to: Option<tokio::sync::oneshot::Sender<Result<Exported, String>>>,
 }
@@ -191,6 +206,8 @@ impl Link {
             closing: None,
             peer_closed: None,
             scratch: BytesMut::new(),
+            out_full: false,
+            next_pump: 0,
             unprocessed: BTreeMap::new(),
             paused: false,
             export_to: None,
@@ -562,22 +579,58 @@ fn poll_link(
         let _ = flush_output(i, tls, cx);
         return Poll::Ready(why);
     }
+    for _ in 0..ROUNDS {
+        match round(i, tls, events, cx) {
+            Round::Over(why) => return Poll::Ready(why),
+            Round::Wait => return Poll::Pending,
+            Round::Again => {}
+        }
+    }
+    // More to do, but the shard's other tasks get their turn first.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+enum Round {
+    /// The link is over.
+    Over(String),
+    /// Everything waits on a socket (each has the task's waker).
+    Wait,
+    /// Work is left that no socket will wake the task for: run another round.
+    Again,
+}
+
+/// One round: take up to `RECV_ROUND` from TLS, move every tunnel's bytes, write the
+/// codec's output.
+fn round(
+    i: &mut Inner,
+    tls: &mut TlsStream,
+    events: &mut Vec<Event>,
+    cx: &mut Context<'_>,
+) -> Round {
     // Receive: records → codec → events.
+    let mut taken = 0;
+    let mut more_in = false;
     while i.peer_closed.is_none() && !i.paused {
+        if taken >= RECV_ROUND {
+            more_in = true;
+            break;
+        }
         let buf = i.conn.read_buf();
         if buf.capacity() - buf.len() < TLS_READ / 4 {
             buf.reserve(TLS_READ);
         }
         match tokio_util::io::poll_read_buf(Pin::new(&mut *tls), cx, buf) {
             Poll::Pending => break,
-            Poll::Ready(Err(e)) => return Poll::Ready(format!("TLS: {e}")),
+            Poll::Ready(Err(e)) => return Round::Over(format!("TLS: {e}")),
             // What arrived before the end still goes to the apps (below).
             Poll::Ready(Ok(0)) => i.peer_closed = Some("the peer closed the connection".into()),
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Ok(n)) => {
+                taken += n;
                 events.clear();
                 if let Err(e) = i.conn.process(events) {
                     let _ = flush_output(i, tls, cx);
-                    return Poll::Ready(e.to_string());
+                    return Round::Over(e.to_string());
                 }
                 for ev in events.drain(..) {
                     on_event(i, ev);
@@ -585,8 +638,14 @@ fn poll_link(
             }
         }
     }
-    // Tunnels: app ↔ stream.
-    let ids: Vec<u32> = i.tuns.keys().copied().collect();
+    // Tunnels: app ↔ stream, starting where the last round left off.
+    i.out_full = false;
+    let mut ids: Vec<u32> = i.tuns.keys().copied().collect();
+    if !ids.is_empty() {
+        let start = i.next_pump % ids.len();
+        ids.rotate_left(start);
+        i.next_pump = start + 1;
+    }
     for id in ids {
         if let Some(end) = pump(i, id, cx) {
             i.finish(id, end);
@@ -606,24 +665,29 @@ fn poll_link(
             }
         }
         if i.tuns.is_empty() {
-            return Poll::Ready(why);
+            return Round::Over(why);
         }
-        return Poll::Pending;
+        return Round::Wait;
     }
     // Send what the codec has.
     let flushed = match flush_output(i, tls, cx) {
-        Poll::Ready(Err(e)) => return Poll::Ready(format!("TLS: {e}")),
+        Poll::Ready(Err(e)) => return Round::Over(format!("TLS: {e}")),
         Poll::Ready(Ok(())) => true,
         Poll::Pending => false,
     };
     if let Some(code) = i.conn.failure() {
-        return Poll::Ready(format!("HTTP/2 connection failed ({code})"));
+        return Round::Over(format!("HTTP/2 connection failed ({code})"));
     }
     // Done only once the last stream's frames (its final DATA and END_STREAM) are out.
     if flushed && i.conn.is_going_away() && i.tuns.is_empty() && i.conn.active_streams() == 0 {
-        return Poll::Ready("GOAWAY and no stream left".into());
+        return Round::Over("GOAWAY and no stream left".into());
     }
-    Poll::Pending
+    // A tunnel held back for the output's room has it again once the output is written.
+    if more_in || (i.out_full && i.conn.pending_output().len() < OUT_HIGH) {
+        Round::Again
+    } else {
+        Round::Wait
+    }
 }
 
 fn on_event(i: &mut Inner, ev: Event) {
@@ -759,6 +823,10 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
                 break;
             }
             if i.conn.send_capacity(sid) == 0 {
+                break;
+            }
+            if i.conn.pending_output().len() >= OUT_HIGH {
+                i.out_full = true;
                 break;
             }
             let buf = &mut i.scratch;
