@@ -470,23 +470,6 @@ fn an_exported_link_continues_in_another_executor(engine: Engine) {
     });
 }
 
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                fn uring() {
-                    super::$name(super::Engine::Uring)
-                }
-                #[test]
-                fn epoll() {
-                    super::$name(super::Engine::Epoll)
-                }
-            }
-        )*
-    };
-}
-
 on_both_engines!(
     several_tunnels_carry_a_megabyte_each_way,
     a_refused_connect_and_a_reset_end_their_tunnels,

@@ -6,9 +6,30 @@
 //! so bulk transfers make few syscalls), zero-copy hand-off of read buffers to h2 (`Bytes`),
 //! and byte counting.
 
+/// Tests: each `fn name(engine: Engine)` listed runs once per I/O engine, as the tests
+/// `name::uring` and `name::epoll` (`Engine` must be in scope where it is used).
+#[cfg(test)]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn uring() {
+                    super::$name(super::Engine::Uring)
+                }
+                #[test]
+                fn epoll() {
+                    super::$name(super::Engine::Epoll)
+                }
+            }
+        )*
+    };
+}
+
 pub mod h2io;
 pub mod link;
 pub mod link_state;
+pub mod relay;
 pub mod tls;
 
 use std::cell::Cell;

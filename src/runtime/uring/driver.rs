@@ -87,6 +87,10 @@ struct Sock {
     tx_queued: usize,
     tx_cur: Option<Bytes>,
     tx_zc_hold: VecDeque<Bytes>,
+    /// Zero-copy sends that failed (they pin no buffer) whose notification is still to
+    /// come: that notification frees nothing (it used to free the buffer of an earlier send
+    /// the kernel was still sending from).
+    tx_zc_skip: u32,
     tx_err: Option<i32>,
     tx_waker: Option<Waker>,
     shut_wanted: bool,
@@ -1151,22 +1155,31 @@ impl Driver {
         }
         let s = self.sock(idx);
         if zc && cqueue::notif(flags) {
-            s.tx_zc_hold.pop_front();
+            if s.tx_zc_skip > 0 {
+                s.tx_zc_skip -= 1;
+            } else {
+                s.tx_zc_hold.pop_front();
+            }
             s.inflight -= 1;
             return;
         }
         let cur = s.tx_cur.take();
         if zc && cqueue::more(flags) {
-            // The notification follows; the buffer stays until then.
-            if let Some(c) = &cur {
+            // The notification follows; the buffer stays until then (a failed send pins
+            // none: its notification can come before those of earlier sends).
+            if res < 0 {
+                s.tx_zc_skip += 1;
+            } else if let Some(c) = &cur {
                 s.tx_zc_hold.push_back(c.clone());
             }
         } else {
             s.inflight -= 1;
         }
-        if res == -libc::ECANCELED && s.detaching {
+        if (res == -libc::ECANCELED || res == -libc::EINTR) && s.detaching {
             // `detach` cancelled it before anything was sent: it goes back to the queue,
-            // which `detach` hands over unsent.
+            // which `detach` hands over unsent. A send the kernel had handed to an io-wq
+            // worker ends EINTR when cancelled (nothing sent, as for a TCP send
+            // interrupted before it copied anything), not ECANCELED.
             if let Some(c) = cur {
                 s.tx_queued += c.len();
                 s.tx_q.push_front(c);
