@@ -584,8 +584,17 @@ fn one_round(
     // Warm-up (handshakes, pools), then check the path really is what it claims.
     load::bulk(client, t.cross_sink, 4 << 20, 1)?;
     let before = inbound_counters(&t.server_b_netns, false)?;
+    // Idle tunnels are a node proxy's memory; a relay keeps two copy buffers per connection.
+    // Measured first, right after the warm-up: what the bulk phases leave allocated (or give
+    // back) is not counted per tunnel.
     if hbone {
         r.rss_idle = Some(proxies_rss(run));
+        let tunnels = load::open_tunnels(client, t.cross_hold, s.tunnels)?;
+        std::thread::sleep(Duration::from_millis(300));
+        r.rss_tunnels = Some(proxies_rss(run));
+        drop(tunnels);
+        // Their closes are done before the measured phases start.
+        std::thread::sleep(Duration::from_millis(300));
     }
     let (cpu0, user0) = (proxies_cpu(run), proxies_user_cpu(run));
     let (machine0, t0) = (load::machine_busy_seconds(), std::time::Instant::now());
@@ -633,13 +642,6 @@ fn one_round(
         s.fixed_dur,
     )?);
     r.conn_per_s = Some(load::conn_rate(client, conn_dst, s.conn_dur, 4)?);
-    // Idle tunnels are a node proxy's memory; a relay keeps two copy buffers per connection.
-    if hbone {
-        let tunnels = load::open_tunnels(client, t.cross_hold, s.tunnels)?;
-        std::thread::sleep(Duration::from_millis(300));
-        r.rss_tunnels = Some(proxies_rss(run));
-        drop(tunnels);
-    }
     Ok(r)
 }
 
