@@ -584,18 +584,6 @@ fn one_round(
     // Warm-up (handshakes, pools), then check the path really is what it claims.
     load::bulk(client, t.cross_sink, 4 << 20, 1)?;
     let before = inbound_counters(&t.server_b_netns, false)?;
-    // Idle tunnels are a node proxy's memory; a relay keeps two copy buffers per connection.
-    // Measured first, right after the warm-up: what the bulk phases leave allocated (or give
-    // back) is not counted per tunnel.
-    if hbone {
-        r.rss_idle = Some(proxies_rss(run));
-        let tunnels = load::open_tunnels(client, t.cross_hold, s.tunnels)?;
-        std::thread::sleep(Duration::from_millis(300));
-        r.rss_tunnels = Some(proxies_rss(run));
-        drop(tunnels);
-        // Their closes are done before the measured phases start.
-        std::thread::sleep(Duration::from_millis(300));
-    }
     let (cpu0, user0) = (proxies_cpu(run), proxies_user_cpu(run));
     let (machine0, t0) = (load::machine_busy_seconds(), std::time::Instant::now());
     r.bulk_1_cross = Some(load::bulk(client, t.cross_sink, s.bulk_1_bytes, 1)?);
@@ -624,6 +612,18 @@ fn one_round(
     if proxied {
         r.cpu_per_gb = Some((cpu1 - cpu0) / gb);
         r.user_cpu_per_gb = Some((user1 - user0) / gb);
+    }
+    // Idle tunnels are a node proxy's memory; a relay keeps two copy buffers per connection.
+    // Measured once the path is known to be HBONE, before the other phases: what they leave
+    // allocated (or give back) is not counted per tunnel.
+    if hbone {
+        r.rss_idle = Some(proxies_rss(run));
+        let tunnels = load::open_tunnels(client, t.cross_hold, s.tunnels)?;
+        std::thread::sleep(Duration::from_millis(300));
+        r.rss_tunnels = Some(proxies_rss(run));
+        drop(tunnels);
+        // Their closes are done before the next phase starts.
+        std::thread::sleep(Duration::from_millis(300));
     }
     r.bulk_1_same = Some(load::bulk(client, t.same_sink, s.bulk_1_bytes, 1)?);
     r.bulk_8_cross = Some(load::bulk(client, t.cross_sink, s.bulk_8_bytes_each, 8)?);
