@@ -438,14 +438,14 @@ pub struct NodeArgs {
     #[arg(long, value_enum, default_value_t = TlsRecords::Direct, env = env::TLS_RECORDS)]
     pub tls_records: TlsRecords,
 
-    /// Who speaks HTTP/2 on the node proxy's HBONE connections: `h2` (default) — the h2
-    /// crate (on SIGTERM a connection drains and is cut at the deadline); `link` — one task
+    /// Who speaks HTTP/2 on the node proxy's HBONE connections: `link` (default) — one task
     /// per connection on ringmesh's own codec, whose whole state (TLS secrets, HTTP/2
     /// windows and HPACK tables, bytes in flight) is handed to the next process in a rolling
-    /// update, so long-lived connections survive it. `link` is not the default yet: it costs
-    /// more memory per idle tunnel and some throughput (bench/README.md). It needs
-    /// `--tls-records direct`; with `rustls` records, `h2` is used.
-    #[arg(long, value_enum, default_value_t = HboneCodec::H2, env = env::HBONE_CODEC)]
+    /// update, so long-lived connections survive it; `h2` — the h2 crate (on SIGTERM its
+    /// connections drain and are cut at the deadline), kept as a fallback: in `ringmesh
+    /// bench` it still carries 8 parallel streams faster (bench/README.md). `link`
+    /// needs `--tls-records direct`; with `rustls` records, `h2` is used.
+    #[arg(long, value_enum, default_value_t = HboneCodec::Link, env = env::HBONE_CODEC)]
     pub hbone_codec: HboneCodec,
 
     /// Fault injection, for tests of the hand-over: refuse to adopt (from the previous
