@@ -38,6 +38,7 @@ pub mod hbone;
 pub mod identity;
 #[allow(unsafe_code)] // fd passing (SCM_RIGHTS); each block has a SAFETY comment
 pub mod inpod;
+#[macro_use]
 pub mod io;
 #[cfg(feature = "lab")]
 pub mod lab;

@@ -1,7 +1,9 @@
 //! Rolling updates and crashes of `ringmesh node` in a real lab (root): a new process beside
 //! the old one takes every pod's listeners over (none refused, none reset), new connections
 //! go to it, and on SIGTERM the old one hands its live connections over (a 1 GiB transfer
-//! and an idle-then-active connection go on byte-exact) and exits within 5 s; a connection
+//! and an idle-then-active connection go on byte-exact, and so do plaintext transfers on
+//! TCP relays: passthrough to an out-of-mesh pod, and from one to 15006) and exits within
+//! 5 s; a connection
 //! the new process refuses drains in the old one; after `kill -9` and a restart the pods are
 //! enrolled again and new connections work.
 
@@ -29,6 +31,7 @@ nodes: [{{name: node-a}}, {{name: node-b}}]
 pods:
 - {{name: client-a, node: node-a, serviceAccount: client, labels: {{istio.io/dataplane-mode: ambient}}}}
 - {{name: server-b, node: node-b, serviceAccount: server, labels: {{istio.io/dataplane-mode: ambient}}}}
+- {{name: outside-b, node: node-b}}
 "#
     );
     Topology::parse("netns_upgrade topology", &text).unwrap()
@@ -179,8 +182,18 @@ fn send_paced(
     len: u64,
     at_least: Duration,
 ) -> std::thread::JoinHandle<(bool, f64)> {
+    send_paced_to(run, pod, addr(run, "server-b", 9001), len, at_least)
+}
+
+/// As [`send_paced`], to the checksum sink at `dst`.
+fn send_paced_to(
+    run: &LabRun,
+    pod: &str,
+    dst: SocketAddr,
+    len: u64,
+    at_least: Duration,
+) -> std::thread::JoinHandle<(bool, f64)> {
     let ns = pod_ns(run, pod);
-    let dst = addr(run, "server-b", 9001);
     std::thread::spawn(move || common::send_paced(&ns, dst, len, at_least))
 }
 
@@ -207,6 +220,9 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
     let mut run = LabRun::up(topology(&name), &dir.path().join(&name)).unwrap();
     serve_echo(&pod_ns(&run, "server-b"), 9000, "server-b");
     serve_sha(&pod_ns(&run, "server-b"), 9001);
+    // [relay hand-over] An out-of-mesh pod's checksum sink (client-a reaches it by
+    // passthrough on node-a's 15001).
+    serve_sha(&pod_ns(&run, "outside-b"), 9001);
     // A drain far longer than the 5 s the old process may take: only a hand-over (not a
     // drain) lets it exit in time with the connections below still open.
     let drain = [
@@ -229,6 +245,23 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
             panic!("{node}: {e}\n{}", logs(&run, ""));
         }
         let bulk = send_paced(&run, "client-a", 1 << 30, Duration::from_secs(8));
+        // [relay hand-over] Plaintext across the roll, on TCP relays: client-a → outside-b
+        // (passthrough, a relay of node-a's proxy) and outside-b → server-b (15006, a relay
+        // of node-b's). Each roll moves the one its node carries.
+        let passthrough = send_paced_to(
+            &run,
+            "client-a",
+            addr(&run, "outside-b", 9001),
+            256 << 20,
+            Duration::from_secs(8),
+        );
+        let plain_in = send_paced_to(
+            &run,
+            "outside-b",
+            addr(&run, "server-b", 9001),
+            256 << 20,
+            Duration::from_secs(8),
+        );
         let churn = churn(&run);
         std::thread::sleep(Duration::from_millis(500));
         let roll = run
@@ -246,6 +279,19 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
         let (ok, secs) = bulk.join().unwrap_or((false, 0.0));
         if !ok {
             eprintln!("{node}: the transfer failed\n{}", logs(&run, &roll.old_log));
+        }
+        // [relay hand-over] Both plaintext transfers, byte-exact and across the roll.
+        for (what, t) in [("passthrough", passthrough), ("15006", plain_in)] {
+            let (ok, secs) = t.join().unwrap_or((false, 0.0));
+            assert!(
+                ok,
+                "{node}: the plaintext ({what}) transfer across the roll arrived byte-exact\n{}",
+                logs(&run, &roll.old_log)
+            );
+            assert!(
+                secs > roll.old_exit.as_secs_f64(),
+                "{node}: the plaintext ({what}) transfer ran across the roll"
+            );
         }
         std::thread::sleep(Duration::from_millis(300));
         let (n_ok, n_failed, errors) = churn.finish();
@@ -290,9 +336,16 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
             "{node}: old log:\n{}",
             roll.old_log
         );
+        // [relay hand-over] Counted as handed over: the long-lived connection, the transfer
+        // and the plaintext relay this node carries.
         assert!(
-            handover_field(&roll.old_log, "connections").is_some_and(|n| n >= 2),
-            "{node}: the long-lived connection and the transfer were handed over:\n{}",
+            handover_field(&roll.old_log, "connections").is_some_and(|n| n >= 3),
+            "{node}: the long-lived connection, the transfer and the relay were handed over:\n{}",
+            roll.old_log
+        );
+        assert!(
+            handover_field(&roll.old_log, "tcp_relays").is_some_and(|n| n >= 1),
+            "{node}: the plaintext relay was handed over:\n{}",
             roll.old_log
         );
         assert!(
@@ -301,7 +354,7 @@ fn netns_upgrade_hands_live_connections_to_the_new_process() {
             roll.old_log
         );
         assert!(
-            received >= 2.0,
+            received >= 3.0,
             "{node}: the new process adopted them:\n{m}\n{}",
             logs(&run, &roll.old_log)
         );

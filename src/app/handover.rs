@@ -3,13 +3,18 @@
 //! process when it asks, and the SIGTERM drain.
 //!
 //! On SIGTERM with a newer process beside us, every live HBONE connection on the link task
-//! is handed to it whole (`hand_over_links`: sockets, TLS and HTTP/2 state, bytes in
-//! flight, bookkeeping), so long-lived connections go on without a cut; one it refuses is
-//! continued here and drains. Then the drain, as ztunnel's: stop accepting (listeners handed over keep their queues in the
-//! new process; the others close), GOAWAY on every inbound HBONE connection so peers open
-//! new streams elsewhere, readiness fails, then wait until no proxied connection or HBONE
-//! stream is left or the deadline (`--drain-deadline`, from TERMINATION_GRACE_PERIOD_SECONDS
-//! as ztunnel derives it) passes; what is left then is cut by the exit and counted.
+//! is handed to it whole (`hand_over_connections`: sockets, TLS and HTTP/2 state, bytes in
+//! flight, bookkeeping), and so is every plaintext TCP relay (passthrough, 15006: both
+//! sockets, the bytes in flight each way, bookkeeping), so long-lived connections go on
+//! without a cut; one it refuses is continued here and drains. Relays move whichever HBONE
+//! codec runs; HBONE connections only with `--hbone-codec link`.
+//!
+//! Then the drain, as ztunnel's: stop accepting (listeners handed over keep their queues in
+//! the new process; the others close), GOAWAY on every inbound HBONE connection so peers
+//! open new streams elsewhere, readiness fails, then wait until no proxied connection or
+//! HBONE stream is left or the deadline (`--drain-deadline`, from
+//! TERMINATION_GRACE_PERIOD_SECONDS as ztunnel derives it) passes; what is left then is cut
+//! by the exit and counted.
 
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -20,8 +25,20 @@ use std::time::{Duration, Instant};
 use super::Node;
 use crate::config;
 use crate::inpod::handover::{self, AdoptOutcome, HandoverEvent};
+use crate::io::relay::RelayState;
 use crate::proxy::Pod;
-use crate::proxy::links::{self, LinkInfo};
+use crate::proxy::links::{self, LinkInfo, TunnelMeta};
+use crate::proxy::relays::{self, RelayOut};
+
+/// One shard's export on SIGTERM: its links (info; encoded state, sockets, tunnels) and its
+/// relays.
+type ShardExport = (
+    Vec<(LinkInfo, Result<(Vec<u8>, Vec<OwnedFd>, usize), String>)>,
+    Vec<(TunnelMeta, RelayOut)>,
+);
+
+/// How a shard answers whether it continues a connection.
+type Reply<T> = std::sync::mpsc::Sender<Result<T, String>>;
 
 impl Node {
     /// The hand-over socket: the flag, else beside the ZDS socket; none without ZDS.
@@ -151,7 +168,66 @@ impl Node {
                     let _ = reply.send(Err(e));
                 }
             }
+            HandoverEvent::AdoptRelay {
+                info,
+                state,
+                fds,
+                reply,
+            } => {
+                let fault = self.args.fault_refuse_adopt;
+                let r = serde_json::from_str::<TunnelMeta>(&info)
+                    .map_err(|e| {
+                        format!(
+                            "unreadable TCP relay bookkeeping ({e}): the previous node proxy \
+                             sent what this build does not understand"
+                        )
+                    })
+                    .and_then(|meta| {
+                        self.adopt_relay(meta, state, fds, fault, Some(reply.clone()), true)
+                    });
+                if let Err(e) = r {
+                    let _ = reply.send(Err(e));
+                }
+            }
         }
+    }
+
+    /// Continues a TCP relay on one of our shards: one the previous process handed over,
+    /// or one of ours the next process refused (`fault`: None then). `reply` gets the
+    /// outcome; Err here: it was not even sent to a shard.
+    fn adopt_relay(
+        &mut self,
+        meta: TunnelMeta,
+        state: RelayState,
+        fds: Vec<OwnedFd>,
+        fault: Option<u16>,
+        reply: Option<Reply<()>>,
+        from_previous: bool,
+    ) -> Result<(), String> {
+        if self.shards.is_empty() {
+            return Err("no shards".into());
+        }
+        let k = (meta.src.port() as usize) % self.shards.len();
+        let metrics = self.metrics.clone();
+        self.shards[k]
+            .send(Box::new(move |ctx| {
+                let r = relays::adopt(ctx, &meta, &state, fds, fault);
+                match &r {
+                    Ok(()) if from_previous => {
+                        metrics
+                            .lifecycle
+                            .conns_received
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(shard = ctx.id, direction = %meta.direction, src = %meta.src, dst = %meta.dst, "continuing a TCP relay handed over by the previous node proxy");
+                    }
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(shard = ctx.id, direction = %meta.direction, src = %meta.src, dst = %meta.dst, "cannot continue a handed-over TCP relay: {e}"),
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }))
+            .map_err(|e| e.to_string())
     }
 
     /// Continues a link on one of our shards: one the previous process handed over, or
@@ -163,7 +239,7 @@ impl Node {
         state: Vec<u8>,
         fds: Vec<OwnedFd>,
         fault: Option<u16>,
-        reply: Option<std::sync::mpsc::Sender<Result<usize, String>>>,
+        reply: Option<Reply<usize>>,
         from_previous: bool,
     ) -> Result<(), String> {
         if !super::proxy_link(&self.args) {
@@ -204,13 +280,11 @@ impl Node {
             .map_err(|e| e.to_string())
     }
 
-    /// SIGTERM with a newer node proxy beside us: stops every link on every shard and hands
-    /// it to that process over its hand-over socket; a link it refuses is continued here
-    /// again (it then drains). Returns once every link is handed over or kept.
-    async fn hand_over_links(&mut self) {
-        if !super::proxy_link(&self.args) {
-            return;
-        }
+    /// SIGTERM with a newer node proxy beside us: stops every link (with `--hbone-codec
+    /// link`) and every TCP relay on every shard and hands them to that process over its
+    /// hand-over socket; one it refuses is continued here again (it then drains). Returns
+    /// once every one is handed over or kept.
+    async fn hand_over_connections(&mut self) {
         let Some(path) = self.handover_path() else {
             return;
         };
@@ -223,103 +297,181 @@ impl Node {
             }
         };
         let t0 = Instant::now();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let with_links = super::proxy_link(&self.args);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ShardExport>();
         let mut asked = 0;
         for shard in &self.shards {
             let tx = tx.clone();
             let sent = shard.send(Box::new(move |ctx| {
                 let ctx = ctx.clone();
                 crate::runtime::engine::spawn(async move {
-                    let all = ctx.links.export_all().await;
-                    let _ = tx.send(
-                        all.into_iter()
-                            .map(|(i, r)| {
-                                (
-                                    i,
-                                    r.map(|e| {
-                                        let n = e.state.tunnels.len();
-                                        (e.state.encode(), e.fds, n)
-                                    }),
-                                )
-                            })
-                            .collect::<Vec<_>>(),
-                    );
+                    let links = async {
+                        if !with_links {
+                            return Vec::new();
+                        }
+                        ctx.links.export_all().await
+                    };
+                    let (links, relays) = tokio::join!(links, ctx.relays.export_all());
+                    let links = links
+                        .into_iter()
+                        .map(|(i, r)| {
+                            (
+                                i,
+                                r.map(|e| {
+                                    let n = e.state.tunnels.len();
+                                    (e.state.encode(), e.fds, n)
+                                }),
+                            )
+                        })
+                        .collect();
+                    let _ = tx.send((links, relays));
                 });
             }));
             asked += usize::from(sent.is_ok());
         }
         drop(tx);
-        let mut exported = Vec::new();
+        let (mut exported, mut exported_relays) = (Vec::new(), Vec::new());
         while asked > 0 {
             match tokio::time::timeout(handover::TIMEOUT, rx.recv()).await {
-                Ok(Some(v)) => exported.extend(v),
+                Ok(Some((l, r))) => {
+                    exported.extend(l);
+                    exported_relays.extend(r);
+                }
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
-                        "a shard did not export its HBONE connections in time: they drain"
+                        "a shard did not export its live connections in time: they drain"
                     );
                     break;
                 }
             }
             asked -= 1;
         }
-        let (mut links_sent, mut sent, mut kept, mut lost) = (0u64, 0u64, 0u64, 0u64);
-        let mut usable = true;
+        let mut n = HandedOver::default();
         for (info, r) in exported {
-            let (state, fds, n) = match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(peer = %info.peer, "cannot export an HBONE connection ({e}): its tunnels are cut");
-                    continue;
-                }
-            };
-            let info_json = serde_json::to_string(&info).unwrap_or_default();
-            let outcome = if usable {
-                client.adopt(&info_json, &state, &fds)
-            } else {
-                AdoptOutcome::Kept("an earlier hand-over got no answer".into())
-            };
-            match outcome {
-                AdoptOutcome::Adopted(k) => {
-                    links_sent += 1;
-                    sent += k as u64;
-                }
-                AdoptOutcome::Kept(why) => {
-                    tracing::warn!(peer = %info.peer, tunnels = n, "the next node proxy did not take an HBONE connection ({why}): it drains here");
-                    kept += n as u64;
-                    // Continued here before the drain counts what is live.
-                    let (tx, rx) = std::sync::mpsc::channel();
-                    let r = self
-                        .adopt_link(&info_json, state, fds, None, Some(tx), false)
-                        .and_then(|()| {
-                            rx.recv_timeout(handover::TIMEOUT)
-                                .map_err(|_| "the shard did not answer".to_string())?
-                        });
-                    if let Err(e) = r {
-                        tracing::warn!(peer = %info.peer, "cannot continue it here either ({e}): cut");
-                        lost += n as u64;
-                    }
-                }
-                AdoptOutcome::Unknown(why) => {
-                    tracing::warn!(peer = %info.peer, tunnels = n, "no answer to a hand-over ({why}): the connection may run in the next node proxy, so it is not continued here (cut)");
-                    usable = false;
-                    lost += n as u64;
-                }
-            }
+            self.hand_over_link(&client, &mut n, info, r);
+        }
+        for (meta, r) in exported_relays {
+            self.hand_over_relay(&client, &mut n, meta, r);
         }
         let l = &self.metrics.lifecycle;
-        l.conns_sent.fetch_add(sent, Ordering::Relaxed);
-        l.conns_kept.fetch_add(kept, Ordering::Relaxed);
-        l.cut.fetch_add(lost, Ordering::Relaxed);
+        l.conns_sent.fetch_add(n.sent, Ordering::Relaxed);
+        l.conns_kept.fetch_add(n.kept, Ordering::Relaxed);
+        l.cut.fetch_add(n.lost, Ordering::Relaxed);
         tracing::info!(
-            connections = sent,
-            hbone_connections = links_sent,
-            kept,
-            cut = lost,
+            connections = n.sent,
+            hbone_connections = n.links,
+            tcp_relays = n.relays,
+            kept = n.kept,
+            cut = n.lost,
             next_pid = client.peer_pid,
             after = ?t0.elapsed(),
             "live connections handed over to the next node proxy"
         );
+    }
+
+    /// Hands one exported link to the next process, or continues it here.
+    fn hand_over_link(
+        &mut self,
+        client: &handover::Client,
+        n: &mut HandedOver,
+        info: LinkInfo,
+        r: Result<(Vec<u8>, Vec<OwnedFd>, usize), String>,
+    ) {
+        let (state, fds, tunnels) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(peer = %info.peer, "cannot export an HBONE connection ({e}): its tunnels are cut");
+                return;
+            }
+        };
+        let info_json = serde_json::to_string(&info).unwrap_or_default();
+        let outcome = if n.usable {
+            client.adopt(&info_json, &state, &fds)
+        } else {
+            AdoptOutcome::Kept("an earlier hand-over got no answer".into())
+        };
+        match outcome {
+            AdoptOutcome::Adopted(k) => {
+                n.links += 1;
+                n.sent += k as u64;
+            }
+            AdoptOutcome::Kept(why) => {
+                tracing::warn!(peer = %info.peer, tunnels, "the next node proxy did not take an HBONE connection ({why}): it drains here");
+                n.kept += tunnels as u64;
+                // Continued here before the drain counts what is live.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let r = self
+                    .adopt_link(&info_json, state, fds, None, Some(tx), false)
+                    .and_then(|()| {
+                        rx.recv_timeout(handover::TIMEOUT)
+                            .map_err(|_| "the shard did not answer".to_string())?
+                    });
+                if let Err(e) = r {
+                    tracing::warn!(peer = %info.peer, "cannot continue it here either ({e}): cut");
+                    n.lost += tunnels as u64;
+                }
+            }
+            AdoptOutcome::Unknown(why) => {
+                tracing::warn!(peer = %info.peer, tunnels, "no answer to a hand-over ({why}): the connection may run in the next node proxy, so it is not continued here (cut)");
+                n.usable = false;
+                n.lost += tunnels as u64;
+            }
+        }
+    }
+
+    /// Hands one exported TCP relay to the next process, or continues it here.
+    fn hand_over_relay(
+        &mut self,
+        client: &handover::Client,
+        n: &mut HandedOver,
+        meta: TunnelMeta,
+        r: RelayOut,
+    ) {
+        let (src, dst, direction) = (meta.src, meta.dst, meta.direction.clone());
+        let x = match r {
+            RelayOut::Moved(x) => x,
+            RelayOut::Stays(why) => {
+                tracing::warn!(%direction, %src, %dst, "cannot export a TCP relay ({why}): it drains here");
+                return;
+            }
+            RelayOut::Ended(why) => {
+                tracing::debug!(%direction, %src, %dst, "a TCP relay ended during the hand-over: {why}");
+                return;
+            }
+        };
+        let info = serde_json::to_string(&meta).unwrap_or_default();
+        let outcome = if n.usable {
+            client.adopt_relay(&info, &x.state, &x.fds)
+        } else {
+            AdoptOutcome::Kept("an earlier hand-over got no answer".into())
+        };
+        match outcome {
+            AdoptOutcome::Adopted(_) => {
+                n.relays += 1;
+                n.sent += 1;
+            }
+            AdoptOutcome::Kept(why) => {
+                tracing::warn!(%direction, %src, %dst, "the next node proxy did not take a TCP relay ({why}): it drains here");
+                n.kept += 1;
+                let (tx, rx) = std::sync::mpsc::channel();
+                let r = self
+                    .adopt_relay(meta, x.state, x.fds, None, Some(tx), false)
+                    .and_then(|()| {
+                        rx.recv_timeout(handover::TIMEOUT)
+                            .map_err(|_| "the shard did not answer".to_string())?
+                    });
+                if let Err(e) = r {
+                    tracing::warn!(%direction, %src, %dst, "cannot continue it here either ({e}): cut");
+                    n.lost += 1;
+                }
+            }
+            AdoptOutcome::Unknown(why) => {
+                tracing::warn!(%direction, %src, %dst, "no answer to a hand-over ({why}): the relay may run in the next node proxy, so it is not continued here (cut)");
+                n.usable = false;
+                n.lost += 1;
+            }
+        }
     }
 
     /// The next process accepts for `uid` now: stop accepting (without closing the listen
@@ -347,7 +499,7 @@ impl Node {
         // shards let go (connections still queued there are reset, as at any exit).
         self.listener_fds.clear();
         // Live connections move to the next process if there is one; what stays drains.
-        self.hand_over_links().await;
+        self.hand_over_connections().await;
         for shard in &self.shards {
             let _ = shard.send(Box::new(|ctx| ctx.drain.start()));
         }
@@ -379,6 +531,35 @@ impl Node {
             );
         } else {
             tracing::info!(drained, after = ?t0.elapsed(), "drained: no connection left");
+        }
+    }
+}
+
+/// What a hand-over did, as it goes.
+struct HandedOver {
+    /// Connections (HBONE tunnels and TCP relays) the next process took.
+    sent: u64,
+    /// HBONE connections (links) it took.
+    links: u64,
+    /// TCP relays it took.
+    relays: u64,
+    /// Connections it refused, continued here.
+    kept: u64,
+    /// Connections neither process continues.
+    lost: u64,
+    /// False once a hand-over got no answer: nothing more is offered.
+    usable: bool,
+}
+
+impl Default for HandedOver {
+    fn default() -> Self {
+        HandedOver {
+            sent: 0,
+            links: 0,
+            relays: 0,
+            kept: 0,
+            lost: 0,
+            usable: true,
         }
     }
 }

@@ -449,8 +449,9 @@ pub struct NodeArgs {
     pub hbone_codec: HboneCodec,
 
     /// Fault injection, for tests of the hand-over: refuse to adopt (from the previous
-    /// process) any connection that carries a tunnel to this destination port; the previous
-    /// process then keeps it and drains it. Not for production.
+    /// process) any connection that carries a tunnel to this destination port, and any
+    /// plaintext TCP relay to it; the previous process then keeps it and drains it. Not for
+    /// production.
     #[arg(long, hide = true, env = env::FAULT_REFUSE_ADOPT)]
     pub fault_refuse_adopt: Option<u16>,
 

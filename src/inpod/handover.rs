@@ -3,7 +3,8 @@
 //! old one; istio-cni then hands the pods to the newest).
 //!
 //! Owns: the protocol (SEQPACKET records of JSON, fds as SCM_RIGHTS), the old process's
-//! server thread, the new process's client, and the checks on a received listener.
+//! server thread, the new process's client, and the checks on a received listener, live
+//! connection or TCP relay.
 //!
 //! When the new process is given a pod (ZDS `Add`), it asks the old one for that pod's
 //! listening sockets (`take`) instead of opening its own: the old sends a duplicate of
@@ -13,6 +14,15 @@
 //! completed its handshake a moment before is accepted by one of the two; none is refused
 //! or reset. A pod the old process does not have (`absent`), a protocol error or no old
 //! process at all: the new one opens fresh listeners, as at a first start.
+//!
+//! On SIGTERM the roles swap: the old process connects to the new one's socket and hands
+//! it every live HBONE connection (`adopt`) and plaintext TCP relay (`adopt_relay`), each
+//! with a memfd of its state and its sockets; one refused is continued by the old process.
+//!
+//! Versions: each side says its version in `Hello`; the server answers the lower of the
+//! two, which both then speak. Version 1 has listeners and HBONE connections; version 2
+//! adds TCP relays (a relay is not offered to a version-1 peer: it drains in the old
+//! process, as it did before).
 //!
 //! The server side runs on a thread of its own (blocking I/O); the control thread does the
 //! work (`HandoverEvent`) and answers through a channel, as for ZDS.
@@ -26,9 +36,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::seqpacket::{MAX_FDS, SeqPacket, SeqPacketListener};
+use crate::io::relay::RelayState;
 
-/// Protocol version spoken here.
-pub const VERSION: u32 = 1;
+/// The newest protocol version spoken here.
+pub const VERSION: u32 = 2;
+
+/// The oldest version spoken here (a peer of a build before TCP relays moved).
+pub const MIN_VERSION: u32 = 1;
+
+/// The first version that carries TCP relays (`AdoptRelay`).
+pub const RELAY_VERSION: u32 = 2;
 
 /// The largest record (JSON) either side sends.
 const MAX_RECORD: usize = 64 * 1024;
@@ -58,6 +75,12 @@ pub enum Request {
     Adopt {
         info: String,
     },
+    /// As `Adopt`, for a plaintext TCP relay (version 2): `info` is the proxy's bookkeeping
+    /// of it (opaque here); the record's fds are a memfd with its state
+    /// (`io::relay::RelayState::encode`), then its two sockets (a, then b).
+    AdoptRelay {
+        info: String,
+    },
 }
 
 /// What the old process answers.
@@ -82,7 +105,7 @@ pub enum Reply {
     Error {
         why: String,
     },
-    /// The connection continues here, with this many tunnels.
+    /// The connection continues here, with this many tunnels (a TCP relay: 1).
     Adopted {
         tunnels: usize,
     },
@@ -112,6 +135,15 @@ pub enum HandoverEvent {
         state: Vec<u8>,
         fds: Vec<OwnedFd>,
         reply: std_mpsc::Sender<Result<usize, String>>,
+    },
+    /// The previous process hands over a TCP relay: its state (decoded and checked) and its
+    /// two sockets (checked: connections, not listeners); answered with whether it
+    /// continues here, or why not.
+    AdoptRelay {
+        info: String,
+        state: RelayState,
+        fds: Vec<OwnedFd>,
+        reply: std_mpsc::Sender<Result<(), String>>,
     },
 }
 
@@ -187,6 +219,8 @@ pub struct Client {
     path: String,
     /// The old process's pid (from its hello).
     pub peer_pid: u32,
+    /// The version both speak (the lower of the two).
+    pub version: u32,
 }
 
 impl Client {
@@ -215,15 +249,19 @@ impl Client {
             sock,
             path: p,
             peer_pid: 0,
+            version: 0,
         };
         match c.call(&Request::Hello {
             version: VERSION,
             pid: std::process::id(),
         })? {
-            (Reply::Hello { version, pid }, _) if version == VERSION => c.peer_pid = pid,
+            (Reply::Hello { version, pid }, _) if (MIN_VERSION..=VERSION).contains(&version) => {
+                c.peer_pid = pid;
+                c.version = version;
+            }
             (Reply::Hello { version, .. }, _) => {
                 return Err(HandoverError::Protocol(format!(
-                    "peer speaks version {version}, we speak {VERSION}"
+                    "peer speaks version {version}, we speak {MIN_VERSION} to {VERSION}"
                 )));
             }
             (other, _) => return Err(HandoverError::Protocol(format!("hello answered {other:?}"))),
@@ -266,6 +304,31 @@ impl Client {
     /// new one's socket): its `info`, `state` bytes and sockets (duplicated by the kernel;
     /// ours stay open for a fallback).
     pub fn adopt(&self, info: &str, state: &[u8], fds: &[OwnedFd]) -> AdoptOutcome {
+        self.hand(&Request::Adopt { info: info.into() }, state, fds)
+    }
+
+    /// Hands one TCP relay to the new process: its `info`, state and two sockets (as
+    /// [`Client::adopt`]). A peer too old for relays is not asked: `Kept`.
+    pub fn adopt_relay(&self, info: &str, state: &RelayState, fds: &[OwnedFd]) -> AdoptOutcome {
+        if self.version < RELAY_VERSION {
+            return AdoptOutcome::Kept(format!(
+                "the next node proxy speaks hand-over version {}, which cannot take TCP \
+                 relays (version {RELAY_VERSION} can)",
+                self.version
+            ));
+        }
+        if fds.len() != 2 {
+            return AdoptOutcome::Kept(format!(
+                "{} sockets for a TCP relay (it has 2): a bug in the export",
+                fds.len()
+            ));
+        }
+        let req = Request::AdoptRelay { info: info.into() };
+        self.hand(&req, &state.encode(), fds)
+    }
+
+    /// Sends `req` with a memfd of `state` and `fds`; reads the answer as an outcome.
+    fn hand(&self, req: &Request, state: &[u8], fds: &[OwnedFd]) -> AdoptOutcome {
         if fds.len() + 1 > MAX_FDS {
             return AdoptOutcome::Kept(format!(
                 "{} sockets, more than one record carries",
@@ -278,8 +341,7 @@ impl Client {
         };
         let mut raw = vec![memfd.as_raw_fd()];
         raw.extend(fds.iter().map(|f| f.as_raw_fd()));
-        let req = Request::Adopt { info: info.into() };
-        match self.call_with(&req, &raw) {
+        match self.call_with(req, &raw) {
             Ok((Reply::Adopted { tunnels }, _)) => AdoptOutcome::Adopted(tunnels),
             Ok((Reply::Refused { why }, _)) => AdoptOutcome::Kept(why),
             Ok((Reply::Error { why }, _)) => AdoptOutcome::Unknown(why),
@@ -394,11 +456,11 @@ fn serve_client(
                 tracing::info!(
                     peer_pid = pid,
                     version,
-                    "a new node proxy connected for hand-over"
+                    "a node proxy connected for hand-over"
                 );
                 (
                     Reply::Hello {
-                        version: VERSION,
+                        version: version.min(VERSION),
                         pid: std::process::id(),
                     },
                     Vec::new(),
@@ -445,6 +507,7 @@ fn serve_client(
                 (Reply::Done, Vec::new())
             }
             Ok(Request::Adopt { info }) => (adopt(info, rec.fds, events), Vec::new()),
+            Ok(Request::AdoptRelay { info }) => (adopt_relay(info, rec.fds, events), Vec::new()),
         };
         let data = match serde_json::to_vec(&reply) {
             Ok(d) => d,
@@ -461,7 +524,7 @@ fn serve_client(
 /// the connection, answers.
 fn adopt(
     info: String,
-    mut fds: Vec<OwnedFd>,
+    fds: Vec<OwnedFd>,
     events: &tokio::sync::mpsc::UnboundedSender<HandoverEvent>,
 ) -> Reply {
     if fds.len() < 2 {
@@ -472,23 +535,10 @@ fn adopt(
             ),
         };
     }
-    let sockets = fds.split_off(1);
-    let Some(memfd) = fds.pop() else {
-        return Reply::Refused {
-            why: "no state fd".into(),
-        };
-    };
-    let state = match read_state(memfd) {
-        Ok(s) => s,
+    let (state, sockets) = match received(fds) {
+        Ok(x) => x,
         Err(why) => return Reply::Refused { why },
     };
-    for (k, fd) in sockets.iter().enumerate() {
-        if let Err(why) = check_stream(fd) {
-            return Reply::Refused {
-                why: format!("socket {k}: {why}"),
-            };
-        }
-    }
     let (tx, rx) = std_mpsc::channel();
     let ev = HandoverEvent::Adopt {
         info,
@@ -496,13 +546,76 @@ fn adopt(
         fds: sockets,
         reply: tx,
     };
+    ask(events, ev, rx, |tunnels| Reply::Adopted { tunnels })
+}
+
+/// The new process's side of an `adopt_relay`: the state fd, the state itself and both
+/// sockets are checked before the control thread sees them.
+fn adopt_relay(
+    info: String,
+    fds: Vec<OwnedFd>,
+    events: &tokio::sync::mpsc::UnboundedSender<HandoverEvent>,
+) -> Reply {
+    if fds.len() != 3 {
+        return Reply::Refused {
+            why: format!(
+                "{} fds for a TCP relay: expected the state and its two sockets; the previous \
+                 node proxy is broken",
+                fds.len()
+            ),
+        };
+    }
+    let (state, sockets) = match received(fds) {
+        Ok(x) => x,
+        Err(why) => return Reply::Refused { why },
+    };
+    let state = match RelayState::decode(&state) {
+        Ok(s) => s,
+        Err(e) => {
+            return Reply::Refused {
+                why: format!("TCP relay state: {e}"),
+            };
+        }
+    };
+    let (tx, rx) = std_mpsc::channel();
+    let ev = HandoverEvent::AdoptRelay {
+        info,
+        state,
+        fds: sockets,
+        reply: tx,
+    };
+    ask(events, ev, rx, |()| Reply::Adopted { tunnels: 1 })
+}
+
+/// Splits a hand-over record's fds into the state (read from the memfd, checked) and the
+/// sockets (each checked to be a connection).
+fn received(mut fds: Vec<OwnedFd>) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
+    if fds.is_empty() {
+        return Err("no state fd".into());
+    }
+    let sockets = fds.split_off(1);
+    let memfd = fds.pop().ok_or("no state fd")?;
+    let state = read_state(memfd)?;
+    for (k, fd) in sockets.iter().enumerate() {
+        check_stream(fd).map_err(|why| format!("socket {k}: {why}"))?;
+    }
+    Ok((state, sockets))
+}
+
+/// Has the control thread carry out `ev`; its answer (on `rx`) becomes the reply.
+fn ask<T>(
+    events: &tokio::sync::mpsc::UnboundedSender<HandoverEvent>,
+    ev: HandoverEvent,
+    rx: std_mpsc::Receiver<Result<T, String>>,
+    adopted: impl FnOnce(T) -> Reply,
+) -> Reply {
     if events.send(ev).is_err() {
         return Reply::Refused {
             why: "node proxy stopping".into(),
         };
     }
     match rx.recv_timeout(TIMEOUT) {
-        Ok(Ok(tunnels)) => Reply::Adopted { tunnels },
+        Ok(Ok(x)) => adopted(x),
         Ok(Err(why)) => Reply::Refused { why },
         // The connection may be running here after all: say so (the old process must not
         // continue it too).

@@ -1,4 +1,5 @@
-//! Copy loops between pod sockets and HBONE streams.
+//! Copy loops between pod sockets and HBONE streams; socket to socket (plaintext
+//! passthrough and 15006) is `relay`, which a hand-over can move.
 //!
 //! Owns: moving bytes in both directions with half-close preserved (EOF on one side becomes
 //! FIN / END_STREAM on the other), read buffers allocated only when data is there (an idle
@@ -38,7 +39,7 @@ use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::runtime::net::{ReadHalf, Stream, WriteHalf};
+use crate::runtime::net::{ReadHalf, Stream};
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 
@@ -147,40 +148,6 @@ pub async fn copy_h2(
     };
     let (a, b) = tokio::join!(up, down);
     a.and(b)
-}
-
-/// Copies between two sockets (plaintext passthrough and inbound plaintext).
-pub async fn copy_tcp(a: Stream, b: Stream, counters: Rc<Counters>) -> Result<(), CopyError> {
-    let (mut ar, mut aw) = a.into_split();
-    let (mut br, mut bw) = b.into_split();
-    let c = counters.clone();
-    let fwd = pump(&mut ar, &mut bw, move |n| c.add_sent(n));
-    let c = counters.clone();
-    let back = pump(&mut br, &mut aw, move |n| c.add_received(n));
-    let (x, y) = tokio::join!(fwd, back);
-    x.and(y)
-}
-
-async fn pump(r: &mut ReadHalf, w: &mut WriteHalf, count: impl Fn(u64)) -> Result<(), CopyError> {
-    let mut size = ReadSize::default();
-    loop {
-        let buf = match read_fresh(r, &mut size).await {
-            Ok(b) => b,
-            Err(e) if is_benign(&e) => Bytes::new(),
-            Err(e) => return Err(e.into()),
-        };
-        if buf.is_empty() {
-            let _ = w.shutdown().await;
-            return Ok(());
-        }
-        let n = buf.len() as u64;
-        match w.write_bytes(buf).await {
-            Ok(()) => {}
-            Err(e) if is_benign(&e) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-        count(n);
-    }
 }
 
 /// Adaptive read size: starts at 16 KiB, doubles each time a read fills its buffer, up to

@@ -3,7 +3,7 @@
 //!
 //! Owns: the relay task ([`run`], [`resume`]): both directions copied with half-close
 //! preserved (EOF on one side becomes FIN on the other), benign ends (reset, broken pipe) as
-//! in `copy_tcp`, the same performance properties (read buffers allocated only when data is
+//! in `copy_h2`, the same performance properties (read buffers allocated only when data is
 //! there, adaptive read size, zero-copy writes on uring: the pieces of `io` are reused); the
 //! control handle ([`RelayCtl`]) that asks for an export; and the exported state
 //! ([`RelayState`], versioned bytes with a decode that checks everything).
@@ -509,7 +509,7 @@ async fn pump(
             continue;
         }
         if d.eof {
-            // As copy_tcp: a failed shutdown (the peer is gone) ends the direction too.
+            // As copy_h2: a failed shutdown (the peer is gone) ends the direction too.
             if or_stop(ctl, slot, w.shutdown()).await.is_none() {
                 return;
             }

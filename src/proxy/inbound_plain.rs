@@ -1,6 +1,7 @@
 //! The inbound plaintext flow (15006): traffic from outside the mesh, redirected by the
 //! pod's capture rules. Authorized with no identity (so a policy requiring one blocks it);
-//! a denial closes the connection.
+//! a denial closes the connection. An allowed one runs on a relay that a rolling update
+//! hands to the next process (`relays`), re-checked there when policies change.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -10,9 +11,10 @@ use std::time::Instant;
 use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 
 use super::inbound::{labels, spoof_source};
-use super::{ConnMetrics, Pod, ShardCtx, StopSignal, connect_in, log_complete};
+use super::links::{PolicyMeta, TunnelMeta, unix_ms_ago};
+use super::{ConnMetrics, Pod, ShardCtx, StopSignal, connect_in, log_complete, relays};
 use crate::hbone;
-use crate::io;
+use crate::io::relay;
 use crate::policy::{ConnFacts, evaluate};
 use crate::runtime::sockopt;
 
@@ -89,14 +91,41 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         Ok(u) => u,
         Err(e) => return fail(e, "CONNECT"),
     };
-    let metrics = metrics_for("-");
+    let lbl = labels(&ctx, &pod, peer, None, false, "-", None);
+    let metrics = ConnMetrics::open(&ctx, lbl.clone());
     let counters = metrics.counters(false);
-    let reg = ctx.conns.register(&w.uid, facts);
-    let err = tokio::select! {
-        r = io::copy_tcp(s, up, counters.clone()) => r.err().map(|e| e.to_string()),
-        _ = reg.kill.notified() => Some("connection closed due to policy change".to_string()),
+    let dst_id = w.identity().to_string();
+    // What travels with the relay if it is handed to the next process; `policy` also
+    // registers it for the re-check (the facts it was authorized on).
+    let meta = Rc::new(TunnelMeta {
+        direction: "inbound".into(),
+        pod: pod.uid.clone(),
+        src: peer,
+        src_id: None,
+        dst,
+        hbone_addr: None,
+        dst_id: Some(dst_id.clone()),
+        service: None,
+        labels: lbl,
+        started_unix_ms: unix_ms_ago(started.elapsed()),
+        policy: Some(PolicyMeta {
+            dst_uid: w.uid.clone(),
+            src: facts.src,
+            dst: facts.dst,
+            src_identity: None,
+        }),
+    });
+    let c = counters.clone();
+    let end = relays::carry(&ctx, &meta, move |ctl| {
+        relay::run(s, up, Vec::new(), c, ctl)
+    })
+    .await;
+    let err = match relays::outcome(end) {
+        // The next process logs and counts its end.
+        Ok(true) => return metrics.moved(),
+        Ok(false) => None,
+        Err(e) => Some(e),
     };
-    drop(reg);
     log_complete(
         &ctx,
         "inbound",
@@ -104,7 +133,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         None,
         dst,
         None,
-        Some(&w.identity().to_string()),
+        Some(&dst_id),
         None,
         &counters,
         started,

@@ -128,7 +128,7 @@ pub fn unix_ms_ago(elapsed: Duration) -> u64 {
 }
 
 /// The `Instant` a connection that began at `unix_ms` began at (now, if in the future).
-fn started_at(unix_ms: u64) -> Instant {
+pub(super) fn started_at(unix_ms: u64) -> Instant {
     let began = SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms);
     let age = SystemTime::now().duration_since(began).unwrap_or_default();
     Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
@@ -360,20 +360,36 @@ async fn adopted_tunnel(
         metrics.moved();
         return;
     }
+    log_adopted_end(
+        &ctx,
+        &meta,
+        (t.sent_before, t.received_before),
+        &counters,
+        end_error(&end).as_deref(),
+    );
+}
+
+/// Logs the end of a connection continued from another process: its totals are what every
+/// process before this one moved (`before`: sent, received) plus what `counters` counted here.
+pub(super) fn log_adopted_end(
+    ctx: &ShardCtx,
+    meta: &TunnelMeta,
+    before: (u64, u64),
+    counters: &Counters,
+    err: Option<&str>,
+) {
     let total = Counters::default();
-    total
-        .sent
-        .set(t.sent_before.saturating_add(counters.sent.get()));
+    total.sent.set(before.0.saturating_add(counters.sent.get()));
     total
         .received
-        .set(t.received_before.saturating_add(counters.received.get()));
+        .set(before.1.saturating_add(counters.received.get()));
     let direction = if meta.direction == "outbound" {
         "outbound"
     } else {
         "inbound"
     };
     log_complete(
-        &ctx,
+        ctx,
         direction,
         meta.src,
         meta.src_id.as_deref(),
@@ -383,7 +399,7 @@ async fn adopted_tunnel(
         meta.service.as_deref(),
         &total,
         started_at(meta.started_unix_ms),
-        end_error(&end).as_deref(),
+        err,
     );
 }
 

@@ -5,6 +5,8 @@
 //! - `inbound.rs`: 15008, HBONE → app, with authorization (h2 crate); `inbound_link.rs`: the
 //!   same on the link task (the default), `links.rs`: links, their hand-over and adoption
 //! - `inbound_plain.rs`: 15006, plaintext → app, with authorization (no identity)
+//! - `relays.rs`: the plaintext relays of both (passthrough, 15006), their hand-over and
+//!   adoption
 //! - `pool.rs`: the per-shard HBONE connection pool; `h2conn.rs`: HBONE connections
 //! - `conns.rs`: live inbound connections, re-checked when policies change
 //!
@@ -19,6 +21,7 @@ pub mod inbound_plain;
 pub mod links;
 pub mod outbound;
 pub mod pool;
+pub mod relays;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -161,6 +164,8 @@ pub struct ShardCtx {
     pub conns: conns::Registry,
     /// HBONE connections on the link task (both roles), for a hand-over.
     pub links: Rc<links::Links>,
+    /// Plaintext TCP relays (passthrough, 15006), for a hand-over.
+    pub relays: relays::Relays,
     pub metrics: Arc<ShardMetrics>,
     pods: RefCell<HashMap<String, PodTasks>>,
     rr: RefCell<HashMap<String, usize>>,
@@ -185,6 +190,7 @@ impl ShardCtx {
             pool: pool::Pool::default(),
             conns: conns::Registry::default(),
             links: Rc::default(),
+            relays: relays::Relays::default(),
             pods: RefCell::default(),
             rr: RefCell::default(),
             drain: Drain::default(),

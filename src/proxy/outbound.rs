@@ -3,7 +3,8 @@
 //! Routing (`route`, pure, over a snapshot): a service VIP picks an endpoint round-robin and
 //! maps the port; a pod IP goes to that pod; a destination with a waypoint goes to the
 //! waypoint; an HBONE (captured) destination is reached over HBONE at pod:15008; anything
-//! else is plaintext passthrough to the original destination.
+//! else is plaintext passthrough to the original destination, on a relay that a rolling
+//! update hands to the next process (`relays`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -14,10 +15,12 @@ use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 
 use super::links::{TunnelMeta, end_error, unix_ms_ago};
 use super::pool::PoolKey;
+use super::relays;
 use super::{ConnMetrics, Pod, ShardCtx, StopSignal, connect_in, h2conn, log_complete};
 use crate::hbone::{self, ConnectHeaders};
 use crate::identity::Identity;
 use crate::io::link::TunnelEnd;
+use crate::io::relay;
 use crate::io::{self, Counters};
 use crate::runtime::sockopt;
 use crate::state::{GatewayAddress, GatewayDestination, Protocol, Snapshot, Workload};
@@ -301,9 +304,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
     };
     let result = match r {
         Err(e) => Err(e.to_string()),
-        Ok(Route::Passthrough { dst }) => passthrough(&ctx, &pod, s, dst, &counters)
-            .await
-            .map(|()| false),
+        Ok(Route::Passthrough { dst }) => passthrough(&ctx, &pod, s, dst, &counters, meta).await,
         Ok(Route::Hbone {
             next_hop,
             authority,
@@ -327,7 +328,8 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         }
     };
     if result == Ok(true) {
-        // Handed to the next process with its HBONE connection: it logs and counts the end.
+        // Handed to the next process (with its HBONE connection, or as a relay): it logs
+        // and counts the end.
         metrics.moved();
         return;
     }
@@ -349,17 +351,20 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
     );
 }
 
+/// Plain TCP to `dst` on a relay a hand-over can move (`relays`); Ok(true): it moved.
 async fn passthrough(
     ctx: &ShardCtx,
     pod: &Pod,
     s: TcpStream,
     dst: SocketAddr,
     counters: &Rc<Counters>,
-) -> Result<(), String> {
+    meta: TunnelMeta,
+) -> Result<bool, String> {
     let up = connect_in(&pod.netns, dst, ctx.cfg.mark, None, ctx.cfg.connect_timeout).await?;
-    io::copy_tcp(s, up, counters.clone())
-        .await
-        .map_err(|e| e.to_string())
+    let meta = Rc::new(meta);
+    let c = counters.clone();
+    let end = relays::carry(ctx, &meta, move |ctl| relay::run(s, up, Vec::new(), c, ctl)).await;
+    relays::outcome(end)
 }
 
 #[allow(clippy::too_many_arguments)]

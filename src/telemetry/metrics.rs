@@ -588,7 +588,8 @@ pub struct Lifecycle {
     pub pods_received: AtomicU64,
     /// Pods whose listeners this process handed to the one after it.
     pub pods_sent: AtomicU64,
-    /// Live connections (HBONE tunnels) handed to the next process, which continues them.
+    /// Live connections (HBONE tunnels, plaintext TCP relays) handed to the next process,
+    /// which continues them.
     pub conns_sent: AtomicU64,
     /// Live connections continued here, handed over by the previous process.
     pub conns_received: AtomicU64,
