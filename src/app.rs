@@ -898,6 +898,7 @@ fn effective_config(
         "readinessAddr": args.readiness_addr.to_string(),
     });
     v["hboneCodec"] = (if proxy_link(args) { "link" } else { "h2" }).into();
+    v["maxConnections"] = max_connections(args).into();
     v
 }
 
@@ -934,8 +935,22 @@ pub fn proxy_config(args: &NodeArgs) -> ProxyConfig {
         tls_records: args.tls_records,
         link: proxy_link(args),
         fault_refuse_adopt: args.fault_refuse_adopt,
+        max_connections_per_shard: crate::proxy::limit::per_shard(
+            max_connections(args),
+            shard_count(args),
+        ),
         ..ProxyConfig::default()
     }
+}
+
+/// `--max-connections`, else the default from the open-files limit now.
+fn max_connections(args: &NodeArgs) -> usize {
+    if let Some(n) = args.max_connections {
+        return usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    crate::proxy::limit::default_max(nofile)
 }
 
 /// Whether HBONE runs on the link task (`--hbone-codec link`, which needs direct records).

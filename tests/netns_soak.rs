@@ -7,6 +7,9 @@
 //! - fd exhaustion: node-a under `RLIMIT_NOFILE` 256 offered more connections than it has fds:
 //!   accept failures counted (`ringmesh_accept_failures_total`) and logged rate-limited, the
 //!   established tunnels served throughout, new connections served again once fds free up;
+//! - connection bound: node-a at `--max-connections` stops accepting (the rest wait in the
+//!   kernel's queue), counts the pause, serves what is open, and takes the waiting ones as
+//!   open ones close;
 //! - slow readers: apps that stop reading (uploads and downloads) cost each proxy a bounded
 //!   amount of memory per connection, the senders block (back-pressure), and every byte
 //!   arrives intact once the readers resume.
@@ -255,16 +258,10 @@ fn netns_soak_fd_exhaustion_keeps_serving_and_recovers() {
         return;
     }
     raise_nofile();
-    let name = format!("sx{}", std::process::id() % 10000);
     let dir = tempfile::tempdir().unwrap();
-    let mut run = LabRun::up(topology(&name), &dir.path().join(&name)).unwrap();
-    serve_echo(&pod_ns(&run, "server-b"), 9000, "server-b");
     // node-a (the client's, one fd per connection it accepts) under a low limit, soft and
     // hard (the proxy raises its soft limit to the hard one at start); node-b as usual.
-    let env = [("RUST_LOG".to_string(), "info".to_string())];
-    let args = run.ringmesh_args("node-b");
-    run.start_in_node("node-b", "ringmesh", Path::new(BIN), &args, &env)
-        .unwrap();
+    let (mut run, env) = echo_lab_with_node_b("sx", dir.path());
     let mut args = vec![format!("--nofile={LIMIT}:{LIMIT}"), "--".into(), BIN.into()];
     args.extend(run.ringmesh_args("node-a"));
     // Every connection node-a can accept fits on the HBONE connection each shard already
@@ -272,6 +269,9 @@ fn netns_soak_fd_exhaustion_keeps_serving_and_recovers() {
     // served and the rest wait in the queue, instead of new dials failing for want of an fd
     // and closing what was accepted (which frees fds and ends the exhaustion).
     args.extend(["--pool-max-streams".into(), "200".into()]);
+    // The fds run out here, not the connection bound (its default at 256 fds is 192 open
+    // connections: `netns_soak_connection_limit_*` tests that one).
+    args.extend(["--max-connections".into(), "100000".into()]);
     run.start_in_node("node-a", "ringmesh", Path::new("prlimit"), &args, &env)
         .unwrap();
     run.wait_ready(Duration::from_secs(30)).unwrap();
@@ -440,6 +440,128 @@ fn netns_soak_fd_exhaustion_keeps_serving_and_recovers() {
         metric(&m, "process_max_fds"),
         LIMIT as f64,
         "node-a's limit changed"
+    );
+    assert_no_panic(&mut run, &["node-a", "node-b"]);
+}
+
+/// `--max-connections`: at its bound node-a stops accepting (the rest wait in the kernel's
+/// queue, nothing is refused), counts and logs the pause rate-limited, keeps serving what is
+/// open, and takes the waiting connections as the open ones close.
+#[test]
+fn netns_soak_connection_limit_pauses_accepting_and_recovers() {
+    const MAX: usize = 8;
+    const OFFERED: usize = 24;
+    let _serial = serial();
+    let Some(_) = lab_or_skip("netns_soak") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut run, env) = echo_lab_with_node_b("sl", dir.path());
+    // Two shards of 4: whichever shard the kernel gives a connection to, at most 8 are open.
+    let mut args = run.ringmesh_args("node-a");
+    args.extend(["--max-connections", "8", "--shards", "2"].map(String::from));
+    run.start_in_node("node-a", "ringmesh", Path::new(BIN), &args, &env)
+        .unwrap();
+    run.wait_ready(Duration::from_secs(30)).unwrap();
+    let engine = assert_engine(&run);
+    let dst = addr(&run, "server-b", 9000);
+    let client = pod_ns(&run, "client-a");
+    // Every connection completes in the kernel; a thread per connection waits for the echo
+    // app's greeting (served) and says which one got it.
+    let mut conns: Vec<TcpStream> = client
+        .run(|| {
+            (0..OFFERED)
+                .map(|i| {
+                    TcpStream::connect_timeout(&dst, Duration::from_secs(5))
+                        .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+                })
+                .collect()
+        })
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, c) in conns.iter().enumerate() {
+        let mut c = c.try_clone().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((i, read_greeting(&mut c)));
+        });
+    }
+    let mut served = Vec::new();
+    // Greetings as they come: the first within `first`, each later one within `quiet` of
+    // the one before.
+    let take = |served: &mut Vec<usize>, first: Duration, quiet: Duration| {
+        let mut wait = first;
+        while served.len() < OFFERED {
+            let Ok((i, r)) = rx.recv_timeout(wait) else {
+                break;
+            };
+            r.unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            served.push(i);
+            wait = quiet;
+        }
+    };
+    // Served up to the bound, then no more while all stay open.
+    take(&mut served, Duration::from_secs(30), Duration::from_secs(3));
+    let at_bound = served.len();
+    assert!(
+        (1..=MAX).contains(&at_bound),
+        "{at_bound} of {OFFERED} connections served with --max-connections {MAX}"
+    );
+    let m = node_metrics(&run, "node-a");
+    let pauses = metric(&m, "ringmesh_connection_limit_pauses_total");
+    assert!(pauses >= 1.0, "no pause at the bound counted:\n{m}");
+    // What is open is served as usual.
+    for &i in &served {
+        exchange(&mut conns[i], &format!("at the bound {i}\n"))
+            .unwrap_or_else(|e| panic!("open connection {i} at the bound: {e}"));
+    }
+    assert!(
+        proxy_alive(&mut run, "node-a"),
+        "node-a exited at its bound"
+    );
+    // Each served connection closes: the waiting ones are taken, all of them in the end.
+    let mut closed = 0;
+    while served.len() < OFFERED {
+        if closed == served.len() {
+            take(
+                &mut served,
+                Duration::from_secs(30),
+                Duration::from_millis(200),
+            );
+            assert!(
+                closed < served.len(),
+                "{} of {OFFERED} served, and every served one closed",
+                served.len()
+            );
+        }
+        conns[served[closed]]
+            .shutdown(std::net::Shutdown::Both)
+            .unwrap();
+        closed += 1;
+        take(
+            &mut served,
+            Duration::from_millis(200),
+            Duration::from_millis(200),
+        );
+    }
+    let log = run.node_proxy("node-a").unwrap().log.clone();
+    let lines = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("its share of --max-connections"))
+        .count();
+    let m = node_metrics(&run, "node-a");
+    let pauses = metric(&m, "ringmesh_connection_limit_pauses_total");
+    eprintln!(
+        "connection limit ({engine}): --max-connections {MAX} on 2 shards; {OFFERED} offered, \
+         {at_bound} served while all were open, every one served as {closed} closed; \
+         {pauses} pauses counted, {lines} log lines"
+    );
+    assert!(lines >= 1, "the pause at the bound was not logged");
+    assert!(
+        (lines as f64) < pauses || pauses <= 2.0,
+        "every pause was logged ({lines} lines, {pauses} pauses): not rate-limited"
     );
     assert_no_panic(&mut run, &["node-a", "node-b"]);
 }
@@ -656,6 +778,19 @@ fn soak_echo_app() {
 }
 
 // ---- the lab ----
+
+/// A lab (named `prefix` + pid, under `dir`) with server-b's echo app on 9000 and node-b's
+/// proxy started as usual; node-a's is the test's to start, with the environment returned.
+fn echo_lab_with_node_b(prefix: &str, dir: &Path) -> (LabRun, [(String, String); 1]) {
+    let name = format!("{prefix}{}", std::process::id() % 10000);
+    let mut run = LabRun::up(topology(&name), &dir.join(&name)).unwrap();
+    serve_echo(&pod_ns(&run, "server-b"), 9000, "server-b");
+    let env = [("RUST_LOG".to_string(), "info".to_string())];
+    let args = run.ringmesh_args("node-b");
+    run.start_in_node("node-b", "ringmesh", Path::new(BIN), &args, &env)
+        .unwrap();
+    (run, env)
+}
 
 fn topology(name: &str) -> Topology {
     let text = format!(

@@ -16,6 +16,7 @@ pub mod env {
     pub const TLS_RECORDS: &str = "RINGMESH_TLS_RECORDS";
     pub const HBONE_CODEC: &str = "RINGMESH_HBONE_CODEC";
     pub const FAULT_REFUSE_ADOPT: &str = "RINGMESH_FAULT_REFUSE_ADOPT";
+    pub const MAX_CONNECTIONS: &str = "RINGMESH_MAX_CONNECTIONS";
     pub const CA_CERT: &str = "RINGMESH_CA_CERT";
     pub const CA_KEY: &str = "RINGMESH_CA_KEY";
     // ztunnel's names.
@@ -459,6 +460,16 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 1024 * 1024, env = env::H2_FRAME_SIZE,
           value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
     pub h2_frame_size: u32,
+
+    /// Connections the pods' listeners hold open at most, over all shards (each shard gets
+    /// an even share). At the bound a shard stops accepting: new connections wait in the
+    /// kernel's listen queue until one closes, and `ringmesh_connection_limit_pauses_total`
+    /// counts it (logged at most every 10 s); open connections are not touched. Default:
+    /// the open-files limit (raised to its hard limit at start) less an eighth of it (64 to
+    /// 4096) kept for upstream sockets, HBONE connections and the control plane.
+    #[arg(long, env = env::MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
 
     /// Streams per pooled HBONE connection before another is opened.
     #[arg(long, default_value_t = 100, env = env::POOL_MAX_STREAMS,

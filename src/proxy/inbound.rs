@@ -28,7 +28,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<St
     let p = pod.clone();
     // Streams count as live connections (`handle_stream`), not the HBONE connection: an
     // idle pooled connection must not hold up a drain.
-    super::accept_loop(pod, l, "HBONE", stop, move |s, peer| {
+    let limit = ctx.limit.clone();
+    super::accept_loop(pod, l, "HBONE", stop, limit, move |s, peer| {
         handle_conn(ctx.clone(), p.clone(), s, peer)
     })
     .await

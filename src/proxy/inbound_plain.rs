@@ -21,7 +21,8 @@ use crate::runtime::sockopt;
 /// Accept loop of one pod's plaintext listener on this shard.
 pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<StopSignal>) {
     let p = pod.clone();
-    super::accept_loop(pod, l, "plaintext", stop, move |s, peer| {
+    let limit = ctx.limit.clone();
+    super::accept_loop(pod, l, "plaintext", stop, limit, move |s, peer| {
         let live = ctx.live_guard();
         let f = handle(ctx.clone(), p.clone(), s, peer);
         async move {

@@ -18,6 +18,7 @@ pub mod h2conn;
 pub mod inbound;
 pub mod inbound_link;
 pub mod inbound_plain;
+pub mod limit;
 pub mod links;
 pub mod outbound;
 pub mod pool;
@@ -65,6 +66,9 @@ pub struct ProxyConfig {
     pub link: bool,
     /// Fault injection (tests): refuse to adopt connections carrying this port.
     pub fault_refuse_adopt: Option<u16>,
+    /// Connections one shard's pod listeners hold open before they stop accepting
+    /// (`--max-connections` over the shards; `limit`).
+    pub max_connections_per_shard: usize,
 }
 
 impl Default for ProxyConfig {
@@ -86,6 +90,7 @@ impl Default for ProxyConfig {
             tls_records: flags::TlsRecords::Direct,
             link: false,
             fault_refuse_adopt: None,
+            max_connections_per_shard: usize::MAX,
         }
     }
 }
@@ -167,6 +172,8 @@ pub struct ShardCtx {
     /// Plaintext TCP relays (passthrough, 15006), for a hand-over.
     pub relays: relays::Relays,
     pub metrics: Arc<ShardMetrics>,
+    /// The bound on connections this shard's pod listeners hold open.
+    pub limit: Rc<limit::ConnLimit>,
     pods: RefCell<HashMap<String, PodTasks>>,
     rr: RefCell<HashMap<String, usize>>,
     /// Set on SIGTERM.
@@ -183,6 +190,7 @@ impl ShardCtx {
     ) -> Self {
         ShardCtx {
             id,
+            limit: limit::ConnLimit::new(cfg.max_connections_per_shard),
             metrics,
             cfg,
             state,
@@ -415,17 +423,29 @@ impl Drop for ConnMetrics {
 
 /// Accepts on one of a pod's listeners until the task is aborted, running `handle` as a local
 /// task per connection. Accept errors (e.g. out of fds) are logged and retried after a pause.
+/// While the shard holds `limit` connections open, it accepts none (they wait in the
+/// kernel's queue) until one closes.
 pub async fn accept_loop<F, Fut>(
     pod: Arc<Pod>,
     l: net::Listener,
     what: &'static str,
     stop: Rc<StopSignal>,
+    limit: Rc<limit::ConnLimit>,
     handle: F,
 ) where
     F: Fn(net::Stream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     let mut backoff = Duration::from_millis(20);
+    let run = |s, peer| {
+        let slot = limit.take();
+        let f = handle(s, peer);
+        crate::runtime::engine::spawn(async move {
+            let _slot = slot;
+            f.await
+        });
+    };
+    let mut paused = false;
     loop {
         let next = {
             let mut a = std::pin::pin!(l.accept());
@@ -433,6 +453,14 @@ pub async fn accept_loop<F, Fut>(
                 if stop.poll_stopped(cx) {
                     return std::task::Poll::Ready(None);
                 }
+                if limit.poll_room(cx).is_pending() {
+                    if !paused {
+                        paused = true;
+                        limit_reached(&pod, what, &limit);
+                    }
+                    return std::task::Poll::Pending;
+                }
+                paused = false;
                 a.as_mut().poll(cx).map(Some)
             })
             .await
@@ -440,7 +468,7 @@ pub async fn accept_loop<F, Fut>(
         match next {
             Some(Ok((s, peer))) => {
                 backoff = Duration::from_millis(20);
-                crate::runtime::engine::spawn(handle(s, peer));
+                run(s, peer);
             }
             Some(Err(e)) => {
                 // Out of fds (or memory): the connection stays queued in the kernel; back
@@ -457,12 +485,27 @@ pub async fn accept_loop<F, Fut>(
                 let taken = l.stop().await;
                 let n = taken.len();
                 for (s, peer) in taken {
-                    crate::runtime::engine::spawn(handle(s, peer));
+                    run(s, peer);
                 }
                 tracing::debug!(pod = %pod.uid, accepted_late = n, "{what} listener released");
                 return;
             }
         }
+    }
+}
+
+/// Counts a pause at the connection bound; logs it unless another was logged in the last
+/// 10 s.
+fn limit_reached(pod: &Pod, what: &str, limit: &limit::ConnLimit) {
+    let (n, log) = crate::telemetry::metrics::conn_limit_paused();
+    if log {
+        tracing::warn!(
+            pod = %pod.uid,
+            open = limit.open(),
+            total = n,
+            "{what}: this shard holds {} connections open, its share of --max-connections: new ones wait in the kernel's queue until one closes (logged at most every 10 s, see ringmesh_connection_limit_pauses_total)",
+            limit.max()
+        );
     }
 }
 

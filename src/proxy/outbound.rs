@@ -190,7 +190,8 @@ fn waypoint(
 /// Accept loop of one pod's outbound listener on this shard.
 pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<StopSignal>) {
     let p = pod.clone();
-    super::accept_loop(pod, l, "outbound", stop, move |s, peer| {
+    let limit = ctx.limit.clone();
+    super::accept_loop(pod, l, "outbound", stop, limit, move |s, peer| {
         let live = ctx.live_guard();
         let f = handle(ctx.clone(), p.clone(), s, peer);
         async move {

@@ -127,7 +127,7 @@ pub fn spawn_shards<C: 'static>(
                     }
                 };
                 if let Err(e) = engine::block_on(engine, &opts, main) {
-                    tracing::error!(shard = id, %engine, "cannot start shard runtime: {e}");
+                    tracing::error!(shard = id, %engine, "shard runtime failed: {e}");
                 }
             })?;
         shards.push(Shard {

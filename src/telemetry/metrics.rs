@@ -569,13 +569,32 @@ pub static ACCEPT_FAILURES_LOGGED: AtomicU64 = AtomicU64::new(0);
 /// hand-over socket) and says whether to log it: at most one line every 10 s for them all,
 /// so that running out of fds costs a line, not a flood. Returns the total so far.
 pub fn accept_failed() -> (u64, bool) {
-    let n = ACCEPT_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
+    count_rate_limited(&ACCEPT_FAILURES, &ACCEPT_FAILURES_LOGGED)
+}
+
+/// Times a pod listener's accept loop stopped taking connections because its shard held
+/// `--max-connections` (its share of it) open, over the process's life.
+pub static CONN_LIMIT_PAUSES: AtomicU64 = AtomicU64::new(0);
+
+/// When a pause at the connection bound was last logged (Unix seconds).
+pub static CONN_LIMIT_PAUSES_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a pause at the connection bound and says whether to log it (at most one line
+/// every 10 s). Returns the total so far.
+pub fn conn_limit_paused() -> (u64, bool) {
+    count_rate_limited(&CONN_LIMIT_PAUSES, &CONN_LIMIT_PAUSES_LOGGED)
+}
+
+/// Adds one to `count`; true when nothing was logged for it in the last 10 s (`logged`
+/// holds when, in Unix seconds, and is claimed by exactly one caller).
+fn count_rate_limited(count: &AtomicU64, logged: &AtomicU64) -> (u64, bool) {
+    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let last = ACCEPT_FAILURES_LOGGED.load(Ordering::Relaxed);
+    let last = logged.load(Ordering::Relaxed);
     let log = now >= last.saturating_add(10)
-        && ACCEPT_FAILURES_LOGGED
+        && logged
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok();
     (n, log)
@@ -827,6 +846,13 @@ impl Metrics {
             "ringmesh_accept_failures",
             "Failed accepts on the pods' listeners, the admin ports and the hand-over socket (EMFILE and the like): the connection waits in the kernel's queue",
             accept_failures,
+        );
+        let paused: Counter = Counter::default();
+        paused.inc_by(CONN_LIMIT_PAUSES.load(Ordering::Relaxed));
+        reg.register(
+            "ringmesh_connection_limit_pauses",
+            "Times a pod listener stopped accepting because its shard held its share of --max-connections open: new connections wait in the kernel's queue until one closes",
+            paused,
         );
         let live: Gauge = Gauge::default();
         live.set(self.live() as i64);

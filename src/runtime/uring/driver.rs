@@ -31,6 +31,11 @@ const K_EVENTFD_POLL: u64 = 10;
 /// Connections a listener holds accepted but not yet taken by its accept loop.
 pub(crate) const ACC_MAX: usize = 256;
 
+/// Tries a full submission queue gets before the ring counts as broken (`Driver::push`):
+/// the first `SUBMIT_TRIES_TIGHT` back to back, the rest 1 ms apart.
+const SUBMIT_TRIES: u32 = 1100;
+const SUBMIT_TRIES_TIGHT: u32 = 100;
+
 /// Buffer group id of the shard's provided buffer ring.
 const BGID: u16 = 0;
 /// Size of the private buffer a socket receives into while the ring is empty.
@@ -366,7 +371,14 @@ pub struct Driver {
     ops: std::sync::Arc<OpStats>,
     efd: RawFd,
     efd_buf: Box<[u8; 8]>,
+    /// Completions reaped but not dispatched yet: by `dispatch`, or by a `push` that had to
+    /// free completion-queue room before the kernel took more submissions.
     cqes: Vec<(u64, i32, u32)>,
+    /// Why the ring cannot take submissions any more (see `push`): the executor then ends
+    /// the shard, which makes the node proxy fail readiness and exit.
+    broken: Option<String>,
+    /// `io_uring_enter` failures in a row in `turn` (0 after one that worked).
+    enter_failures: u32,
 }
 
 thread_local! {
@@ -453,20 +465,63 @@ impl Driver {
             efd: -1,
             efd_buf: Box::new([0; 8]),
             cqes: Vec::with_capacity(256),
+            broken: None,
+            enter_failures: 0,
         })
     }
 
+    /// Queues one submission; when the queue is full, submits what is queued first. The
+    /// kernel refuses submissions while completions wait to be reaped (EBUSY): they are
+    /// reaped here (dispatched by the next `dispatch`) and the submission is tried again.
+    /// Bounded: after `SUBMIT_TRIES` tries (the last ones 1 ms apart, about 1 s in all) the
+    /// ring is marked broken and the entry dropped — a shard whose ring takes nothing is
+    /// ended by its executor (a fatal, visible error), never left spinning.
     fn push(&mut self, e: squeue::Entry) {
-        loop {
+        if self.broken.is_some() {
+            return;
+        }
+        let mut last = None;
+        for attempt in 0..SUBMIT_TRIES {
             // SAFETY: every pointer in an entry refers to memory owned by a `Sock` slot or
             // the driver, kept until the operation's last completion.
             if unsafe { self.ring.submission().push(&e) }.is_ok() {
                 return;
             }
             if let Err(err) = self.ring.submit() {
-                tracing::error!("io_uring submit failed: {err}");
+                last = Some(err);
+                let reaped: Vec<_> = self
+                    .ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags()))
+                    .collect();
+                self.cqes.extend(reaped);
+            }
+            if attempt >= SUBMIT_TRIES_TIGHT {
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
+        let why = format!(
+            "io_uring takes no submissions: the queue stayed full after {SUBMIT_TRIES} tries ({})",
+            last.map_or_else(|| "no error reported".to_string(), |e| e.to_string())
+        );
+        tracing::error!("{why}: this shard stops");
+        self.broken = Some(why);
+    }
+
+    /// Why the ring takes no submissions any more, once it does not (see `push`).
+    pub(crate) fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// Tests: replaces the ring's fd with /dev/null under it (its mappings stay valid), so
+    /// that every `io_uring_enter` fails from now on.
+    #[cfg(test)]
+    pub(crate) fn break_ring(&mut self) {
+        use std::os::fd::AsRawFd;
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        // SAFETY: both fds are open; the ring's fd number now names /dev/null, closed by the
+        // ring's drop; the mappings hold the ring's file.
+        assert!(unsafe { libc::dup2(null.as_raw_fd(), self.ring.as_raw_fd()) } >= 0);
     }
 
     /// Arms the read of the eventfd other threads write to wake this shard.
@@ -505,11 +560,27 @@ impl Driver {
         } else {
             Ok(0)
         };
-        if let Err(e) = res
-            && !matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR))
-            && e.raw_os_error() != Some(libc::EBUSY)
-        {
-            tracing::error!("io_uring_enter failed: {e}");
+        match res {
+            Err(e)
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                // Logged once; a ring that keeps failing is broken (as in `push`), and the
+                // executor then ends the shard instead of spinning on it.
+                if self.enter_failures == 0 {
+                    tracing::error!("io_uring_enter failed: {e}");
+                }
+                self.enter_failures += 1;
+                if self.enter_failures >= SUBMIT_TRIES && self.broken.is_none() {
+                    let why =
+                        format!("io_uring_enter failed {SUBMIT_TRIES} times in a row (last: {e})");
+                    tracing::error!("{why}: this shard stops");
+                    self.broken = Some(why);
+                }
+            }
+            _ => self.enter_failures = 0,
         }
         self.dispatch();
     }
@@ -530,6 +601,9 @@ impl Driver {
                 self.complete(u, res, flags);
             }
             cqes.clear();
+            // Completions a `push` reaped meanwhile wait in `self.cqes`: kept for the next
+            // round of this loop.
+            cqes.append(&mut self.cqes);
             self.cqes = cqes;
         }
     }
@@ -1361,3 +1435,7 @@ fn wake(slot: &mut Option<Waker>) {
         w.wake();
     }
 }
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;

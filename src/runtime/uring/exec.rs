@@ -195,6 +195,7 @@ pub fn block_on<T: 'static>(
     }
     let gone = Rc::new(std::cell::Cell::new(false));
     let g = Gone(gone.clone());
+    let mut failed = None;
     spawn(async move {
         let _g = g;
         let v = main.await;
@@ -214,7 +215,16 @@ pub fn block_on<T: 'static>(
         let idle =
             READY.with(|r| r.borrow().is_empty()) && !shared.notified.load(Ordering::Acquire);
         let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
-        driver::with(|d| d.turn(idle, timeout));
+        let broken = driver::with(|d| {
+            d.turn(idle, timeout);
+            d.broken().map(str::to_string)
+        });
+        if let Some(why) = broken {
+            // Nothing this shard does can reach the kernel any more: end it (its owner sees
+            // a shard that died) rather than serve nothing.
+            failed = Some(why);
+            break;
+        }
     }
     // Teardown: drop every task (their sockets release into the driver), then close what
     // is left and the ring.
@@ -235,6 +245,9 @@ pub fn block_on<T: 'static>(
     EXEC.with(|e| e.borrow_mut().shared = None);
     // SAFETY: the eventfd made above; the ring that read it is gone.
     unsafe { libc::close(efd) };
+    if let Some(why) = failed {
+        return Err(io::Error::other(why));
+    }
     let v = out.borrow_mut().take();
     v.ok_or_else(|| {
         io::Error::other("the executor's main task panicked (see the panic message above)")
@@ -384,6 +397,27 @@ mod tests {
         .unwrap();
         assert!(got, "a task spawned after the panic ran");
         assert!(super::super::stats().task_panics.load(Ordering::Relaxed) > before);
+    }
+
+    /// A shard whose ring stops taking submissions ends with an error naming it (its owner
+    /// then sees a dead shard), instead of spinning on a ring that does nothing.
+    #[test]
+    fn an_executor_whose_ring_breaks_ends_with_the_reason() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = block_on(&UringOpts::default(), async {
+                driver::with(|d| d.break_ring());
+                loop {
+                    sleep(Duration::from_millis(1)).await;
+                }
+            });
+            let _ = tx.send(r.err().map(|e| e.to_string()));
+        });
+        let why = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the executor ended")
+            .expect("with an error");
+        assert!(why.contains("io_uring_enter failed"), "{why}");
     }
 
     #[test]
