@@ -101,6 +101,26 @@ pub fn zds(data: &[u8]) -> usize {
     let _ = zds::ZdsHello::decode(data);
     accepted += usize::from(serde_json::from_slice::<handover::Request>(data).is_ok());
     accepted += usize::from(serde_json::from_slice::<handover::Reply>(data).is_ok());
+    // The connection state a hand-over carries in its memfd (a TCP relay's, an HBONE
+    // connection's): what decodes survives its own encoding unchanged.
+    if let Ok(r) = crate::io::relay::RelayState::decode(data) {
+        let again = crate::io::relay::RelayState::decode(&r.encode());
+        assert_eq!(
+            again.as_ref(),
+            Ok(&r),
+            "a relay state changed in its round trip"
+        );
+        accepted += 1;
+    }
+    if let Ok(l) = crate::io::link_state::LinkState::decode(data) {
+        let again = crate::io::link_state::LinkState::decode(&l.encode());
+        assert_eq!(
+            again.as_ref(),
+            Ok(&l),
+            "a link state changed in its round trip"
+        );
+        accepted += 1;
+    }
     accepted
 }
 
@@ -479,6 +499,11 @@ pub fn seeds() -> Vec<Seed> {
         "handover-take",
         br#"{"op":"take","uid":"u1"}"#.to_vec(),
     );
+    let mut relay = crate::io::relay::RelayState::default();
+    relay.a_to_b.bytes = 1 << 20;
+    relay.a_to_b.unsent = b"queued".to_vec();
+    relay.b_to_a.unwritten = b"on its way".to_vec();
+    add("zds", "handover-relay-state", relay.encode());
     for (name, text) in CONNECT_SEEDS {
         add("connect", name, text.as_bytes().to_vec());
     }
