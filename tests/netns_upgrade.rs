@@ -398,12 +398,16 @@ pods:
 - {{name: client-a, node: node-a, serviceAccount: client, labels: {{istio.io/dataplane-mode: ambient}}}}
 - {{name: client-a2, node: node-a, serviceAccount: other, labels: {{istio.io/dataplane-mode: ambient}}}}
 - {{name: server-b, node: node-b, serviceAccount: server, labels: {{istio.io/dataplane-mode: ambient}}}}
+- {{name: outside-b, node: node-b}}
 "#
     );
     let topo = Topology::parse("netns_upgrade topology", &text).unwrap();
     let mut run = LabRun::up(topo, &dir.path().join(&name)).unwrap();
     serve_echo(&pod_ns(&run, "server-b"), 9000, "server-b");
     serve_sha(&pod_ns(&run, "server-b"), 9001);
+    // Out of the mesh: reached by passthrough (a relay of node-a's), and a client of
+    // server-b's 15006 (a relay of node-b's).
+    serve_echo(&pod_ns(&run, "outside-b"), 9000, "outside-b");
     let drain = [
         "--drain-deadline".to_string(),
         "60s".to_string(),
@@ -422,6 +426,17 @@ pods:
         r.read_line(&mut greeting).unwrap();
         let mut kept = (s, r);
         exchange(&mut kept, "before");
+        // The TCP relay to 9000 that this node carries: refused too, it drains here.
+        let (from, to) = match node {
+            "node-a" => ("client-a", "outside-b"),
+            _ => ("outside-b", "server-b"),
+        };
+        let s = connect_from(&pod_ns(&run, from), addr(&run, to, 9000)).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut greeting = String::new();
+        r.read_line(&mut greeting).unwrap();
+        let mut kept_relay = (s, r);
+        exchange(&mut kept_relay, "before");
         let bulk = send_paced(&run, "client-a", 256 << 20, Duration::from_secs(6));
         std::thread::sleep(Duration::from_millis(500));
         // Used once the old process has kept it (after SIGTERM), then closed: the old
@@ -429,16 +444,20 @@ pods:
         let old_log = run.node_proxy(node).unwrap().log.clone();
         let ender = std::thread::spawn(move || {
             let t0 = Instant::now();
-            while !std::fs::read_to_string(&old_log)
-                .unwrap_or_default()
-                .contains("did not take an HBONE connection")
+            let both = |log: &str| {
+                log.contains("did not take an HBONE connection")
+                    && log.contains("did not take a TCP relay")
+            };
+            while !both(&std::fs::read_to_string(&old_log).unwrap_or_default())
                 && t0.elapsed() < Duration::from_secs(60)
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
             std::thread::sleep(Duration::from_millis(500));
             exchange(&mut kept, "after");
+            exchange(&mut kept_relay, "after");
             drop(kept);
+            drop(kept_relay);
         });
         let mut extra = drain.to_vec();
         extra.extend(["--fault-refuse-adopt".to_string(), "9000".to_string()]);
@@ -465,7 +484,13 @@ pods:
             roll.old_log
         );
         assert!(
-            handover_field(&roll.old_log, "kept").is_some_and(|n| n >= 1),
+            roll.old_log.contains("did not take a TCP relay"),
+            "{node}: the relay to 9000 was refused:\n{}",
+            roll.old_log
+        );
+        // The HBONE connection and the relay.
+        assert!(
+            handover_field(&roll.old_log, "kept").is_some_and(|n| n >= 2),
             "{node}: old log:\n{}",
             roll.old_log
         );

@@ -284,7 +284,7 @@ impl Node {
     /// link`) and every TCP relay on every shard and hands them to that process over its
     /// hand-over socket; one it refuses is continued here again (it then drains). Returns
     /// once every one is handed over or kept.
-    async fn hand_over_connections(&mut self) {
+    async fn hand_over_connections(&mut self, deadline: Duration) {
         let Some(path) = self.handover_path() else {
             return;
         };
@@ -302,6 +302,7 @@ impl Node {
         let mut asked = 0;
         for shard in &self.shards {
             let tx = tx.clone();
+            let metrics = self.metrics.clone();
             let sent = shard.send(Box::new(move |ctx| {
                 let ctx = ctx.clone();
                 crate::runtime::engine::spawn(async move {
@@ -324,15 +325,37 @@ impl Node {
                             )
                         })
                         .collect();
-                    let _ = tx.send((links, relays));
+                    if let Err(late) = tx.send((links, relays)) {
+                        // Exported after the drain deadline: stopped, and nobody to continue
+                        // them (their sockets close with `late`). Counted as cut.
+                        let (links, relays) = late.0;
+                        let n = links
+                            .iter()
+                            .map(|(_, r)| r.as_ref().map_or(0, |x| x.2 as u64))
+                            .sum::<u64>()
+                            + relays
+                                .iter()
+                                .filter(|(_, r)| matches!(r, RelayOut::Moved(_)))
+                                .count() as u64;
+                        metrics.lifecycle.cut.fetch_add(n, Ordering::Relaxed);
+                        tracing::warn!(
+                            shard = ctx.id,
+                            cut = n,
+                            "this shard exported its live connections after the drain deadline: cut"
+                        );
+                    }
                 });
             }));
             asked += usize::from(sent.is_ok());
         }
         drop(tx);
         let (mut exported, mut exported_relays) = (Vec::new(), Vec::new());
+        // A shard answers once each of its connections is stopped and exported, each step
+        // bounded; one that takes longer than the drain deadline keeps what it has (its
+        // connections are cut then, and counted by it).
+        let until = tokio::time::Instant::now() + deadline;
         while asked > 0 {
-            match tokio::time::timeout(handover::TIMEOUT, rx.recv()).await {
+            match tokio::time::timeout_at(until, rx.recv()).await {
                 Ok(Some((l, r))) => {
                     exported.extend(l);
                     exported_relays.extend(r);
@@ -340,7 +363,8 @@ impl Node {
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
-                        "a shard did not export its live connections in time: they drain"
+                        ?deadline,
+                        "a shard did not export its live connections within the drain deadline: they are cut"
                     );
                     break;
                 }
@@ -433,6 +457,7 @@ impl Node {
             RelayOut::Moved(x) => x,
             RelayOut::Stays(why) => {
                 tracing::warn!(%direction, %src, %dst, "cannot export a TCP relay ({why}): it drains here");
+                n.kept += 1;
                 return;
             }
             RelayOut::Ended(why) => {
@@ -499,7 +524,7 @@ impl Node {
         // shards let go (connections still queued there are reset, as at any exit).
         self.listener_fds.clear();
         // Live connections move to the next process if there is one; what stays drains.
-        self.hand_over_connections().await;
+        self.hand_over_connections(deadline).await;
         for shard in &self.shards {
             let _ = shard.send(Box::new(|ctx| ctx.drain.start()));
         }

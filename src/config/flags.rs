@@ -463,10 +463,11 @@ pub struct NodeArgs {
 
     /// Connections the pods' listeners hold open at most, over all shards (each shard gets
     /// an even share). At the bound a shard stops accepting: new connections wait in the
-    /// kernel's listen queue until one closes, and `ringmesh_connection_limit_pauses_total`
-    /// counts it (logged at most every 10 s); open connections are not touched. Default:
-    /// the open-files limit (raised to its hard limit at start) less an eighth of it (64 to
-    /// 4096) kept for upstream sockets, HBONE connections and the control plane.
+    /// kernel's listen queue (on io_uring, up to 256 per listener accepted in the engine's
+    /// queue first) until one closes, and `ringmesh_connection_limit_pauses_total` counts
+    /// it (logged at most every 10 s); open connections are not touched. Default: the
+    /// open-files limit (raised to its hard limit at start) less an eighth of it (64 to
+    /// 4096) kept for listeners, HBONE connections and the control plane.
     #[arg(long, env = env::MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,

@@ -55,6 +55,23 @@ impl Registry {
         }
     }
 
+    /// Registers a connection continued from another process and checks it against `snap`
+    /// at once: a policy change the previous process did not see before it let go closes
+    /// it now, as a later change would (its kill is signalled before anyone waits on it).
+    pub fn register_adopted(
+        &self,
+        dst_uid: &str,
+        facts: ConnFacts,
+        snap: &Snapshot,
+    ) -> Registration<'_> {
+        let allowed = allowed(snap, dst_uid, &facts);
+        let r = self.register(dst_uid, facts);
+        if !allowed {
+            r.kill.notify_one();
+        }
+        r
+    }
+
     pub fn len(&self) -> usize {
         self.live.borrow().len()
     }
@@ -69,15 +86,20 @@ impl Registry {
         let live = self.live.borrow();
         let mut n = 0;
         for l in live.values() {
-            let allowed = match snap.workload_by_uid(&l.dst_uid) {
-                Some(w) => evaluate(snap.policies_for(w), &l.facts).is_allow(),
-                None => false,
-            };
-            if !allowed {
+            if !allowed(snap, &l.dst_uid, &l.facts) {
                 l.kill.notify_one();
                 n += 1;
             }
         }
         n
+    }
+}
+
+/// Whether `snap`'s policies allow a connection to the workload `dst_uid` (an unknown
+/// workload: no).
+fn allowed(snap: &Snapshot, dst_uid: &str, facts: &ConnFacts) -> bool {
+    match snap.workload_by_uid(dst_uid) {
+        Some(w) => evaluate(snap.policies_for(w), facts).is_allow(),
+        None => false,
     }
 }

@@ -117,7 +117,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         }),
     });
     let c = counters.clone();
-    let end = relays::carry(&ctx, &meta, move |ctl| {
+    let end = relays::carry(&ctx, &meta, false, move |ctl| {
         relay::run(s, up, Vec::new(), c, ctl)
     })
     .await;

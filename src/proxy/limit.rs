@@ -1,8 +1,10 @@
 //! The bound on connections one shard holds open from its pods' listeners
 //! (`--max-connections`, split over the shards): at the bound the accept loops stop taking
-//! connections — they wait in the kernel's listen queue, as when fds run out — until one
-//! closes; nothing already open is touched. Pure single-shard bookkeeping (no atomics: a
-//! shard is one thread).
+//! connections — they wait in the kernel's listen queue, as when fds run out (on io_uring
+//! the multishot accept goes on into the engine's accepted queue first, at most
+//! `ACC_MAX` = 256 per listener, each holding an fd) — until one closes; nothing already
+//! open is touched. Connections continued from a previous process count too. Pure
+//! single-shard bookkeeping (no atomics: a shard is one thread).
 //!
 //! Owns: [`ConnLimit`] (open count, the bound, waking paused accept loops), [`Slot`] (one
 //! open connection's share), the default bound from the open-files limit. Not here: the
@@ -78,10 +80,10 @@ impl ConnLimit {
 }
 
 /// The default bound for the whole process: the open-files limit less a reserve (an eighth,
-/// 64 to 4096 fds) for what else needs fds — upstream sockets, HBONE connections, listeners,
-/// the control plane — so that the pods' listeners pause before an upstream dial or istiod
-/// finds no fd; at least 64. Passthrough, which holds two fds per connection, can still run
-/// the fds out first: that case backs off as any failed accept does.
+/// 64 to 4096 fds) for listeners, HBONE connections, the control plane and the engine's
+/// accepted queues; at least 64. It bounds what the pods' listeners hold, not every fd: an
+/// upstream socket per passthrough, 15006 or HBONE stream still comes on top, and running
+/// the fds out then backs off as any failed accept does.
 pub fn default_max(nofile: u64) -> usize {
     let reserve = (nofile / 8).clamp(64, 4096);
     usize::try_from(nofile.saturating_sub(reserve))

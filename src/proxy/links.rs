@@ -287,7 +287,10 @@ pub fn adopt(
         ) else {
             continue;
         };
-        let live = ctx.live_guard();
+        // Live; a client-side tunnel's pod socket was accepted, so it is within the shard's
+        // connection bound too.
+        let slot = (info.role == LinkRole::Client).then(|| ctx.limit.take());
+        let live = (ctx.live_guard(), slot);
         engine::spawn(adopted_tunnel(
             ctx.clone(),
             link.clone(),
@@ -330,7 +333,7 @@ async fn adopted_tunnel(
     meta: TunnelMeta,
     metrics: ConnMetrics,
     counters: Rc<Counters>,
-    _live: super::LiveGuard,
+    _live: (super::LiveGuard, Option<super::limit::Slot>),
 ) {
     let facts = meta.policy.as_ref().map(|p| {
         (
@@ -342,7 +345,10 @@ async fn adopted_tunnel(
             },
         )
     });
-    let reg = facts.map(|(uid, f)| ctx.conns.register(&uid, f));
+    // Checked against the policies now too (this process may know a change the previous
+    // one had not seen).
+    let snap = ctx.state.load_full();
+    let reg = facts.map(|(uid, f)| ctx.conns.register_adopted(&uid, f, &snap));
     let mut end_rx = t.end;
     let end = match &reg {
         Some(r) => tokio::select! {

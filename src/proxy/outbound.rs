@@ -364,7 +364,10 @@ async fn passthrough(
     let up = connect_in(&pod.netns, dst, ctx.cfg.mark, None, ctx.cfg.connect_timeout).await?;
     let meta = Rc::new(meta);
     let c = counters.clone();
-    let end = relays::carry(ctx, &meta, move |ctl| relay::run(s, up, Vec::new(), c, ctl)).await;
+    let end = relays::carry(ctx, &meta, false, move |ctl| {
+        relay::run(s, up, Vec::new(), c, ctl)
+    })
+    .await;
     relays::outcome(end)
 }
 

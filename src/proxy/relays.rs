@@ -130,10 +130,12 @@ impl Relays {
 /// Runs one relay as every flow does: registered in the shard's [`Relays`] (a hand-over
 /// stops and exports it through the handle `start` is given) and, when `meta` has what the
 /// policy re-check needs, registered for it too (a policy change that denies the
-/// connection closes it: `Failed` with [`POLICY_CLOSED`]).
+/// connection closes it: `Failed` with [`POLICY_CLOSED`]). `adopted`: continued from
+/// another process, so checked against the policies at once as well.
 pub async fn carry<F>(
     ctx: &ShardCtx,
     meta: &Rc<TunnelMeta>,
+    adopted: bool,
     start: impl FnOnce(RelayCtl) -> F,
 ) -> RelayEnd
 where
@@ -147,7 +149,12 @@ where
             dst: p.dst,
             src_identity: p.src_identity.as_deref().and_then(|s| s.parse().ok()),
         };
-        ctx.conns.register(&p.dst_uid, facts)
+        if adopted {
+            ctx.conns
+                .register_adopted(&p.dst_uid, facts, &ctx.state.load_full())
+        } else {
+            ctx.conns.register(&p.dst_uid, facts)
+        }
     });
     let task = start(ctl);
     match &policy {
@@ -196,7 +203,8 @@ pub fn adopt(
     let imported = relay::import(state, fds).map_err(|e| e.to_string())?;
     let metrics = ConnMetrics::adopted(ctx, meta.labels.clone());
     let counters = metrics.counters(meta.direction == "outbound");
-    let live = ctx.live_guard();
+    // Live, and within the shard's connection bound (the pod's socket was accepted).
+    let live = (ctx.live_guard(), ctx.limit.take());
     engine::spawn(adopted_relay(
         ctx.clone(),
         imported,
@@ -216,11 +224,11 @@ async fn adopted_relay(
     meta: Rc<TunnelMeta>,
     metrics: ConnMetrics,
     counters: Rc<Counters>,
-    _live: LiveGuard,
+    _live: (LiveGuard, super::limit::Slot),
 ) {
     let (sent_before, received_before) = (relay.sent_before(), relay.received_before());
     let c = counters.clone();
-    let end = carry(&ctx, &meta, move |ctl| relay::resume(relay, c, ctl)).await;
+    let end = carry(&ctx, &meta, true, move |ctl| relay::resume(relay, c, ctl)).await;
     let err = match outcome(end) {
         Ok(true) => {
             metrics.moved();

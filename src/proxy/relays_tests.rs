@@ -269,7 +269,10 @@ fn start_inbound(
         let (a, b) = (Stream::from_fd(a).unwrap(), Stream::from_fd(b).unwrap());
         let c = counters.clone();
         let meta = Rc::new(meta);
-        let end = carry(&ctx, &meta, move |ctl| relay::run(a, b, Vec::new(), c, ctl)).await;
+        let end = carry(&ctx, &meta, false, move |ctl| {
+            relay::run(a, b, Vec::new(), c, ctl)
+        })
+        .await;
         let r = outcome(end);
         if r == Ok(true) {
             metrics.moved();
@@ -402,6 +405,18 @@ fn a_relay_is_handed_over_between_engines() {
 /// A policy change that denies an adopted 15006 connection closes it, as it would have in
 /// the process that authorized it.
 fn a_policy_change_closes_an_adopted_relay(engine: Engine) {
+    policy_closes_an_adopted_relay(engine, false);
+}
+
+/// A policy change the old process had not seen when it let go: the new process, which has
+/// it already, closes the relay as soon as it continues it (no later change needed).
+fn a_relay_adopted_under_a_denying_policy_is_closed_at_once(engine: Engine) {
+    policy_closes_an_adopted_relay(engine, true);
+}
+
+/// A 15006 relay moves to `new`, whose policies then (or, `before`, already when it adopts)
+/// deny it: it is closed, logged as closed by policy.
+fn policy_closes_an_adopted_relay(engine: Engine, before: bool) {
     let (old, new) = (process(engine), process(engine));
     let (a, mut client) = pair();
     let (b, mut app) = pair();
@@ -409,11 +424,27 @@ fn a_policy_change_closes_an_adopted_relay(engine: Engine) {
     let _first = start_inbound(&old, a, b, meta);
     exchange(&mut client, &mut app, 1, 1000);
     let (m, x) = exported(&old);
+    let deny = || {
+        let snap = crate::config::snapshot_from_str("t.yaml", CFG_GONE, 2).unwrap();
+        new.state.store(Arc::new(snap));
+    };
+    if before {
+        deny();
+    }
     new.adopt(&m, &x.state, x.fds, None).unwrap();
-    exchange(&mut client, &mut app, 2, 1000);
-    let snap = crate::config::snapshot_from_str("t.yaml", CFG_GONE, 2).unwrap();
-    new.state.store(Arc::new(snap));
-    assert_eq!(new.call(|ctx| ctx.conns.recheck(&ctx.state.load())), 1);
+    if !before {
+        exchange(&mut client, &mut app, 2, 1000);
+        deny();
+        assert_eq!(new.call(|ctx| ctx.conns.recheck(&ctx.state.load())), 1);
+    }
+    let log = closed_by_policy(&new, &mut client);
+    let sent = if before { 1000 } else { 2000 };
+    assert_eq!(field(&log, "bytes_sent"), Some(sent), "{log}");
+}
+
+/// Waits for `client`'s connection to be closed (EOF or reset) and `p` idle; its log, which
+/// says the policy closed it.
+fn closed_by_policy(p: &Proc, client: &mut TcpStream) -> String {
     let mut rest = Vec::new();
     let r = client.read_to_end(&mut rest);
     assert!(
@@ -422,10 +453,10 @@ fn a_policy_change_closes_an_adopted_relay(engine: Engine) {
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
         "the client's connection is closed: {r:?}"
     );
-    new.wait_idle();
-    let log = new.log.text();
+    p.wait_idle();
+    let log = p.log.text();
     assert!(log.contains(POLICY_CLOSED), "{log}");
-    assert_eq!(field(&log, "bytes_sent"), Some(2000), "{log}");
+    log
 }
 
 /// Bookkeeping this build does not know, and a wrong socket count, are refused; nothing is
@@ -486,6 +517,7 @@ fn an_export_ends_when_the_flow_goes(engine: Engine) {
 on_both_engines!(
     a_relay_is_handed_over_refused_kept_and_handed_over_again,
     a_policy_change_closes_an_adopted_relay,
+    a_relay_adopted_under_a_denying_policy_is_closed_at_once,
     unknown_bookkeeping_is_refused,
     an_export_ends_when_the_flow_goes,
 );

@@ -851,7 +851,7 @@ impl Metrics {
         paused.inc_by(CONN_LIMIT_PAUSES.load(Ordering::Relaxed));
         reg.register(
             "ringmesh_connection_limit_pauses",
-            "Times a pod listener stopped accepting because its shard held its share of --max-connections open: new connections wait in the kernel's queue until one closes",
+            "Times a pod listener stopped accepting because its shard held its share of --max-connections open: new connections wait in the kernel's queue (on io_uring, up to 256 per listener in the engine's) until one closes",
             paused,
         );
         let live: Gauge = Gauge::default();

@@ -377,7 +377,7 @@ pub struct Driver {
     /// Why the ring cannot take submissions any more (see `push`): the executor then ends
     /// the shard, which makes the node proxy fail readiness and exit.
     broken: Option<String>,
-    /// `io_uring_enter` failures in a row in `turn` (0 after one that worked).
+    /// `io_uring_enter` failures in a row over `turn`s (0 after one that worked).
     enter_failures: u32,
 }
 
@@ -546,6 +546,9 @@ impl Driver {
                 self.bufs.recycle(bid);
             }
         }
+        // Completions a `push` reaped already wait in `cqes`: dispatch them now, do not
+        // sleep for another.
+        let wait = wait && self.cqes.is_empty();
         let res = if wait {
             match timeout {
                 Some(t) => {
@@ -573,9 +576,15 @@ impl Driver {
                     tracing::error!("io_uring_enter failed: {e}");
                 }
                 self.enter_failures += 1;
+                // Bounded as `push` is: the first tries back to back, then 1 ms apart (a
+                // failing wait returns at once), about 1 s in all.
+                if self.enter_failures > SUBMIT_TRIES_TIGHT {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 if self.enter_failures >= SUBMIT_TRIES && self.broken.is_none() {
-                    let why =
-                        format!("io_uring_enter failed {SUBMIT_TRIES} times in a row (last: {e})");
+                    let why = format!(
+                        "io_uring_enter failed {SUBMIT_TRIES} times in a row, over about 1 s (last: {e})"
+                    );
                     tracing::error!("{why}: this shard stops");
                     self.broken = Some(why);
                 }
