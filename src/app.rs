@@ -22,6 +22,8 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AdminState, Endpoints, PodInfo, PodStatus};
+use crate::certs::caclient::CaClient;
+use crate::certs::store::{CertManager, Fetched, Issuer};
 use crate::config::env::{AuthSource, CaSource, ConfigSource, ControlPlane, Endpoint};
 use crate::config::{
     self,
@@ -29,8 +31,6 @@ use crate::config::{
 };
 use crate::hbone::H2Settings;
 use crate::identity::ca::Ca;
-use crate::identity::caclient::CaClient;
-use crate::identity::store::{CertManager, Fetched, Issuer};
 use crate::inpod::Netns;
 use crate::inpod::zds::Action;
 use crate::inpod::zds_client::{self, ZdsEvent};

@@ -4,7 +4,7 @@
 //!              control thread (never touches data-plane sockets)
 //! config file ──► config ───────────┐
 //! istiod xDS ──► xds (delta ADS) ───┴─► state::Snapshot (immutable, versioned) ──ArcSwap──► shards
-//! built-in CA / istiod CA ──► identity::store (certs + rustls configs) ─────────ArcSwap──► shards
+//! built-in CA / istiod CA ──► certs::store (certs + rustls configs) ────────────ArcSwap──► shards
 //! --pod / ZDS ──► inpod: setns into the pod, N SO_REUSEPORT listeners ──mailbox──► shards
 //!
 //!              shard = one OS thread, one single-threaded runtime, no locks on the data path
@@ -19,9 +19,11 @@
 //!
 //! Layering (arrows only upward, checked by `tests/layering.rs`): pure cores (`state`,
 //! `policy`, `tls`, `hbone`, `config`, `proto`) ← drivers (`io`) ← flows (`proxy`, `inpod`) ←
-//! wiring (`app`); the control thread's `xds`, `identity` and `admin` never touch the data
-//! plane; `runtime` is the platform layer; `telemetry` is passive. `lab`, `demo` and
-//! `benchmark` are behind the `lab` feature (default on; the cluster build leaves them out).
+//! wiring (`app`); the control thread's `xds`, `identity`, `certs` and `admin` never touch
+//! the data plane (`identity` ← `tls` ← `certs`); `runtime` is the platform layer;
+//! `telemetry` is passive. No two top-level modules use each other, directly or round a
+//! longer loop. `lab`, `demo` and `benchmark` are behind the `lab` feature (default on; the
+//! cluster build leaves them out).
 
 #![deny(unsafe_code)]
 
@@ -29,6 +31,7 @@ pub mod admin;
 pub mod app;
 #[cfg(feature = "lab")]
 pub mod benchmark;
+pub mod certs;
 pub mod config;
 #[cfg(feature = "lab")]
 pub mod demo;

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::io::AsyncReadExt;
 
+use ringmesh::certs::store::{CertManager, Issuer};
 use ringmesh::config::flags::{OrigSrc, TlsRecords};
 use ringmesh::identity::Identity;
 use ringmesh::identity::ca::Ca;
-use ringmesh::identity::store::{CertManager, Issuer};
 use ringmesh::inpod::Netns;
 use ringmesh::proxy::pool::{PoolKey, StreamError};
 use ringmesh::proxy::{Pod, ProxyConfig, ShardCtx, h2conn, inbound};

@@ -12,10 +12,10 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use ringmesh::certs::store::{CertManager, Issuer};
 use ringmesh::config::flags::{OrigSrc, TlsRecords};
 use ringmesh::identity::Identity;
 use ringmesh::identity::ca::Ca;
-use ringmesh::identity::store::{CertManager, Issuer};
 use ringmesh::inpod::Netns;
 use ringmesh::proxy::pool::{PoolKey, StreamError};
 use ringmesh::proxy::{Pod, ProxyConfig, ShardCtx, h2conn, inbound};

@@ -426,7 +426,7 @@ fn netns_xds_rotation_and_ca_outage_keep_live_streams() {
         cluster_id: "Kubernetes".into(),
         headers: vec![],
     };
-    let ca = ringmesh::identity::caclient::CaClient::new(target, Duration::from_secs(3600));
+    let ca = ringmesh::certs::caclient::CaClient::new(target, Duration::from_secs(3600));
     // One runtime for both calls: the client keeps its channel, whose tasks live there.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

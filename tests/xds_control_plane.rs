@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prost::Message;
+use ringmesh::certs::caclient::{CaClient, CaClientError};
 use ringmesh::config::LocalConfig;
 use ringmesh::config::env::{AuthSource, RootSource};
 use ringmesh::identity::Identity;
 use ringmesh::identity::ca::Ca;
-use ringmesh::identity::caclient::{CaClient, CaClientError};
 use ringmesh::lab::istiod::{Caller, Event, Istiod, IstiodConfig};
 use ringmesh::proto;
 use ringmesh::state::Snapshot;
@@ -357,7 +357,10 @@ fn the_ca_signs_only_what_the_caller_may_have() {
     let cert = rt.block_on(ca.fetch(&web)).unwrap();
     assert_eq!(cert.chain.len(), 2, "leaf + intermediate");
     assert_eq!(cert.roots.len(), 1);
-    assert_eq!(ringmesh::tls::identity_of(&cert.chain[0]).unwrap(), web);
+    assert_eq!(
+        ringmesh::identity::svid::identity_of(&cert.chain[0]).unwrap(),
+        web
+    );
     let root = Ca::load(&p.root_pem, &p.dir.path().join("ca.key")).unwrap();
     assert_eq!(&cert.roots[0], root.root());
     let life = cert.not_after.duration_since(cert.not_before).unwrap();

@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 
-use crate::identity::store::CertHandle;
+use crate::certs::store::CertHandle;
 use crate::state::StateHandle;
 use crate::telemetry::metrics::Metrics;
 

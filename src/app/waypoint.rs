@@ -16,13 +16,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::{StartError, io_engine, shard_count, stamp, target};
 use crate::admin::{self, AdminState, Endpoints};
+use crate::certs::caclient::CaClient;
+use crate::certs::store::{CertManager, Issuer};
 use crate::config::env::{AuthSource, CaSource, ConfigSource, ControlPlane};
 use crate::config::flags::{Cli, Command, LbFlag, WaypointArgs};
 use crate::config::{self, flags::NodeArgs};
 use crate::identity::Identity;
 use crate::identity::ca::Ca;
-use crate::identity::caclient::CaClient;
-use crate::identity::store::{CertManager, Issuer};
 use crate::runtime::{self, Shard};
 use crate::state::{Snapshot, StateHandle};
 use crate::telemetry::metrics::Metrics;

@@ -1,14 +1,15 @@
-//! Workload identity: the SPIFFE id newtype, the built-in CA and the certificate store.
+//! Workload identity: the SPIFFE id newtype, the built-in CA and the X.509-SVID reader.
 //!
 //! Owns: parsing (strictly, per the SPIFFE ID spec) and printing
-//! `spiffe://<td>/ns/<ns>/sa/<sa>`, issuing workload certificates (`ca`) and keeping the
-//! built-in root's key file, asking an Istio CA for them (`caclient`), and the published
-//! certificate snapshot with half-life rotation (`store`).
-//! Must not touch: sockets or pod network namespaces. The store is driven by the control thread.
+//! `spiffe://<td>/ns/<ns>/sa/<sa>`, issuing workload certificates and keeping the built-in
+//! root's key file (`ca`, with [`ca::IssuedCert`]), and reading the identity out of a
+//! certificate (`svid`).
+//! Must not touch: sockets, pod network namespaces, TLS configs. This is the low layer under
+//! `tls` (which builds configs from an `IssuedCert`) and `certs` (which asks a CA, keeps the
+//! certificates and rotates them): it must not use either (`tests/layering.rs`).
 
 pub mod ca;
-pub mod caclient;
-pub mod store;
+pub mod svid;
 
 use std::fmt;
 use std::str::FromStr;

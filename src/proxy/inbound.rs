@@ -41,7 +41,7 @@ pub async fn server_cert(
     ctx: &ShardCtx,
     pod: &Pod,
     peer: SocketAddr,
-) -> Option<Arc<crate::identity::store::WorkloadCert>> {
+) -> Option<Arc<crate::certs::store::WorkloadCert>> {
     let Some(id) = super::wait_for(|| pod.workload(&ctx.state.load()).map(|w| w.identity())).await
     else {
         tracing::warn!(pod = %pod.uid, %peer, "HBONE connection for a pod that is not in the config: closing");

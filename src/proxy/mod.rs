@@ -34,9 +34,9 @@ use std::time::Duration;
 
 use crate::runtime::engine::Task;
 
+use crate::certs::store::CertHandle;
 use crate::config::flags::{self, OrigSrc};
 use crate::hbone::H2Settings;
-use crate::identity::store::CertHandle;
 use crate::inpod::Netns;
 use crate::inpod::zds::WorkloadInfo;
 use crate::io::Counters;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use super::*;
-use crate::identity::store::CertSnapshot;
+use crate::certs::store::CertSnapshot;
 use crate::proxy::ProxyConfig;
 use crate::proxy::links::{PolicyMeta, unix_ms_ago};
 use crate::runtime::net::Stream;

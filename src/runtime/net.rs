@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::engine::{self, Engine};
@@ -245,12 +245,13 @@ fn borrow<'a, T>(fd: std::os::fd::RawFd, _owner: &'a T) -> BorrowedFd<'a> {
 
 impl ReadHalf {
     /// Waits for data and reads it into a buffer allocated only now (an idle connection
-    /// holds none), at most `max` bytes. An empty buffer is EOF.
+    /// holds none; laid out as the ring's, `uring::rxbuf`), at most `max` bytes. An empty
+    /// buffer is EOF.
     pub async fn read_fresh(&mut self, max: usize) -> io::Result<Bytes> {
         match self {
             ReadHalf::Epoll(r) => loop {
                 r.readable().await?;
-                let mut buf = fresh_buf(max);
+                let mut buf = uring::rxbuf::fresh_buf(max);
                 match r.try_read_buf(&mut buf) {
                     Ok(_) => return Ok(buf.freeze()),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -260,18 +261,6 @@ impl ReadHalf {
             ReadHalf::Uring(r) => r.read_fresh(max).await,
         }
     }
-}
-
-/// An empty buffer for `cap` received bytes whose data starts 64 bytes past the allocation
-/// (see `uring::driver::RX_SKEW`): large allocations are page-aligned, and rustls copying
-/// page-aligned plaintext to 5 bytes past its own page-aligned record buffer runs into
-/// 4 KiB aliasing (`rep movsb` ≈ 15× slower, tuning/README.md).
-pub(crate) fn fresh_buf(cap: usize) -> BytesMut {
-    let skew = uring::driver::RX_SKEW;
-    let mut b = BytesMut::with_capacity(skew + cap);
-    b.put_bytes(0, skew);
-    b.advance(skew);
-    b
 }
 
 impl WriteHalf {

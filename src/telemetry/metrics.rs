@@ -4,12 +4,16 @@
 //! (or creates) its label set once, at open, and then adds to its counters with relaxed atomic
 //! adds on memory only that shard writes — no shared atomic on the hot path. A request does the
 //! same with its HTTP label set once it has its response code (`ShardMetrics::request`, or
-//! `ShardMetrics::http` for a handle the caller may keep). A scrape (on the control thread)
-//! sums every shard's counters per label set and encodes them with prometheus-client under
-//! Istio's names: `istio_tcp_connections_opened_total`, `istio_tcp_connections_closed_total`,
-//! `istio_tcp_sent_bytes_total`, `istio_tcp_received_bytes_total`,
-//! `istio_tcp_connections_failed_total`; `istio_requests_total`,
-//! `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`.
+//! `ShardMetrics::http` for a handle the caller may keep); its histograms are atomic buckets.
+//! Neither takes a lock: each map is a `ShardRegistry` (`telemetry::registry`) whose `Mutex`
+//! is for registration and scrape only — taken the first time the shard's thread sees a label
+//! set, and by the scrape; a label set seen before comes out of the shard thread's own cache.
+//! A scrape (on the control thread) sums every shard's counters per label set and encodes
+//! them with prometheus-client under Istio's names: `istio_tcp_connections_opened_total`,
+//! `istio_tcp_connections_closed_total`, `istio_tcp_sent_bytes_total`,
+//! `istio_tcp_received_bytes_total`, `istio_tcp_connections_failed_total`;
+//! `istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes`,
+//! `istio_response_bytes`.
 //!
 //! The HTTP histograms use Envoy's default buckets (`HTTP_BUCKETS`, waypoint-facts §4.1).
 //! prometheus-client's `Histogram` can only be fed observations, not pre-summed bucket counts,
@@ -28,6 +32,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::registry::ShardRegistry;
 use crate::identity::Identity;
 
 /// The label set of Istio's TCP metrics (names and order as ztunnel's `CommonTrafficLabels`).
@@ -394,8 +399,8 @@ impl TcpCounters {
 /// One shard's metrics.
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
-    tcp: Mutex<HashMap<TcpLabels, Arc<TcpCounters>>>,
-    http: Mutex<HashMap<HttpLabels, Arc<HttpCounters>>>,
+    tcp: ShardRegistry<TcpLabels, TcpCounters>,
+    http: ShardRegistry<HttpLabels, HttpCounters>,
     /// Proxied connections and HBONE streams open now (the drain waits for 0).
     pub live: AtomicU64,
 }
@@ -410,23 +415,13 @@ impl ShardMetrics {
 
     /// The TCP counters of a label set (created on first use), nothing counted.
     pub fn counters_for(&self, labels: TcpLabels) -> Arc<TcpCounters> {
-        self.tcp
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(labels)
-            .or_default()
-            .clone()
+        self.tcp.get(labels)
     }
 
     /// The HTTP counters of a label set (created on first use), for a caller that keeps the
     /// handle across requests of the same label set.
     pub fn http(&self, labels: HttpLabels) -> Arc<HttpCounters> {
-        self.http
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(labels)
-            .or_default()
-            .clone()
+        self.http.get(labels)
     }
 
     /// Records one finished HTTP request under `labels`.
@@ -437,9 +432,8 @@ impl ShardMetrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let mut m = self.http.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(labels)
-            .or_default()
+        self.http
+            .get(labels)
             .record(duration_ms, request_bytes, response_bytes);
     }
 }
@@ -656,7 +650,7 @@ impl Metrics {
     pub fn totals(&self) -> HashMap<TcpLabels, [u64; 5]> {
         let mut out: HashMap<TcpLabels, [u64; 5]> = HashMap::new();
         for s in self.shards.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            for (l, c) in s.tcp.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            s.tcp.for_each(|l, c| {
                 let e = out.entry(l.clone()).or_default();
                 for (i, v) in [&c.opened, &c.closed, &c.failed, &c.sent, &c.received]
                     .iter()
@@ -664,7 +658,7 @@ impl Metrics {
                 {
                     e[i] += v.load(Ordering::Relaxed);
                 }
-            }
+            });
         }
         out
     }
@@ -673,14 +667,14 @@ impl Metrics {
     pub fn http_totals(&self) -> HashMap<HttpLabels, HttpTotals> {
         let mut out: HashMap<HttpLabels, HttpTotals> = HashMap::new();
         for s in self.shards.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            for (l, c) in s.http.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            s.http.for_each(|l, c| {
                 let e = out.entry(l.clone()).or_default();
                 let d = c.duration_ms.totals();
                 e.requests += d.count;
                 e.duration_ms.add(&d);
                 e.request_bytes.add(&c.request_bytes.totals());
                 e.response_bytes.add(&c.response_bytes.totals());
-            }
+            });
         }
         out
     }

@@ -329,3 +329,75 @@ fn http_exposition_has_istio_names_labels_and_buckets() {
     );
     assert!(text.contains("# TYPE istio_requests counter"), "{text}");
 }
+
+/// A shard's thread counts through its own cache; the scrape, on another thread, sums the
+/// very counters the cache handed out.
+#[test]
+fn cached_counters_are_the_ones_the_scrape_sums() {
+    let m = Metrics::default();
+    let shard = m.shard();
+    let none = Peer::default();
+    let tcp = TcpLabels::new("source", &none, &none, None, true, "-");
+    let http = HttpLabels::new(
+        "waypoint",
+        &none,
+        &none,
+        Some(&svc()),
+        "http",
+        200,
+        None,
+        "-",
+        true,
+    );
+    let (t, h) = (tcp.clone(), http.clone());
+    let (first, again) = std::thread::spawn(move || {
+        let first = shard.open(t.clone());
+        // Seen before on this thread: from the cache.
+        let again = shard.open(t);
+        TcpCounters::add(&again.sent, 40);
+        shard.request(h.clone(), 1.0, 10, 20);
+        shard.request(h.clone(), 30.0, 10, 20);
+        shard.http(h).record(7.0, 1, 2);
+        (first, again)
+    })
+    .join()
+    .unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    assert_eq!(m.totals()[&tcp], [2, 0, 0, 40, 0]);
+    let t = m.http_totals();
+    assert_eq!(t[&http].requests, 3);
+    assert_eq!(t[&http].request_bytes.sum, 21.0);
+    let text = m.encode();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total{") && l.ends_with("} 2")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("istio_requests_total{") && l.ends_with("} 3")),
+        "{text}"
+    );
+}
+
+/// Tests (and a process running two node proxies' worth of shards on one thread) make
+/// several `ShardMetrics` on one thread: each counts only its own.
+#[test]
+fn two_shard_metrics_on_one_thread_do_not_share_cached_entries() {
+    let (m1, m2) = (Metrics::default(), Metrics::default());
+    let (a, b) = (m1.shard(), m2.shard());
+    let none = Peer::default();
+    let tcp = TcpLabels::new("source", &none, &none, None, true, "-");
+    let http = HttpLabels::new("waypoint", &none, &none, None, "http", 200, None, "-", true);
+    let ca = a.open(tcp.clone());
+    let cb = b.open(tcp.clone());
+    b.open(tcp.clone());
+    assert!(!Arc::ptr_eq(&ca, &cb));
+    a.request(http.clone(), 1.0, 1, 1);
+    b.request(http.clone(), 1.0, 1, 1);
+    b.request(http.clone(), 1.0, 1, 1);
+    assert_eq!(m1.totals()[&tcp][0], 1);
+    assert_eq!(m2.totals()[&tcp][0], 2);
+    assert_eq!(m1.http_totals()[&http].requests, 1);
+    assert_eq!(m2.http_totals()[&http].requests, 2);
+}

@@ -3,6 +3,7 @@
 //! (as ztunnel's chart sets for `logAsJson`). Passive: nothing here touches the data path.
 
 pub mod metrics;
+pub mod registry;
 
 /// Installs the global subscriber once; later calls are no-ops.
 pub fn init() {

@@ -2,17 +2,17 @@
 //!
 //! Owns: the wire contract of ztunnel's TLS (TLS 1.3 only, AES-GCM suites, ALPN `h2`, client
 //! certificate required, no SNI, no resumption), the X.509-SVID check of peers, the
-//! server-side trust-domain check, and reading the SPIFFE identity out of a certificate.
-//! Pure: no sockets, no clock reads beyond what rustls does during a handshake.
+//! server-side trust-domain check, and the peer checks the flows call after a handshake.
+//! Pure: no sockets, no clock reads beyond what rustls does during a handshake. Builds on
+//! `identity` (the SPIFFE id, the issued certificate, the SVID reader); `identity` must not
+//! use this module (`tests/layering.rs`).
 //!
 //! A peer's certificate is an X.509-SVID: exactly one URI SAN, a SPIFFE ID parsed strictly
-//! ([`Identity`]'s `FromStr`); other SAN types (DNS, IP) are allowed beside it. [`identity_of`]
-//! is the one reader, and both roles apply it inside the handshake: the server's
-//! client-certificate verifier checks that one identity's trust domain, the client's
-//! server-certificate verifier refuses a certificate that is not an SVID, and
-//! [`verify_peer`] / [`peer_identity`] return that same identity to the flows for policy.
-//! Several URI SANs are refused, not searched (SPIFFE X.509-SVID spec, section 2: "Validators
-//! encountering an SVID containing more than one URI SAN MUST reject the SVID").
+//! (`identity::svid::identity_of`, the one reader, which also refuses several URI SANs).
+//! Both roles apply it inside the handshake: the server's client-certificate verifier checks
+//! that one identity's trust domain, the client's server-certificate verifier refuses a
+//! certificate that is not an SVID, and [`verify_peer`] / [`peer_identity`] return that
+//! same identity to the flows for policy.
 //!
 //! Chains are checked by rustls-webpki: validity window (expired and not-yet-valid refused),
 //! intermediates from the presented chain, and the extended key usage only when the
@@ -37,8 +37,9 @@ pub mod record;
 pub mod schedule;
 pub mod state;
 
+use crate::identity::Identity;
 use crate::identity::ca::IssuedCert;
-use crate::identity::{Identity, IdentityParseError};
+use crate::identity::svid::{SvidError, identity_of};
 
 /// ALPN protocol HBONE speaks.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -48,21 +49,9 @@ pub const ALPN_H2: &[u8] = b"h2";
 pub enum PeerError {
     #[error("peer presented no certificate")]
     NoCertificate,
-    #[error("certificate cannot be parsed: {0}")]
-    BadCertificate(String),
-    #[error(
-        "certificate has no URI SAN: an X.509-SVID carries exactly one, \
-         spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
-    )]
-    NoUriSan,
-    #[error(
-        "certificate has {} URI SANs ({}): an X.509-SVID carries exactly one",
-        .0.len(),
-        .0.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
-    )]
-    UriSans(Vec<String>),
-    #[error("malformed URI SAN {:?}: {}", .0.input, .0.reason)]
-    MalformedSan(IdentityParseError),
+    /// The certificate is not an X.509-SVID (no URI SAN, several, a malformed one).
+    #[error(transparent)]
+    NotSvid(#[from] SvidError),
     #[error("peer presented {got}, expected {}", expected.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" or "))]
     WrongIdentity {
         got: String,
@@ -170,37 +159,12 @@ pub fn dummy_server_name() -> ServerName<'static> {
     ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
 }
 
-/// The SPIFFE identity of a certificate (an X.509-SVID): its one URI SAN, parsed strictly.
-/// No URI SAN, several, or one that is not an Istio SPIFFE ID is an error saying which.
-pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, PeerError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| PeerError::BadCertificate(e.to_string()))?;
-    let san = parsed
-        .subject_alternative_name()
-        .map_err(|e| PeerError::BadCertificate(format!("subjectAltName: {e}")))?;
-    let uris: Vec<&str> = san
-        .iter()
-        .flat_map(|s| s.value.general_names.iter())
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
-    match uris.as_slice() {
-        [] => Err(PeerError::NoUriSan),
-        [one] => one.parse().map_err(PeerError::MalformedSan),
-        many => Err(PeerError::UriSans(
-            many.iter().map(|u| u.to_string()).collect(),
-        )),
-    }
-}
-
-/// The peer's identity: [`identity_of`] its leaf certificate.
+/// The peer's identity: `identity::svid::identity_of` its leaf certificate.
 pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, PeerError> {
     let leaf = certs
         .and_then(|c| c.first())
         .ok_or(PeerError::NoCertificate)?;
-    identity_of(leaf)
+    Ok(identity_of(leaf)?)
 }
 
 /// Checks that the peer's identity is one of `expected` (any one suffices, as in ztunnel).

@@ -38,8 +38,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::certs::store::CertHandle;
 use crate::identity::Identity;
-use crate::identity::store::CertHandle;
 use crate::proxy::ProxyConfig;
 use crate::runtime::engine::Task;
 use crate::state::{GatewayAddress, GatewayDestination, StateHandle};

@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime};
 use tonic::{Request, Response, Status};
 
 use super::{Caller, Event, Shared};
+use crate::certs::caclient::IMPERSONATED_IDENTITY;
 use crate::config::LocalConfig;
 use crate::identity::Identity;
-use crate::identity::caclient::IMPERSONATED_IDENTITY;
 use crate::proto::ca::{
     IstioCertificateRequest, IstioCertificateResponse,
     istio_certificate_service_server::IstioCertificateService,

@@ -25,6 +25,7 @@
 pub mod driver;
 pub mod exec;
 pub mod net;
+pub(crate) mod rxbuf;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -254,7 +254,7 @@ impl ReadHalf {
                 d.read(h.idx, cx.waker(), |data| {
                     let n = data.len().min(max - out.len());
                     if fresh {
-                        out = crate::runtime::net::fresh_buf(max);
+                        out = super::rxbuf::fresh_buf(max);
                         fresh = false;
                     }
                     out.extend_from_slice(&data[..n]);

@@ -17,9 +17,9 @@ use arc_swap::ArcSwap;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::sync::mpsc;
 
-use super::Identity;
-use super::ca::{Ca, CaError, IssuedCert};
 use super::caclient::CaClient;
+use crate::identity::Identity;
+use crate::identity::ca::{Ca, CaError, IssuedCert};
 use crate::telemetry::metrics::Metrics;
 use crate::tls;
 

@@ -20,8 +20,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;
 
-use super::Identity;
-use super::ca::IssuedCert;
+use crate::identity::Identity;
+use crate::identity::ca::IssuedCert;
+use crate::identity::svid::identity_of;
 use crate::proto::ca as pb;
 use crate::xds::grpc::{GrpcError, Target, error_chain};
 
@@ -197,7 +198,7 @@ pub fn parse_chain(
         presented.extend(certs_of(i + 1, pem)?);
     }
     let roots = certs_of(chain.len() - 1, last)?;
-    match crate::tls::identity_of(&leaf) {
+    match identity_of(&leaf) {
         Ok(got) if got == *id => {}
         Ok(got) => {
             return Err(bad(format!(
