@@ -1,14 +1,25 @@
 //! Tests of the driver's own bookkeeping, on a real ring: what happens when the kernel
-//! takes no submissions.
+//! takes no submissions; a socket's operations in flight, the slot it holds and when it is
+//! reused; stale and unknown completions; buffers lent out of the ring.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::task::Waker;
 use std::time::Duration;
 
+use bytes::Bytes;
 use io_uring::opcode;
 
+use super::sock::Src;
 use super::*;
 
 fn nop() -> squeue::Entry {
-    opcode::Nop::new().build().user_data(ud(0, K_IGNORE))
+    opcode::Nop::new()
+        .build()
+        .user_data(SlotKey::DRIVER.user_data(Op::Ignore))
 }
 
 /// A ring whose fd no longer is a ring (replaced by /dev/null under it: every
@@ -84,4 +95,422 @@ fn a_completion_queue_that_overflows_is_reaped_not_broken() {
     let mut cq = d.ring.completion();
     cq.sync();
     assert_eq!(cq.overflow(), 0, "completions the kernel dropped");
+}
+
+// ---- in-flight bookkeeping, slot reuse and stale completions, on real sockets ----
+
+/// Runs `f` with a driver installed on this thread, as an executor installs it (lent
+/// buffers find it there), then tears it down as the executor does.
+fn on_driver<R>(f: impl FnOnce() -> R) -> R {
+    on_driver_with(&UringOpts::default(), f)
+}
+
+fn on_driver_with<R>(opts: &UringOpts, f: impl FnOnce() -> R) -> R {
+    install(Driver::new(opts).expect("io_uring"));
+    let r = f();
+    if let Some(mut d) = uninstall() {
+        d.turn(false, None);
+        d.close_all();
+    }
+    r
+}
+
+/// Turns the ring until `done` holds (about 10 s at most).
+fn turn_until(what: &str, mut done: impl FnMut(&mut Driver) -> bool) {
+    for _ in 0..1000 {
+        if with(|d| {
+            d.turn(true, Some(Duration::from_millis(10)));
+            done(d)
+        }) {
+            return;
+        }
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// A connected AF_UNIX stream pair: one end's fd (to register), the other end.
+fn pair() -> (RawFd, UnixStream) {
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    (a.into_raw_fd(), b)
+}
+
+/// A connected loopback TCP pair (SEND_ZC needs an inet socket).
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (s, _) = l.accept().expect("accept");
+    (c, s)
+}
+
+fn inflight(idx: usize) -> u32 {
+    with(|d| d.sock(idx).inflight)
+}
+
+/// A read with nothing queued: arms the socket's multishot receive, takes nothing.
+fn arm(idx: usize) {
+    assert!(with(|d| d.read(idx, Waker::noop(), |_| 0)).is_none());
+}
+
+/// A ring of 4 buffers: a receive that does not give back what it takes empties it fast.
+const SMALL_RING: UringOpts = UringOpts {
+    entries: 64,
+    sqpoll_idle_ms: None,
+    buf_count: 4,
+    buf_size: 1024,
+    send_zc_threshold: 0,
+    send_queue: 64 * 1024,
+    taskrun: super::super::TaskRun::Coop,
+};
+
+/// Writes `n` small messages to `peer`, turning the ring after each until `seen` counts it
+/// (one receive completion each), so that each takes a ring buffer of its own.
+fn feed(peer: &mut UnixStream, n: u64, mut seen: impl FnMut(&mut Driver, u64) -> bool) {
+    for k in 0..n {
+        peer.write_all(&[k as u8; 100]).unwrap();
+        turn_until("the receive of one message", |d| seen(d, k));
+    }
+}
+
+/// Whether slot `idx`'s socket receives into the ring (not a private buffer): the ring has
+/// a buffer to give. Arms it, has its peer send, reads what came.
+fn receives_into_the_ring(idx: usize, peer: &mut UnixStream) -> bool {
+    arm(idx);
+    peer.write_all(b"for the new socket").unwrap();
+    turn_until("the new socket's bytes", |d| d.sock(idx).rx_bytes == 18);
+    with(|d| matches!(d.sock(idx).rx.front().map(|c| &c.src), Some(Src::Ring(_))))
+}
+
+fn stale(d: &Driver) -> u64 {
+    d.ops.stale.load(Ordering::Relaxed)
+}
+
+fn unknown(d: &Driver) -> u64 {
+    d.ops.unknown.load(Ordering::Relaxed)
+}
+
+/// Registers a socket and releases it at once (nothing in flight: its slot is freed), then
+/// registers another, which gets the same slot: returns that slot, the first socket's key
+/// (the one a late completion of its would carry) and the second socket's peer.
+fn reused_slot() -> (usize, SlotKey, UnixStream) {
+    let (a, _pa) = pair();
+    let idx = with(|d| d.register(a));
+    let old = with(|d| d.sock(idx).key);
+    with(|d| d.release(idx));
+    let (b, pb) = pair();
+    assert_eq!(with(|d| d.register(b)), idx, "a freed slot is reused");
+    let new = with(|d| d.sock(idx).key);
+    assert_eq!(new.idx(), old.idx());
+    assert_eq!(new.generation(), old.generation().next());
+    (idx, old, pb)
+}
+
+/// A socket's in-flight count goes up with each submission and down with each operation's
+/// last completion: a multishot receive counts once however many completions it posts, a
+/// send and a shutdown until their result; EOF ends the receive and the count is 0 again.
+#[test]
+fn in_flight_goes_up_on_submit_and_down_on_the_last_completion() {
+    on_driver(|| {
+        let (a, mut peer) = pair();
+        let idx = with(|d| d.register(a));
+        assert_eq!(inflight(idx), 0);
+        arm(idx);
+        assert_eq!(inflight(idx), 1);
+        assert!(with(|d| d.sock(idx).rx_armed));
+        // Data: the multishot receive posts a completion and stays armed.
+        peer.write_all(b"hello").unwrap();
+        turn_until("5 bytes arrive", |d| d.sock(idx).rx_bytes == 5);
+        assert_eq!(inflight(idx), 1, "a multishot counts once");
+        // A send is one more until its result.
+        let n = with(|d| d.write(idx, Waker::noop(), &[&b"ping"[..]])).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(inflight(idx), 2);
+        turn_until("the send completes", |d| d.sock(idx).tx_cur.is_none());
+        assert_eq!(inflight(idx), 1);
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        // So is a shutdown.
+        assert!(with(|d| d.shutdown(idx, Waker::noop())).is_none());
+        assert_eq!(inflight(idx), 2);
+        turn_until("the shutdown completes", |d| d.sock(idx).shut_res.is_some());
+        assert_eq!(inflight(idx), 1);
+        // The peer's EOF is the receive's last completion (no MORE).
+        drop(peer);
+        turn_until("EOF", |d| d.sock(idx).rx_eof);
+        assert_eq!(inflight(idx), 0);
+        assert!(!with(|d| d.sock(idx).rx_armed));
+        with(|d| d.release(idx));
+    });
+}
+
+/// Releasing a socket whose receive is in flight cancels it but keeps the slot until the
+/// cancelled receive's last completion: a socket registered meanwhile gets another slot;
+/// the released one is freed (its generation moves on) only after, and reused then.
+#[test]
+fn a_close_with_ops_in_flight_keeps_the_slot_until_they_complete() {
+    on_driver(|| {
+        let (a, _pa) = pair();
+        let idx = with(|d| d.register(a));
+        arm(idx);
+        let g0 = with(|d| d.socks.generation(idx));
+        with(|d| d.release(idx));
+        with(|d| {
+            let s = d
+                .socks
+                .try_get(idx)
+                .expect("the slot is kept while its receive is in flight");
+            assert!(s.closed && !s.alive);
+            assert_eq!(s.inflight, 1);
+        });
+        let (b, _pb) = pair();
+        let other = with(|d| d.register(b));
+        assert_ne!(
+            other, idx,
+            "a slot with an op in flight was handed out again"
+        );
+        turn_until("the cancelled receive completes", |d| {
+            d.socks.try_get(idx).is_none()
+        });
+        assert_eq!(with(|d| d.socks.generation(idx)), g0.next());
+        let (c, _pc) = pair();
+        assert_eq!(with(|d| d.register(c)), idx, "the freed slot is reused");
+        assert_eq!(with(|d| d.sock(idx).key.generation()), g0.next());
+        with(|d| {
+            d.release(idx);
+            d.release(other);
+        });
+    });
+}
+
+/// A multishot receive that outlives its slot (freed under it, the bug generations guard
+/// against) and posts after the slot went to a new socket: each completion is counted as
+/// stale, its ring buffer goes back to the ring (twice the ring's 4 buffers pass through it
+/// and the ring still has one for the new socket), and the new socket sees none of it — no
+/// bytes, no change to its in-flight count. Without the generation it was the new socket's.
+#[test]
+fn a_stale_receive_returns_its_buffer_and_does_not_reach_the_new_socket() {
+    on_driver_with(&SMALL_RING, || {
+        let (a, mut pa) = pair();
+        let idx = with(|d| d.register(a));
+        arm(idx);
+        let out = with(|d| d.bufs.out);
+        with(|d| d.socks.forget(idx));
+        let (b, mut pb) = pair();
+        assert_eq!(with(|d| d.register(b)), idx);
+        let before = with(|d| stale(d));
+        feed(&mut pa, 8, |d, k| {
+            stale(d) > before + k || d.sock(idx).rx_bytes > 0
+        });
+        assert_eq!(with(|d| stale(d)), before + 8);
+        with(|d| {
+            let s = d.sock(idx);
+            assert_eq!(
+                (s.rx_bytes, s.rx.len()),
+                (0, 0),
+                "the new socket got the bytes"
+            );
+            assert_eq!(s.inflight, 0);
+            assert!(!s.rx_armed && !s.rx_eof);
+            assert_eq!(
+                d.bufs.out, out,
+                "the stale completion's buffer is out of the ring"
+            );
+        });
+        // The old receive's last completion (EOF) is stale too.
+        drop(pa);
+        turn_until("the old receive ends", |d| {
+            stale(d) > before + 8 || d.sock(idx).rx_eof
+        });
+        assert!(
+            !with(|d| d.sock(idx).rx_eof),
+            "the new socket saw the old one's EOF"
+        );
+        assert!(
+            receives_into_the_ring(idx, &mut pb),
+            "the ring ran dry: stale completions kept its buffers"
+        );
+        with(|d| d.release(idx));
+        // SAFETY: the forgotten socket's fd, which nothing else closes.
+        unsafe { libc::close(a) };
+    });
+}
+
+/// A SEND_ZC made for a slot's old occupant completes after the slot went to a new socket
+/// that has a zero-copy send of its own waiting for its notification: the stale result and
+/// the stale notification are both counted and neither touches the new socket (its pinned
+/// buffer stays pinned, its in-flight count stays).
+#[test]
+fn a_stale_send_zc_notification_does_not_release_the_new_sockets_buffer() {
+    on_driver(|| {
+        let (idx, old, _pb) = reused_slot();
+        // The new socket's own zero-copy send, still pinned until its notification.
+        let pinned = Bytes::from(vec![7u8; 4096]);
+        with(|d| {
+            let s = d.sock(idx);
+            s.tx_zc_hold.push_back(pinned.clone());
+            s.inflight += 1;
+        });
+        let (c, mut peer) = tcp_pair();
+        let data = vec![1u8; 64 * 1024];
+        let before = with(|d| stale(d));
+        with(|d| {
+            let e = opcode::SendZc::new(types::Fd(c.as_raw_fd()), data.as_ptr(), data.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(old.user_data(Op::SendZc));
+            d.push(e);
+        });
+        turn_until("the result and its notification", |d| {
+            stale(d) >= before + 2 || d.sock(idx).tx_zc_hold.is_empty()
+        });
+        with(|d| {
+            let s = d.sock(idx);
+            assert_eq!(
+                s.tx_zc_hold.len(),
+                1,
+                "the new socket's pinned buffer was let go"
+            );
+            assert_eq!(s.inflight, 1);
+            assert_eq!(s.tx_err, None);
+            assert_eq!(stale(d), before + 2);
+            let s = d.sock(idx);
+            s.tx_zc_hold.clear();
+            s.inflight = 0;
+            d.release(idx);
+        });
+        let mut got = vec![0u8; data.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(got, data);
+        drop(pinned);
+    });
+}
+
+/// An accept made for a slot's old occupant completes after the slot went to a new socket:
+/// counted as stale, not queued on the new socket, and the accepted connection is closed
+/// (the client sees EOF), not leaked.
+#[test]
+fn a_stale_accept_closes_the_connection_it_accepted() {
+    on_driver(|| {
+        let (idx, old, _pb) = reused_slot();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let before = with(|d| stale(d));
+        with(|d| {
+            let e = opcode::Accept::new(
+                types::Fd(l.as_raw_fd()),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(old.user_data(Op::Accept));
+            d.push(e);
+        });
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        turn_until("the stale accept", |d| stale(d) > before);
+        with(|d| {
+            let s = d.sock(idx);
+            assert!(
+                s.acc.is_empty(),
+                "the new socket got the old one's connection"
+            );
+            assert_eq!(s.inflight, 0);
+        });
+        // The close is submitted at the next turn.
+        with(|d| d.turn(false, None));
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        let n = client
+            .read(&mut b)
+            .expect("EOF, not a connection left open");
+        assert_eq!(n, 0);
+        with(|d| d.release(idx));
+    });
+}
+
+/// A completion whose op is none the driver submits is counted and dropped without a panic;
+/// one that carries a ring buffer gives it back (twice the ring's 4 buffers pass through an
+/// unknown receive, and the ring still has one for a socket).
+#[test]
+fn an_unknown_op_is_counted_and_its_buffer_returned() {
+    on_driver_with(&SMALL_RING, || {
+        let before = with(|d| unknown(d));
+        with(|d| {
+            d.push(opcode::Nop::new().build().user_data(0));
+            d.push(opcode::Nop::new().build().user_data(0xffff_ffff_ffff_ffee));
+        });
+        turn_until("two unknown completions", |d| unknown(d) >= before + 2);
+        // A receive under an unknown op takes a ring buffer: it goes back.
+        let (a, mut pa) = pair();
+        let out = with(|d| d.bufs.out);
+        with(|d| {
+            let e = opcode::RecvMulti::new(types::Fd(a), BGID)
+                .build()
+                .user_data(0x0000_0001_0000_00ee);
+            d.push(e);
+        });
+        feed(&mut pa, 8, |d, k| unknown(d) > before + 2 + k);
+        assert_eq!(with(|d| d.bufs.out), out);
+        drop(pa);
+        turn_until("its end", |d| unknown(d) > before + 10);
+        assert_eq!(with(|d| d.bufs.out), out);
+        let (b, mut pb) = pair();
+        let idx = with(|d| d.register(b));
+        assert!(
+            receives_into_the_ring(idx, &mut pb),
+            "the ring ran dry: unknown completions kept its buffers"
+        );
+        with(|d| d.release(idx));
+        // SAFETY: the test's own fd.
+        unsafe { libc::close(a) };
+    });
+}
+
+/// A received buffer lent to the flows stays out of the ring while lent and goes back when
+/// the `Bytes` drops: at once when dropped outside the driver, at the next turn when dropped
+/// while the driver is borrowed (say by a send completing).
+#[test]
+fn a_lent_buffer_goes_back_to_the_ring_when_dropped() {
+    on_driver(|| {
+        let (a, mut peer) = pair();
+        let idx = with(|d| d.register(a));
+        arm(idx);
+        let out = with(|d| d.bufs.out);
+        let first: Vec<u8> = (0..6000).map(|i| i as u8).collect();
+        peer.write_all(&first).unwrap();
+        turn_until("6000 bytes", |d| d.sock(idx).rx_bytes == first.len());
+        let held = with(|d| d.sock(idx).rx.len());
+        assert_eq!(with(|d| d.bufs.out), out + held);
+        let lent = with(|d| d.lend(idx, 1)).expect("a ring buffer is lent");
+        assert_eq!(&lent[..], &first[..lent.len()]);
+        assert_eq!(with(|d| d.sock(idx).rx.len()), held - 1);
+        assert_eq!(
+            with(|d| d.bufs.out),
+            out + held,
+            "a lent buffer is out of the ring"
+        );
+        drop(lent);
+        assert_eq!(with(|d| d.bufs.out), out + held - 1, "dropped, it is back");
+        // Read the rest out (those buffers go back as they are consumed).
+        while with(|d| d.sock(idx).rx_bytes) > 0 {
+            with(|d| d.read(idx, Waker::noop(), |b| b.len()));
+        }
+        assert_eq!(with(|d| d.bufs.out), out);
+        // Dropped under the driver's own borrow: back at the next turn.
+        peer.write_all(&first).unwrap();
+        turn_until("6000 more bytes", |d| d.sock(idx).rx_bytes == first.len());
+        let held = with(|d| d.sock(idx).rx.len());
+        let lent = with(|d| d.lend(idx, 1)).expect("a ring buffer is lent");
+        with(|_| drop(lent));
+        assert_eq!(with(|d| d.bufs.out), out + held);
+        with(|d| d.turn(false, None));
+        assert_eq!(with(|d| d.bufs.out), out + held - 1, "back after the turn");
+        with(|d| d.release(idx));
+        assert_eq!(
+            with(|d| d.bufs.out),
+            out,
+            "release gives back what was queued"
+        );
+    });
 }

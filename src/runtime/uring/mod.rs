@@ -164,6 +164,12 @@ pub struct OpStats {
     /// Send completions that moved data, and their bytes.
     pub sends: AtomicU64,
     pub send_bytes: AtomicU64,
+    /// Completions for a socket slot freed since their operation was submitted (a
+    /// generation that is not the slot's): counted and dropped, never handed to the slot's
+    /// next occupant. Always 0 unless the driver's in-flight bookkeeping has a bug.
+    pub stale: AtomicU64,
+    /// Completions whose `user_data` names no operation the driver submits: dropped.
+    pub unknown: AtomicU64,
 }
 
 impl OpStats {
@@ -181,15 +187,22 @@ impl OpStats {
         Self::bump(&self.send_bytes, n as u64);
     }
 
-    fn values(&self) -> [u64; 4] {
-        [&self.recvs, &self.recv_bytes, &self.sends, &self.send_bytes]
-            .map(|c| c.load(Ordering::Relaxed))
+    fn values(&self) -> [u64; 6] {
+        [
+            &self.recvs,
+            &self.recv_bytes,
+            &self.sends,
+            &self.send_bytes,
+            &self.stale,
+            &self.unknown,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
     }
 }
 
 /// The live shards' counters, plus what shards that have stopped had counted.
-static OPS: std::sync::Mutex<(Vec<std::sync::Arc<OpStats>>, [u64; 4])> =
-    std::sync::Mutex::new((Vec::new(), [0; 4]));
+static OPS: std::sync::Mutex<(Vec<std::sync::Arc<OpStats>>, [u64; 6])> =
+    std::sync::Mutex::new((Vec::new(), [0; 6]));
 
 /// Registers a shard's counters (at ring set-up, not on the data path).
 fn register_ops() -> std::sync::Arc<OpStats> {
@@ -213,6 +226,18 @@ fn retire_ops(ops: &std::sync::Arc<OpStats>) {
 
 /// Receives, received bytes, sends, sent bytes over every shard of the process.
 pub fn op_totals() -> [u64; 4] {
+    let [recvs, recv_bytes, sends, send_bytes, ..] = all_op_totals();
+    [recvs, recv_bytes, sends, send_bytes]
+}
+
+/// Stale and unknown completions (`OpStats::stale`, `OpStats::unknown`) over every shard
+/// of the process: both dropped undelivered, both 0 in a driver without bugs.
+pub fn fault_totals() -> [u64; 2] {
+    let [.., stale, unknown] = all_op_totals();
+    [stale, unknown]
+}
+
+fn all_op_totals() -> [u64; 6] {
     let g = OPS.lock().unwrap_or_else(|e| e.into_inner());
     let mut t = g.1;
     for o in &g.0 {
@@ -242,12 +267,25 @@ mod tests {
             mid[2] > before[2] && mid[3] >= before[3] + 7,
             "{before:?} {mid:?}"
         );
+        let faults = fault_totals();
+        OpStats::bump(&ops.stale, 2);
+        OpStats::bump(&ops.unknown, 1);
+        let faults_mid = fault_totals();
+        assert!(
+            faults_mid[0] >= faults[0] + 2 && faults_mid[1] > faults[1],
+            "{faults:?} {faults_mid:?}"
+        );
         retire_ops(&ops);
         let after = op_totals();
         // Totals never go down (other tests' shards may add to them meanwhile).
         assert!(
             after.iter().zip(mid).all(|(a, m)| *a >= m),
             "{mid:?} {after:?}"
+        );
+        let faults_after = fault_totals();
+        assert!(
+            faults_after.iter().zip(faults_mid).all(|(a, m)| *a >= m),
+            "{faults_mid:?} {faults_after:?}"
         );
     }
 
