@@ -9,7 +9,10 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::stats::{Percentiles, Summary};
+use super::stats::{
+    CPU_TICK_S, MIN_CPU_TICKS, MIN_SAMPLES_BEYOND, Percentiles, Summary, cpu_meaningful,
+    percentile_meaningful,
+};
 
 /// The waypoint's CPU budget: vCPU per 1000 requests/s of 1 KiB answers (the target).
 pub const TARGET_VCPU_PER_1000_RPS: f64 = 0.08;
@@ -150,6 +153,10 @@ pub struct L7PathResult {
     /// vCPU with no requests: the waypoint's (waypoint path) and the node proxies'.
     pub waypoint_idle_vcpu: Option<Summary>,
     pub node_proxies_idle_vcpu: Option<Summary>,
+    /// Figures a round measured too little of to mean anything (field name → why); their
+    /// values are still given.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_meaningful: BTreeMap<String, String>,
 }
 
 impl L7PathResult {
@@ -197,7 +204,79 @@ impl L7PathResult {
             waypoint_rss_bytes: sum(&|s| s.waypoint_rss_bytes),
             waypoint_idle_vcpu: idle(|c| c.waypoint_s),
             node_proxies_idle_vcpu: idle(|c| c.node_proxies_s),
+            not_meaningful: BTreeMap::new(),
         }
+    }
+
+    /// The figures of this path that one round of `sizes` measured too little of.
+    pub fn not_meaningful(&self, sizes: &L7Sizes) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let fixed = sizes.fixed_rate_per_s as f64 * sizes.fixed_rate_s;
+        let saturated = self.rps.map_or(0.0, |r| r.median * sizes.saturated_s);
+        // Requests a round had behind each percentile (the rounds are not pooled here).
+        let tails: [(&str, f64, f64); 8] = [
+            ("p50_us", sizes.c1_requests as f64, 0.5),
+            ("p99_us", sizes.c1_requests as f64, 0.99),
+            ("p50_8_us", sizes.c8_requests as f64, 0.5),
+            ("p99_8_us", sizes.c8_requests as f64, 0.99),
+            ("fixed_rate_p50_us", fixed, 0.5),
+            ("fixed_rate_p99_us", fixed, 0.99),
+            ("saturated_p50_us", saturated, 0.5),
+            ("saturated_p99_us", saturated, 0.99),
+        ];
+        for (key, count, q) in tails {
+            if count > 0.0 && !percentile_meaningful(count as u64, q) {
+                out.insert(
+                    key.to_string(),
+                    format!(
+                        "not meaningful: {:.0} of {count:.0} requests a round beyond it, needs ≥ {MIN_SAMPLES_BEYOND:.0}",
+                        count * (1.0 - q)
+                    ),
+                );
+            }
+        }
+        // CPU per 1000 requests: what a round divided, in /proc's 10 ms ticks.
+        let cpu: [(&str, Option<Summary>, f64); 5] = [
+            (
+                "waypoint_vcpu_per_1000_rps",
+                self.waypoint_vcpu_per_1000_rps,
+                fixed,
+            ),
+            (
+                "waypoint_vcpu_per_1000_rps_saturated",
+                self.waypoint_vcpu_per_1000_rps_saturated,
+                saturated,
+            ),
+            (
+                "node_proxies_vcpu_per_1000_rps",
+                self.node_proxies_vcpu_per_1000_rps,
+                fixed,
+            ),
+            (
+                "node_proxies_vcpu_per_1000_rps_saturated",
+                self.node_proxies_vcpu_per_1000_rps_saturated,
+                saturated,
+            ),
+            (
+                "machine_vcpu_per_1000_rps_saturated",
+                self.machine_vcpu_per_1000_rps_saturated,
+                saturated,
+            ),
+        ];
+        for (key, per, requests) in cpu {
+            let Some(per) = per else { continue };
+            let cpu_s = per.median * requests / 1000.0;
+            if requests > 0.0 && !cpu_meaningful(cpu_s) {
+                out.insert(
+                    key.to_string(),
+                    format!(
+                        "not meaningful: {:.0} CPU ticks a round, needs ≥ {MIN_CPU_TICKS:.0}",
+                        cpu_s / CPU_TICK_S
+                    ),
+                );
+            }
+        }
+        out
     }
 
     /// A path that could not be measured.
@@ -294,6 +373,25 @@ fn median(s: Option<Summary>) -> Option<f64> {
     s.map(|s| s.median)
 }
 
+/// A table cell: the median × `scale`, how far the rounds lay from it, why it is not
+/// meaningful.
+fn cell(s: Option<Summary>, scale: f64, digits: usize, not_meaningful: Option<&String>) -> String {
+    let Some(s) = s else {
+        return "–".into();
+    };
+    let scaled = Summary {
+        median: s.median * scale,
+        min: s.min * scale,
+        max: s.max * scale,
+        n: s.n,
+    };
+    let mut out = scaled.show(scaled.median, digits);
+    if let Some(why) = not_meaningful {
+        let _ = write!(out, " ({why})");
+    }
+    out
+}
+
 fn verdict(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "met",
@@ -312,9 +410,13 @@ impl L7Report {
             .insert(path.name().to_string(), r);
     }
 
-    /// Fills every protocol's targets from its valid paths.
+    /// Marks what each path measured too little of, and fills every protocol's targets
+    /// from its valid paths.
     pub fn derive(&mut self) {
         for p in self.protocols.values_mut() {
+            for r in p.paths.values_mut() {
+                r.not_meaningful = r.not_meaningful(&self.sizes);
+            }
             let get = |path: Path| p.paths.get(path.name()).filter(|r| r.valid);
             let p50 = |path: Path| get(path).and_then(|r| median(r.p50_us));
             let wp = get(Path::Waypoint);
@@ -335,7 +437,7 @@ impl L7Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "### L7: HTTP through the waypoint ({} B answers, medians of {} rounds)\n",
+            "### L7: HTTP through the waypoint ({} B answers, medians of {} rounds; ±: the farthest a round lay from the median; (n=1): measured once)\n",
             s.response_bytes, self.rounds
         );
         let _ = writeln!(
@@ -363,37 +465,55 @@ impl L7Report {
         out.push_str(&"|---".repeat(1 + cols.len()));
         out.push_str("|\n");
         type Get = fn(&L7PathResult) -> Option<Summary>;
-        let rows: Vec<(String, Get, f64, usize)> = vec![
+        // Label, field name (the key of `not_meaningful`), figure, scale, digits.
+        let rows: Vec<(String, &str, Get, f64, usize)> = vec![
             (
                 format!("requests/s, {} in flight", s.saturated_in_flight),
+                "rps",
                 |r| r.rps,
                 1.0,
                 0,
             ),
-            ("p50 µs, 1 in flight".into(), |r| r.p50_us, 1.0, 0),
-            ("p99 µs, 1 in flight".into(), |r| r.p99_us, 1.0, 0),
-            ("p50 µs, 8 in flight".into(), |r| r.p50_8_us, 1.0, 0),
-            ("p99 µs, 8 in flight".into(), |r| r.p99_8_us, 1.0, 0),
+            ("p50 µs, 1 in flight".into(), "p50_us", |r| r.p50_us, 1.0, 0),
+            ("p99 µs, 1 in flight".into(), "p99_us", |r| r.p99_us, 1.0, 0),
+            (
+                "p50 µs, 8 in flight".into(),
+                "p50_8_us",
+                |r| r.p50_8_us,
+                1.0,
+                0,
+            ),
+            (
+                "p99 µs, 8 in flight".into(),
+                "p99_8_us",
+                |r| r.p99_8_us,
+                1.0,
+                0,
+            ),
             (
                 format!("p50 µs at {} req/s", s.fixed_rate_per_s),
+                "fixed_rate_p50_us",
                 |r| r.fixed_rate_p50_us,
                 1.0,
                 0,
             ),
             (
                 format!("p99 µs at {} req/s", s.fixed_rate_per_s),
+                "fixed_rate_p99_us",
                 |r| r.fixed_rate_p99_us,
                 1.0,
                 0,
             ),
             (
                 format!("p50 µs, {} in flight", s.saturated_in_flight),
+                "saturated_p50_us",
                 |r| r.saturated_p50_us,
                 1.0,
                 0,
             ),
             (
                 format!("p99 µs, {} in flight", s.saturated_in_flight),
+                "saturated_p99_us",
                 |r| r.saturated_p99_us,
                 1.0,
                 0,
@@ -403,12 +523,14 @@ impl L7Report {
                     "waypoint vCPU per 1000 req/s, at {} req/s",
                     s.fixed_rate_per_s
                 ),
+                "waypoint_vcpu_per_1000_rps",
                 |r| r.waypoint_vcpu_per_1000_rps,
                 1.0,
                 3,
             ),
             (
                 "waypoint vCPU per 1000 req/s, saturated".into(),
+                "waypoint_vcpu_per_1000_rps_saturated",
                 |r| r.waypoint_vcpu_per_1000_rps_saturated,
                 1.0,
                 3,
@@ -418,63 +540,58 @@ impl L7Report {
                     "node proxies vCPU per 1000 req/s, at {} req/s",
                     s.fixed_rate_per_s
                 ),
+                "node_proxies_vcpu_per_1000_rps",
                 |r| r.node_proxies_vcpu_per_1000_rps,
                 1.0,
                 3,
             ),
             (
                 "node proxies vCPU per 1000 req/s, saturated".into(),
+                "node_proxies_vcpu_per_1000_rps_saturated",
                 |r| r.node_proxies_vcpu_per_1000_rps_saturated,
                 1.0,
                 3,
             ),
             (
                 "waypoint vCPU idle".into(),
+                "waypoint_idle_vcpu",
                 |r| r.waypoint_idle_vcpu,
                 1.0,
                 3,
             ),
             (
                 "node proxies vCPU idle".into(),
+                "node_proxies_idle_vcpu",
                 |r| r.node_proxies_idle_vcpu,
                 1.0,
                 3,
             ),
             (
                 "machine vCPU per 1000 req/s, saturated".into(),
+                "machine_vcpu_per_1000_rps_saturated",
                 |r| r.machine_vcpu_per_1000_rps_saturated,
                 1.0,
                 3,
             ),
             (
                 "waypoint RSS after, MB".into(),
+                "waypoint_rss_bytes",
                 |r| r.waypoint_rss_bytes,
                 1e-6,
                 1,
             ),
         ];
-        for (label, get, scale, digits) in &rows {
+        for (label, key, get, scale, digits) in &rows {
             let _ = write!(out, "| {label} |");
             for (pr, pa) in &cols {
-                let v = self
-                    .result(*pr, *pa)
-                    .filter(|r| r.valid)
-                    .and_then(|r| median(get(r)))
-                    .map(|x| x * scale);
-                let _ = write!(out, " {} |", f(v, *digits));
+                let v = match self.result(*pr, *pa).filter(|r| r.valid) {
+                    Some(r) => cell(get(r), *scale, *digits, r.not_meaningful.get(*key)),
+                    None => "–".into(),
+                };
+                let _ = write!(out, " {v} |");
             }
             out.push('\n');
         }
-        let _ = write!(out, "| spread of requests/s, (max − min) / median |");
-        for (pr, pa) in &cols {
-            let v = self
-                .result(*pr, *pa)
-                .filter(|r| r.valid)
-                .and_then(|r| r.rps)
-                .map(|s| format!("{:.0} % (n={})", s.spread() * 100.0, s.n));
-            let _ = write!(out, " {} |", v.unwrap_or_else(|| "–".into()));
-        }
-        out.push('\n');
         let _ = writeln!(
             out,
             "\n| against the targets | {} | {} | target |",
@@ -509,14 +626,26 @@ impl L7Report {
             f(t2.added_p50_in_hops, 2),
             verdict(t2.latency_target_met)
         );
+        // A verdict on a figure too few CPU ticks made says so.
+        let cpu_verdict = |pr: Protocol, met: Option<bool>| {
+            let thin = self
+                .result(pr, Path::Waypoint)
+                .is_some_and(|r| r.not_meaningful.contains_key("waypoint_vcpu_per_1000_rps"));
+            let v = verdict(met);
+            if thin && met.is_some() {
+                format!("{v}, not meaningful: too few CPU ticks")
+            } else {
+                v.to_string()
+            }
+        };
         let _ = writeln!(
             out,
             "| waypoint vCPU per 1000 req/s, at {} req/s | {} ({}) | {} ({}) | ≤ {TARGET_VCPU_PER_1000_RPS} (Istio's Envoy waypoint ≈ {ISTIO_WAYPOINT_VCPU_PER_1000_RPS}) |",
             s.fixed_rate_per_s,
             f(t1.waypoint_vcpu_per_1000_rps, 3),
-            verdict(t1.cpu_target_met),
+            cpu_verdict(Protocol::Http1, t1.cpu_target_met),
             f(t2.waypoint_vcpu_per_1000_rps, 3),
-            verdict(t2.cpu_target_met)
+            cpu_verdict(Protocol::Http2, t2.cpu_target_met)
         );
         let _ = writeln!(
             out,

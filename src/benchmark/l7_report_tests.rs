@@ -194,15 +194,19 @@ fn markdown_has_every_path_the_targets_and_the_invalid() {
         "{md}"
     );
     assert!(
-        md.contains("| requests/s, 16 in flight | 20000 | 9000 | 5000 | 20000 | 9000 | – |"),
+        md.contains(
+            "| requests/s, 16 in flight | 20000 (n=1) | 9000 (n=1) | 5000 (n=1) | 20000 (n=1) | 9000 (n=1) | – |"
+        ),
         "{md}"
     );
     assert!(
-        md.contains("| p50 µs, 1 in flight | 40 | 120 | 200 | 40 | 120 | – |"),
+        md.contains(
+            "| p50 µs, 1 in flight | 40 (n=1) | 120 (n=1) | 200 (n=1) | 40 (n=1) | 120 (n=1) | – |"
+        ),
         "{md}"
     );
     assert!(
-        md.contains("| waypoint RSS after, MB | – | – | 12.0 | – | – | – |"),
+        md.contains("| waypoint RSS after, MB | – | – | 12.0 (n=1) | – | – | – |"),
         "{md}"
     );
     assert!(
@@ -217,6 +221,82 @@ fn markdown_has_every_path_the_targets_and_the_invalid() {
         md.contains("HTTP/2 waypoint is INVALID: its traffic did not go through the waypoint"),
         "{md}"
     );
+}
+
+#[test]
+fn every_figure_shows_how_far_the_rounds_lay() {
+    let mut r = report();
+    r.insert(
+        Protocol::Http1,
+        Path::L4,
+        L7PathResult::of(&[
+            sample(110.0, 9000.0, None),
+            sample(120.0, 8000.0, None),
+            sample(150.0, 9500.0, None),
+        ]),
+    );
+    r.derive();
+    let md = r.markdown();
+    // 150 is 25 % above 120; 8000 is 11 % below 9000.
+    assert!(
+        md.contains("| p50 µs, 1 in flight | 40 (n=1) | 120 ±25 % | 200 (n=1) |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| requests/s, 16 in flight | 20000 (n=1) | 9000 ±11 % |"),
+        "{md}"
+    );
+    assert!(!md.contains("spread of requests/s"), "{md}");
+    // The test's sizes leave the request counts 0 (unknown): nothing is judged.
+    assert!(!md.contains("not meaningful"), "{md}");
+}
+
+#[test]
+fn quick_sizes_mark_thin_tails_and_few_cpu_ticks() {
+    let mut r = report();
+    r.sizes = L7Sizes {
+        c1_requests: 300,
+        c8_requests: 1000,
+        fixed_rate_s: 1.0,
+        saturated_s: 1.0,
+        ..r.sizes
+    };
+    r.derive();
+    let wp = &r.protocols["http1"].paths["waypoint"];
+    // 300 requests a round: 3 beyond p99. 1000 at 8 in flight: 10, enough.
+    assert_eq!(
+        wp.not_meaningful.get("p99_us").map(String::as_str),
+        Some("not meaningful: 3 of 300 requests a round beyond it, needs ≥ 10")
+    );
+    assert!(!wp.not_meaningful.contains_key("p99_8_us"));
+    assert!(!wp.not_meaningful.contains_key("p50_us"));
+    // 0.06 CPU s per 1000 requests of 1000: 6 ticks.
+    assert!(
+        wp.not_meaningful["waypoint_vcpu_per_1000_rps"].contains("6 CPU ticks"),
+        "{:?}",
+        wp.not_meaningful
+    );
+    let md = r.markdown();
+    assert!(
+        md.contains(
+            "| 600 (n=1) (not meaningful: 3 of 300 requests a round beyond it, needs ≥ 10) |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| 0.060 (met, not meaningful: too few CPU ticks) | – (–) |"),
+        "{md}"
+    );
+    let v = serde_json::to_value(&r).unwrap();
+    let nm = &v["protocols"]["http1"]["paths"]["waypoint"]["not_meaningful"];
+    assert!(nm["p99_us"].is_string(), "{v}");
+    // The full sizes: 3000 requests a round, 5 s at the fixed rate.
+    r.sizes.c1_requests = 3000;
+    r.sizes.fixed_rate_s = 5.0;
+    r.derive();
+    let wp = &r.protocols["http1"].paths["waypoint"];
+    // 0.06 CPU s per 1000 of 5000 requests: 30 ticks, enough.
+    assert!(wp.not_meaningful.is_empty(), "{:?}", wp.not_meaningful);
 }
 
 #[test]

@@ -25,7 +25,7 @@ use crate::inpod::Netns;
 use crate::lab::run::LabRun;
 use crate::lab::topology::{BENCH, Topology};
 use crate::lab::{apps, run as labrun};
-use report::{BenchReport, ContenderResult, Machine};
+use report::{BenchReport, ContenderResult, L4Sizes, Machine};
 use stats::{Latency, Summary};
 
 /// A contender.
@@ -129,7 +129,9 @@ pub fn parse_peer(s: &str) -> Result<Contender, String> {
     }
 }
 
-/// How much of each workload to run.
+/// How much of each workload to run. `--quick` runs less of each, the same way: its figures
+/// mean what the full run's do, with fewer samples (the report marks those that then mean
+/// nothing; bench/README.md, "Quick mode").
 #[derive(Debug, Clone)]
 pub struct Sizes {
     pub rounds: usize,
@@ -150,7 +152,9 @@ impl Sizes {
             bulk_1_bytes: 64 << 20,
             bulk_8_bytes_each: 16 << 20,
             rr_n: 500,
-            fixed_rate: 1000,
+            // The full run's rate (a different rate is a different load, not a smaller
+            // sample of the same one), for less time.
+            fixed_rate: 2000,
             fixed_dur: Duration::from_secs(1),
             conn_dur: Duration::from_secs(1),
             tunnels: 300,
@@ -169,6 +173,19 @@ impl Sizes {
             conn_dur: Duration::from_secs(3),
             tunnels: 8000,
             ready_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// What the report says about them.
+    pub fn info(&self) -> L4Sizes {
+        L4Sizes {
+            bulk_1_bytes: self.bulk_1_bytes,
+            bulk_8_bytes_each: self.bulk_8_bytes_each,
+            rr_requests: self.rr_n,
+            fixed_rate_per_s: self.fixed_rate,
+            fixed_rate_s: self.fixed_dur.as_secs_f64(),
+            conn_s: self.conn_dur.as_secs_f64(),
+            tunnels: self.tunnels,
         }
     }
 }
@@ -365,6 +382,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
             .collect(),
         quick: args.quick,
         rounds: args.sizes.rounds,
+        sizes: Some(args.sizes.info()),
         ..Default::default()
     };
     for c in &args.contenders {
@@ -377,7 +395,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
             },
             None => summarize(
                 rounds.get(&name).map(Vec::as_slice).unwrap_or(&[]),
-                args.sizes.tunnels,
+                &args.sizes,
             ),
         };
         report.contenders.insert(name, result);
@@ -645,9 +663,13 @@ fn one_round(
     Ok(r)
 }
 
-fn summarize(rounds: &[Round], tunnels: usize) -> ContenderResult {
-    let sum = |f: fn(&Round) -> Option<f64>| {
+fn summarize(rounds: &[Round], sizes: &Sizes) -> ContenderResult {
+    let tunnels = sizes.tunnels;
+    let sum = |f: &dyn Fn(&Round) -> Option<f64>| {
         Summary::of(&rounds.iter().filter_map(f).collect::<Vec<_>>())
+    };
+    let each_round = |f: fn(&Round) -> Option<&Latency>, q: fn(&stats::Percentiles) -> f64| {
+        sum(&|r: &Round| f(r).map(|l| q(&l.percentiles())))
     };
     let merged = |f: fn(&Round) -> Option<&Latency>| {
         let mut l = Latency::default();
@@ -665,32 +687,38 @@ fn summarize(rounds: &[Round], tunnels: usize) -> ContenderResult {
         ..Default::default()
     };
     let d = &mut c.detail;
-    d.bulk_1_same_gbps = sum(|r| r.bulk_1_same);
-    d.bulk_1_cross_gbps = sum(|r| r.bulk_1_cross);
-    d.bulk_8_same_gbps = sum(|r| r.bulk_8_same);
-    d.bulk_8_cross_gbps = sum(|r| r.bulk_8_cross);
+    d.bulk_1_same_gbps = sum(&|r| r.bulk_1_same);
+    d.bulk_1_cross_gbps = sum(&|r| r.bulk_1_cross);
+    d.bulk_8_same_gbps = sum(&|r| r.bulk_8_same);
+    d.bulk_8_cross_gbps = sum(&|r| r.bulk_8_cross);
     d.rr_1b_us = merged(|r| r.rr_1b.as_ref());
     d.rr_1k_us = merged(|r| r.rr_1k.as_ref());
     d.rr_fixed_rate_us = merged(|r| r.rr_fixed.as_ref());
-    d.conn_per_s = sum(|r| r.conn_per_s);
-    d.cpu_s_per_gb = sum(|r| r.cpu_per_gb);
-    d.user_cpu_s_per_gb = sum(|r| r.user_cpu_per_gb);
-    d.machine_cpu_s_per_gb = sum(|r| r.machine_cpu_per_gb);
-    d.machine_busy = sum(|r| r.machine_busy);
-    d.cpu_s_per_1000_req = sum(|r| r.cpu_per_1000);
-    d.rss_idle_bytes = sum(|r| r.rss_idle).map(|s| s.median);
-    d.rss_with_tunnels_bytes = sum(|r| r.rss_tunnels).map(|s| s.median);
+    d.rr_1k_p50_us = each_round(|r| r.rr_1k.as_ref(), |p| p.p50);
+    d.rr_1k_p99_us = each_round(|r| r.rr_1k.as_ref(), |p| p.p99);
+    d.fixed_rate_per_s = d.rr_fixed_rate_us.map(|_| sizes.fixed_rate as f64);
+    d.conn_per_s = sum(&|r| r.conn_per_s);
+    d.cpu_s_per_gb = sum(&|r| r.cpu_per_gb);
+    d.user_cpu_s_per_gb = sum(&|r| r.user_cpu_per_gb);
+    d.machine_cpu_s_per_gb = sum(&|r| r.machine_cpu_per_gb);
+    d.machine_busy = sum(&|r| r.machine_busy);
+    d.cpu_s_per_1000_req = sum(&|r| r.cpu_per_1000);
+    d.rss_idle_bytes = sum(&|r| r.rss_idle).map(|s| s.median);
+    d.rss_with_tunnels_bytes = sum(&|r| r.rss_tunnels).map(|s| s.median);
     d.tunnels = d.rss_with_tunnels_bytes.map(|_| tunnels);
+    // Per round (idle and with tunnels are one process's two readings), then the median.
+    d.bytes_per_tunnel = sum(&|r| {
+        r.rss_tunnels
+            .zip(r.rss_idle)
+            .map(|(w, i)| ((w - i) / tunnels.max(1) as f64).max(0.0))
+    });
     c.bulk_1_gbps = d.bulk_1_cross_gbps.map(|s| s.median);
     c.bulk_8_gbps = d.bulk_8_cross_gbps.map(|s| s.median);
     c.rr_p50_us = d.rr_1k_us.map(|p| p.p50);
     c.rr_p99_us = d.rr_1k_us.map(|p| p.p99);
     c.conn_per_s = d.conn_per_s.map(|s| s.median);
     c.cpu_s_per_gb = d.cpu_s_per_gb.map(|s| s.median);
-    c.bytes_per_tunnel = d
-        .rss_with_tunnels_bytes
-        .zip(d.rss_idle_bytes)
-        .map(|(w, i)| ((w - i) / tunnels as f64).max(0.0));
+    c.bytes_per_tunnel = d.bytes_per_tunnel.map(|s| s.median);
     c
 }
 
@@ -750,35 +778,4 @@ fn write_outputs(r: &BenchReport, args: &BenchArgs) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn profiles_parse() {
-        let (ns, global) = parse_profile(
-            "# comment\nnet.core.somaxconn = 4096\n\nnet.ipv4.tcp_rmem = 4096 131072 16777216 # x\nvm.swappiness=0\n",
-        )
-        .unwrap();
-        assert_eq!(ns[0], ("net.core.somaxconn".into(), "4096".into()));
-        assert_eq!(ns[1].1, "4096 131072 16777216");
-        assert_eq!(global, vec!["vm.swappiness".to_string()]);
-        assert!(parse_profile("nonsense").is_err());
-        assert!(parse_profile("a b = c").is_err());
-    }
-
-    #[test]
-    fn peers_parse() {
-        assert_eq!(
-            parse_peer("zt=env A=1 ztunnel").unwrap(),
-            Contender::Peer {
-                name: "zt".into(),
-                command: "env A=1 ztunnel".into()
-            }
-        );
-        assert!(parse_peer("raw=x").is_err());
-        assert!(parse_peer("relay=x").is_err());
-        assert!(parse_peer("relay-tls=x").is_err());
-        assert!(parse_peer("noequals").is_err());
-        assert!(parse_peer("x=  ").is_err());
-    }
-}
+mod tests;

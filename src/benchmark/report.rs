@@ -1,16 +1,31 @@
 //! Benchmark results and their renderings: the JSON the issue tracker and CI read, a Markdown
-//! table with ratios, and SVG plots (latency percentile curves, throughput bars). Pure.
+//! table with ratios, and SVG plots (latency percentiles on a log axis, throughput bars). Pure.
+//!
+//! Every figure measured over rounds is printed with how far the rounds lay from it; a figure
+//! the run measured too little of to mean anything (too few idle tunnels for RSS noise to
+//! vanish, too few CPU ticks, too few samples beyond a percentile) keeps its value but is
+//! marked, in the table and in the JSON (`not_meaningful`), and has no ratio.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::l7_report::L7Report;
-use super::stats::{Percentiles, Summary, ratio};
+use super::stats::{
+    CPU_TICK_S, MIN_CPU_TICKS, MIN_SAMPLES_BEYOND, Percentiles, Summary, cpu_meaningful,
+    percentile_meaningful, ratio,
+};
+
+/// Fewer idle tunnels than this and the node proxies' RSS growth is mostly noise that does not
+/// scale with the tunnels: at 300 tunnels the stored runs were 1–10 MB off what the per-tunnel
+/// cost explains (bench/README.md, "Quick mode"), ≤ 10 % of the growth only from ≈ 100 MB on,
+/// which ≈ 20 KB a tunnel reaches at 5000.
+pub const MIN_TUNNELS_FOR_MEMORY: usize = 5000;
 
 /// Everything one `ringmesh bench` run measured.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct BenchReport {
     pub contenders: BTreeMap<String, ContenderResult>,
     pub machine: Machine,
@@ -19,12 +34,30 @@ pub struct BenchReport {
     pub order: Vec<String>,
     pub quick: bool,
     pub rounds: usize,
-    /// `ringmesh bench --l7`: HTTP through the waypoint, l4 and raw.
+    /// How much of each workload a round ran (the L4 bench).
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub sizes: Option<L4Sizes>,
+    /// `ringmesh bench --l7`: HTTP through the waypoint, l4 and raw.
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub l7: Option<L7Report>,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+/// How much of each workload one round ran: what the figures' meaning depends on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct L4Sizes {
+    pub bulk_1_bytes: u64,
+    pub bulk_8_bytes_each: u64,
+    /// Closed-loop round trips per request/response test.
+    pub rr_requests: usize,
+    pub fixed_rate_per_s: u64,
+    pub fixed_rate_s: f64,
+    pub conn_s: f64,
+    pub tunnels: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct Machine {
     pub cpus: usize,
     pub kernel: String,
@@ -33,7 +66,8 @@ pub struct Machine {
 }
 
 /// One contender's headline figures (medians) and the details behind them.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct ContenderResult {
     pub valid: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,23 +85,37 @@ pub struct ContenderResult {
     pub bytes_per_tunnel: Option<f64>,
     /// Node proxies' CPU seconds per GB of 1-stream bulk.
     pub cpu_s_per_gb: Option<f64>,
+    /// Figures this run measured too little of to mean anything, by their JSON path
+    /// (`bytes_per_tunnel`, `detail.cpu_s_per_1000_req`, `detail.rr_1k_us.p999`, …) → why.
+    /// Their values are still given.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_meaningful: BTreeMap<String, String>,
     pub detail: Detail,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct Detail {
     pub bulk_1_same_gbps: Option<Summary>,
     pub bulk_1_cross_gbps: Option<Summary>,
     pub bulk_8_same_gbps: Option<Summary>,
     pub bulk_8_cross_gbps: Option<Summary>,
+    /// Percentiles of every round's requests pooled.
     pub rr_1b_us: Option<Percentiles>,
     pub rr_1k_us: Option<Percentiles>,
     pub rr_fixed_rate_us: Option<Percentiles>,
+    /// 1 KiB p50 and p99 of each round on its own: how far the rounds lay from the pooled
+    /// figures.
+    pub rr_1k_p50_us: Option<Summary>,
+    pub rr_1k_p99_us: Option<Summary>,
     pub fixed_rate_per_s: Option<f64>,
     pub conn_per_s: Option<Summary>,
     pub rss_idle_bytes: Option<f64>,
     pub rss_with_tunnels_bytes: Option<f64>,
     pub tunnels: Option<usize>,
+    /// Each round's (RSS with the tunnels − RSS before) / tunnels; its median is
+    /// `bytes_per_tunnel`.
+    pub bytes_per_tunnel: Option<Summary>,
     pub cpu_s_per_gb: Option<Summary>,
     /// The user-space part of `cpu_s_per_gb` (the rest is the proxies' kernel time).
     pub user_cpu_s_per_gb: Option<Summary>,
@@ -83,12 +131,217 @@ pub struct Detail {
     pub added_p99_us_per_hop: Option<f64>,
 }
 
+/// A figure as the table shows it: its value and, when it was measured over rounds, the
+/// rounds' own values.
+type Fig = (Option<f64>, Option<Summary>);
+
+/// The L4 table's rows: label, JSON path (the key of `not_meaningful`), the figure, digits.
+type Row = (
+    &'static str,
+    &'static str,
+    fn(&ContenderResult) -> Fig,
+    usize,
+);
+
+fn median(s: Option<Summary>) -> Fig {
+    (s.map(|s| s.median), s)
+}
+
+fn scaled(s: Option<Summary>, k: f64) -> Option<Summary> {
+    s.map(|s| Summary {
+        median: s.median * k,
+        min: s.min * k,
+        max: s.max * k,
+        n: s.n,
+    })
+}
+
+const ROWS: [Row; 13] = [
+    (
+        "bulk 1 stream cross node, Gb/s",
+        "bulk_1_gbps",
+        |c| (c.bulk_1_gbps, c.detail.bulk_1_cross_gbps),
+        2,
+    ),
+    (
+        "bulk 1 stream same node, Gb/s",
+        "detail.bulk_1_same_gbps",
+        |c| median(c.detail.bulk_1_same_gbps),
+        2,
+    ),
+    (
+        "bulk 8 streams cross node, Gb/s",
+        "bulk_8_gbps",
+        |c| (c.bulk_8_gbps, c.detail.bulk_8_cross_gbps),
+        2,
+    ),
+    (
+        "bulk 8 streams same node, Gb/s",
+        "detail.bulk_8_same_gbps",
+        |c| median(c.detail.bulk_8_same_gbps),
+        2,
+    ),
+    (
+        "1 KiB rr p50, µs",
+        "rr_p50_us",
+        |c| (c.rr_p50_us, c.detail.rr_1k_p50_us),
+        0,
+    ),
+    (
+        "1 KiB rr p99, µs",
+        "rr_p99_us",
+        |c| (c.rr_p99_us, c.detail.rr_1k_p99_us),
+        0,
+    ),
+    (
+        "new connections / s",
+        "conn_per_s",
+        |c| (c.conn_per_s, c.detail.conn_per_s),
+        0,
+    ),
+    (
+        "bytes per idle tunnel",
+        "bytes_per_tunnel",
+        |c| (c.bytes_per_tunnel, c.detail.bytes_per_tunnel),
+        0,
+    ),
+    (
+        "proxy CPU s per GB",
+        "cpu_s_per_gb",
+        |c| (c.cpu_s_per_gb, c.detail.cpu_s_per_gb),
+        3,
+    ),
+    (
+        "proxy user-space CPU s per GB",
+        "detail.user_cpu_s_per_gb",
+        |c| median(c.detail.user_cpu_s_per_gb),
+        3,
+    ),
+    (
+        "machine CPU s per GB",
+        "detail.machine_cpu_s_per_gb",
+        |c| median(c.detail.machine_cpu_s_per_gb),
+        3,
+    ),
+    (
+        "machine busy during bulk 1 stream, %",
+        "detail.machine_busy",
+        |c| median(scaled(c.detail.machine_busy, 100.0)),
+        0,
+    ),
+    (
+        "proxy CPU s per 1000 req",
+        "detail.cpu_s_per_1000_req",
+        |c| median(c.detail.cpu_s_per_1000_req),
+        4,
+    ),
+];
+
+/// A table cell: the value, how far the rounds lay from it, and why it is not meaningful.
+fn cell(fig: Fig, digits: usize, not_meaningful: Option<&String>) -> String {
+    let Some(v) = fig.0 else {
+        return "–".into();
+    };
+    let mut s = match fig.1 {
+        Some(rounds) => rounds.show(v, digits),
+        None => format!("{v:.digits$}"),
+    };
+    if let Some(why) = not_meaningful {
+        let _ = write!(s, " ({why})");
+    }
+    s
+}
+
+/// The figures of one contender that this run measured too little of (JSON path → why).
+pub fn not_meaningful(
+    c: &ContenderResult,
+    sizes: Option<&L4Sizes>,
+    quick: bool,
+) -> BTreeMap<String, String> {
+    let hint = if quick { "; run without --quick" } else { "" };
+    let d = &c.detail;
+    let mut out = BTreeMap::new();
+    if let (Some(_), Some(n)) = (c.bytes_per_tunnel, d.tunnels)
+        && n < MIN_TUNNELS_FOR_MEMORY
+    {
+        out.insert(
+            "bytes_per_tunnel".into(),
+            format!("not meaningful at {n} tunnels, needs ≥ {MIN_TUNNELS_FOR_MEMORY}{hint}"),
+        );
+    }
+    // CPU figures: what one round divided, in /proc's 10 ms ticks.
+    let gb = sizes.map_or(0.0, |s| s.bulk_1_bytes as f64 / 1e9);
+    let thousands = sizes.map_or(0.0, |s| s.rr_requests as f64 / 1000.0);
+    let machine = d.machine_cpu_s_per_gb.map(|s| s.median);
+    let cpu: [(&str, Option<f64>, f64); 5] = [
+        ("cpu_s_per_gb", c.cpu_s_per_gb, gb),
+        (
+            "detail.user_cpu_s_per_gb",
+            d.user_cpu_s_per_gb.map(|s| s.median),
+            gb,
+        ),
+        ("detail.machine_cpu_s_per_gb", machine, gb),
+        // The busy fraction is those same machine ticks over the transfer's wall time.
+        (
+            "detail.machine_busy",
+            machine.filter(|_| d.machine_busy.is_some()),
+            gb,
+        ),
+        (
+            "detail.cpu_s_per_1000_req",
+            d.cpu_s_per_1000_req.map(|s| s.median),
+            thousands,
+        ),
+    ];
+    for (key, per, amount) in cpu {
+        if let Some(per) = per
+            && amount > 0.0
+            && !cpu_meaningful(per * amount)
+        {
+            out.insert(
+                key.into(),
+                format!(
+                    "not meaningful: {:.0} CPU ticks a round, needs ≥ {MIN_CPU_TICKS:.0}{hint}",
+                    per * amount / CPU_TICK_S
+                ),
+            );
+        }
+    }
+    // Tails: at least MIN_SAMPLES_BEYOND samples beyond the percentile, all rounds pooled.
+    let pcts = [
+        ("rr_1b_us", d.rr_1b_us),
+        ("rr_1k_us", d.rr_1k_us),
+        ("rr_fixed_rate_us", d.rr_fixed_rate_us),
+    ];
+    for (name, p) in pcts {
+        let Some(p) = p else { continue };
+        for (q_name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+            if !percentile_meaningful(p.count, q) {
+                let why = format!(
+                    "not meaningful: {:.0} of {} samples beyond it, needs ≥ {MIN_SAMPLES_BEYOND:.0}{hint}",
+                    p.count as f64 * (1.0 - q),
+                    p.count
+                );
+                if name == "rr_1k_us" && q_name == "p50" {
+                    out.insert("rr_p50_us".into(), why.clone());
+                }
+                if name == "rr_1k_us" && q_name == "p99" {
+                    out.insert("rr_p99_us".into(), why.clone());
+                }
+                out.insert(format!("detail.{name}.{q_name}"), why);
+            }
+        }
+    }
+    out
+}
+
 fn f(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |x| format!("{x:.digits$}"))
 }
 
 impl BenchReport {
-    /// Fills the per-hop added latency of every contender against `raw`.
+    /// Fills the per-hop added latency of every contender against `raw`, and marks the
+    /// figures this run measured too little of.
     pub fn derive(&mut self) {
         let raw = self
             .contenders
@@ -103,6 +356,9 @@ impl BenchReport {
                         c.rr_p99_us.zip(p99).map(|(a, b)| (a - b) / 2.0);
                 }
             }
+        }
+        for c in self.contenders.values_mut() {
+            c.not_meaningful = not_meaningful(c, self.sizes.as_ref(), self.quick);
         }
     }
 
@@ -131,7 +387,27 @@ impl BenchReport {
             .filter(|n| n.as_str() != "ringmesh")
             .collect();
         let mut out = String::new();
-        let _ = write!(out, "| metric |");
+        let _ = write!(
+            out,
+            "Medians of {} round{} (1 KiB rr: percentiles of all rounds' requests pooled); \
+             ±: the farthest a round lay from the figure; (n=1): measured once.",
+            self.rounds,
+            if self.rounds == 1 { "" } else { "s" }
+        );
+        if let Some(z) = &self.sizes {
+            let _ = write!(
+                out,
+                " A round: 1 stream of {} MiB, 8 of {} MiB, {} round trips, {} idle tunnels.",
+                z.bulk_1_bytes >> 20,
+                z.bulk_8_bytes_each >> 20,
+                z.rr_requests,
+                z.tunnels
+            );
+        }
+        if self.quick {
+            out.push_str(" `--quick`: small sizes, see bench/README.md (Quick mode).");
+        }
+        out.push_str("\n\n| metric |");
         for n in &names {
             let c = &self.contenders[*n];
             let _ = write!(out, " {n}{} |", if c.valid { "" } else { " (INVALID)" });
@@ -142,85 +418,27 @@ impl BenchReport {
         out.push('\n');
         out.push_str(&"|---".repeat(1 + names.len() + others.len()));
         out.push_str("|\n");
-        type Get = fn(&ContenderResult) -> Option<f64>;
-        let rows: [(&str, Get, usize); 13] = [
-            ("bulk 1 stream cross node, Gb/s", |c| c.bulk_1_gbps, 2),
-            (
-                "bulk 1 stream same node, Gb/s",
-                |c| c.detail.bulk_1_same_gbps.map(|s| s.median),
-                2,
-            ),
-            ("bulk 8 streams cross node, Gb/s", |c| c.bulk_8_gbps, 2),
-            (
-                "bulk 8 streams same node, Gb/s",
-                |c| c.detail.bulk_8_same_gbps.map(|s| s.median),
-                2,
-            ),
-            ("1 KiB rr p50, µs", |c| c.rr_p50_us, 0),
-            ("1 KiB rr p99, µs", |c| c.rr_p99_us, 0),
-            ("new connections / s", |c| c.conn_per_s, 0),
-            ("bytes per idle tunnel", |c| c.bytes_per_tunnel, 0),
-            ("proxy CPU s per GB", |c| c.cpu_s_per_gb, 3),
-            (
-                "proxy user-space CPU s per GB",
-                |c| c.detail.user_cpu_s_per_gb.map(|s| s.median),
-                3,
-            ),
-            (
-                "machine CPU s per GB",
-                |c| c.detail.machine_cpu_s_per_gb.map(|s| s.median),
-                3,
-            ),
-            (
-                "machine busy during bulk 1 stream, %",
-                |c| c.detail.machine_busy.map(|s| s.median * 100.0),
-                0,
-            ),
-            (
-                "proxy CPU s per 1000 req",
-                |c| c.detail.cpu_s_per_1000_req.map(|s| s.median),
-                4,
-            ),
-        ];
-        for (label, get, digits) in rows {
+        // A valid contender's figure, unless it is not meaningful (then no ratio).
+        let usable = |n: &str, key: &str, get: fn(&ContenderResult) -> Fig| {
+            self.contenders
+                .get(n)
+                .filter(|c| c.valid && !c.not_meaningful.contains_key(key))
+                .and_then(|c| get(c).0)
+        };
+        for (label, key, get, digits) in ROWS {
             let _ = write!(out, "| {label} |");
             for n in &names {
                 let c = &self.contenders[*n];
-                let v = if c.valid { get(c) } else { None };
-                let _ = write!(out, " {} |", f(v, digits));
+                let v = if c.valid {
+                    cell(get(c), digits, c.not_meaningful.get(key))
+                } else {
+                    "–".into()
+                };
+                let _ = write!(out, " {v} |");
             }
-            let ours = self
-                .contenders
-                .get("ringmesh")
-                .filter(|c| c.valid)
-                .and_then(get);
+            let ours = usable("ringmesh", key, get);
             for o in &others {
-                let theirs = self.contenders.get(*o).filter(|c| c.valid).and_then(get);
-                let _ = write!(out, " {} |", f(ratio(ours, theirs), 2));
-            }
-            out.push('\n');
-        }
-        let _ = write!(out, "\n| spread over rounds, (max − min) / median |");
-        for n in &names {
-            let _ = write!(out, " {n} |");
-        }
-        out.push('\n');
-        out.push_str(&"|---".repeat(1 + names.len()));
-        out.push_str("|\n");
-        type Spread = fn(&Detail) -> Option<Summary>;
-        let spreads: [(&str, Spread); 3] = [
-            ("bulk 1 stream cross node", |d| d.bulk_1_cross_gbps),
-            ("bulk 8 streams cross node", |d| d.bulk_8_cross_gbps),
-            ("new connections / s", |d| d.conn_per_s),
-        ];
-        for (label, get) in spreads {
-            let _ = write!(out, "| {label} |");
-            for n in &names {
-                let c = &self.contenders[*n];
-                let v = get(&c.detail)
-                    .filter(|_| c.valid)
-                    .map(|s| format!("{:.0} % (n={})", s.spread() * 100.0, s.n));
-                let _ = write!(out, " {} |", v.unwrap_or_else(|| "–".into()));
+                let _ = write!(out, " {} |", f(ratio(ours, usable(o, key, get)), 2));
             }
             out.push('\n');
         }
@@ -232,29 +450,38 @@ impl BenchReport {
         out
     }
 
-    /// Latency percentile curves (1 KiB closed loop), one line per valid contender.
+    /// Latency percentiles (1 KiB closed loop), one line per valid contender, on a log axis:
+    /// a p99.9 of milliseconds beside p50s of tens of µs would flatten them all on a linear
+    /// one. A percentile with too few samples beyond it is drawn hollow.
     pub fn svg_latency(&self) -> String {
         let pts = ["p50", "p90", "p99", "p99.9"];
-        let series: Vec<(&String, [f64; 4])> = self
+        let keys = ["p50", "p90", "p99", "p999"];
+        let series: Vec<(&String, [f64; 4], [bool; 4])> = self
             .order
             .iter()
             .filter_map(|n| {
                 let c = self.contenders.get(n).filter(|c| c.valid)?;
                 let p = c.detail.rr_1k_us?;
-                Some((n, [p.p50, p.p90, p.p99, p.p999]))
+                let hollow = keys.map(|k| {
+                    c.not_meaningful
+                        .contains_key(&format!("detail.rr_1k_us.{k}"))
+                });
+                Some((n, [p.p50, p.p90, p.p99, p.p999], hollow))
             })
             .collect();
-        let max = series
-            .iter()
-            .flat_map(|(_, v)| v.iter().copied())
-            .fold(1.0_f64, f64::max);
+        let all = || series.iter().flat_map(|(_, v, _)| v.iter().copied());
         let (w, h, l, t, r, b) = (640.0, 360.0, 70.0, 40.0, 150.0, 50.0);
+        let axis = LogAxis::spanning(
+            all().fold(f64::INFINITY, f64::min),
+            all().fold(0.0, f64::max),
+            t,
+            h - b,
+        );
         let x = |i: usize| l + (w - l - r) * i as f64 / 3.0;
-        let y = |v: f64| t + (h - t - b) * (1.0 - v / (max * 1.1));
         let mut s = svg_head(
             w,
             h,
-            "1 KiB request/response latency (closed loop, cross node), µs",
+            "1 KiB request/response latency (closed loop, cross node), µs, log scale",
         );
         for (i, p) in pts.iter().enumerate() {
             let _ = write!(
@@ -264,24 +491,22 @@ impl BenchReport {
                 h - b + 20.0
             );
         }
-        for k in 0..=4 {
-            let v = max * 1.1 * k as f64 / 4.0;
+        for v in axis.ticks() {
+            let y = axis.y(v);
             let _ = write!(
                 s,
-                r##"<line x1="{l}" x2="{:.0}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end" font-size="11">{v:.0}</text>"##,
+                r##"<line x1="{l}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end" font-size="11">{v:.0}</text>"##,
                 w - r,
-                y(v),
-                y(v),
                 l - 6.0,
-                y(v) + 4.0
+                y + 4.0
             );
         }
-        for (j, (name, v)) in series.iter().enumerate() {
+        for (j, (name, v, hollow)) in series.iter().enumerate() {
             let color = COLORS[j % COLORS.len()];
             let path: Vec<String> = v
                 .iter()
                 .enumerate()
-                .map(|(i, v)| format!("{:.1},{:.1}", x(i), y(*v)))
+                .map(|(i, v)| format!("{:.1},{:.1}", x(i), axis.y(*v)))
                 .collect();
             let _ = write!(
                 s,
@@ -289,11 +514,12 @@ impl BenchReport {
                 path.join(" ")
             );
             for (i, v) in v.iter().enumerate() {
+                let fill = if hollow[i] { "white" } else { color };
                 let _ = write!(
                     s,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"/>"#,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{fill}" stroke="{color}"/>"#,
                     x(i),
-                    y(*v)
+                    axis.y(*v)
                 );
             }
             let _ = write!(
@@ -303,6 +529,13 @@ impl BenchReport {
                 t + 20.0 * j as f64 + 6.0,
                 w - r + 35.0,
                 t + 20.0 * j as f64 + 12.0
+            );
+        }
+        if series.iter().any(|(_, _, hollow)| hollow.contains(&true)) {
+            let _ = write!(
+                s,
+                r#"<text x="{l}" y="{:.0}" font-size="11">hollow: fewer than {MIN_SAMPLES_BEYOND:.0} samples beyond that percentile, not meaningful</text>"#,
+                h - 8.0
             );
         }
         s.push_str("</svg>\n");
@@ -386,6 +619,75 @@ const COLORS: [&str; 6] = [
     "#888888", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e",
 ];
 
+/// A base-10 log axis from `lo` to `hi` (both on the 1-2-5 sequence) onto pixels `top` (at
+/// `hi`) to `bottom` (at `lo`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogAxis {
+    pub lo: f64,
+    pub hi: f64,
+    top: f64,
+    bottom: f64,
+}
+
+impl LogAxis {
+    /// The axis from the 1-2-5 value at or below `min` to the one at or above `max` (at
+    /// least one step apart; values below 1 count as 1).
+    pub fn spanning(min: f64, max: f64, top: f64, bottom: f64) -> LogAxis {
+        let min = if min.is_finite() { min.max(1.0) } else { 1.0 };
+        let max = max.max(min);
+        let lo = one_two_five(min, false);
+        let mut hi = one_two_five(max, true);
+        if hi <= lo {
+            hi = one_two_five(lo * 1.01, true);
+        }
+        LogAxis {
+            lo,
+            hi,
+            top,
+            bottom,
+        }
+    }
+
+    /// The pixel height of `v` (clamped to the axis).
+    pub fn y(&self, v: f64) -> f64 {
+        let v = v.clamp(self.lo, self.hi);
+        let f = (v.log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10());
+        self.bottom - (self.bottom - self.top) * f
+    }
+
+    /// The 1-2-5 values from `lo` to `hi`: 10, 20, 50, 100, 200, …
+    pub fn ticks(&self) -> Vec<f64> {
+        let mut v = Vec::new();
+        let mut x = self.lo;
+        while x <= self.hi * (1.0 + 1e-9) {
+            v.push(x);
+            x = one_two_five(x * 1.01, true);
+        }
+        v
+    }
+}
+
+/// The nearest value of 1, 2, 5, 10, 20, 50, … at or above (`up`) or at or below `v` (≥ 1).
+fn one_two_five(v: f64, up: bool) -> f64 {
+    let decade = 10f64.powf(v.log10().floor());
+    let steps = [1.0, 2.0, 5.0, 10.0];
+    let eps = 1e-9;
+    if up {
+        steps
+            .iter()
+            .map(|s| s * decade)
+            .find(|s| *s >= v * (1.0 - eps))
+            .unwrap_or(10.0 * decade)
+    } else {
+        steps
+            .iter()
+            .rev()
+            .map(|s| s * decade)
+            .find(|s| *s <= v * (1.0 + eps))
+            .unwrap_or(decade)
+    }
+}
+
 fn svg_head(w: f64, h: f64, title: &str) -> String {
     format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/><text x="{:.0}" y="22" text-anchor="middle" font-size="15">{title}</text>"#,
@@ -394,126 +696,5 @@ fn svg_head(w: f64, h: f64, title: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> BenchReport {
-        let mut r = BenchReport {
-            order: vec!["raw".into(), "ringmesh".into(), "ztunnel".into()],
-            ..Default::default()
-        };
-        let s = |v: f64| Summary::of(&[v]);
-        for (n, gbps, p50) in [
-            ("raw", 12.0, 20.0),
-            ("ringmesh", 6.0, 60.0),
-            ("ztunnel", 3.0, 100.0),
-        ] {
-            let mut c = ContenderResult {
-                valid: true,
-                bulk_1_gbps: Some(gbps),
-                rr_p50_us: Some(p50),
-                rr_p99_us: Some(p50 * 2.0),
-                ..Default::default()
-            };
-            c.detail.bulk_1_cross_gbps = s(gbps);
-            c.detail.machine_cpu_s_per_gb = s(24.0 / gbps);
-            c.detail.machine_busy = s(0.9);
-            c.detail.rr_1k_us = Some(Percentiles {
-                p50,
-                p90: p50,
-                p99: p50 * 2.0,
-                p999: p50 * 3.0,
-                count: 10,
-            });
-            r.contenders.insert(n.into(), c);
-        }
-        r
-    }
-
-    #[test]
-    fn markdown_has_ratios_and_flags_invalid() {
-        let mut r = sample();
-        r.derive();
-        assert_eq!(
-            r.contenders["ringmesh"].detail.added_p50_us_per_hop,
-            Some(20.0)
-        );
-        let md = r.markdown();
-        assert!(
-            md.contains(
-                "| metric | raw | ringmesh | ztunnel | ringmesh / raw | ringmesh / ztunnel |"
-            ),
-            "{md}"
-        );
-        assert!(
-            md.contains("| bulk 1 stream cross node, Gb/s | 12.00 | 6.00 | 3.00 | 0.50 | 2.00 |"),
-            "{md}"
-        );
-        assert!(
-            md.contains("| machine CPU s per GB | 2.000 | 4.000 | 8.000 | 2.00 | 0.50 |"),
-            "{md}"
-        );
-        assert!(
-            md.contains("| machine busy during bulk 1 stream, % | 90 | 90 | 90 | 1.00 | 1.00 |"),
-            "{md}"
-        );
-        let z = r.contenders.get_mut("ztunnel").unwrap();
-        z.valid = false;
-        z.invalid_reason = Some("its HBONE port carried 0 bytes".into());
-        let md = r.markdown();
-        assert!(md.contains("ztunnel (INVALID)"), "{md}");
-        assert!(
-            md.contains("| bulk 1 stream cross node, Gb/s | 12.00 | 6.00 | – | 0.50 | – |"),
-            "{md}"
-        );
-        assert!(md.contains("ztunnel is INVALID: its HBONE port carried 0 bytes"));
-    }
-
-    #[test]
-    fn svgs_are_well_formed_and_skip_invalid() {
-        let mut r = sample();
-        r.contenders.get_mut("ztunnel").unwrap().valid = false;
-        for svg in [r.svg_latency(), r.svg_throughput()] {
-            assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-            assert!(svg.contains("ringmesh"));
-            assert!(!svg.contains("ztunnel"));
-        }
-    }
-
-    #[test]
-    fn an_l7_only_report_is_the_l7_section_alone() {
-        let r = BenchReport {
-            l7: Some(L7Report {
-                rounds: 2,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let md = r.markdown();
-        assert!(md.starts_with("### L7: HTTP through the waypoint"), "{md}");
-        assert!(!md.contains("bulk 1 stream"), "{md}");
-        let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(v["l7"]["rounds"], 2);
-        // The L4 bench's JSON has no l7 key, and its Markdown no L7 section.
-        let v = serde_json::to_value(sample()).unwrap();
-        assert!(v.get("l7").is_none());
-        assert!(!sample().markdown().contains("L7"));
-    }
-
-    #[test]
-    fn json_has_the_issue_shape() {
-        let v = serde_json::to_value(sample()).unwrap();
-        for k in [
-            "bulk_1_gbps",
-            "bulk_8_gbps",
-            "rr_p50_us",
-            "rr_p99_us",
-            "conn_per_s",
-            "bytes_per_tunnel",
-            "cpu_s_per_gb",
-        ] {
-            assert!(v["contenders"]["ringmesh"].get(k).is_some(), "{k}");
-        }
-        assert!(v.get("machine").is_some() && v.get("command").is_some());
-    }
-}
+#[path = "report_tests.rs"]
+mod tests;

@@ -1,10 +1,11 @@
 //! Statistics of benchmark samples: medians and spread over repeats, latency percentiles
-//! from an HDR histogram, ratios. Pure.
+//! from an HDR histogram, ratios, and the rules for when a figure rests on too few samples
+//! (or clock ticks) to mean anything. Pure.
 
 use hdrhistogram::Histogram;
 
 /// Median and spread of repeated measurements.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub median: f64,
     pub min: f64,
@@ -42,10 +43,59 @@ impl Summary {
             (self.max - self.min) / self.median
         }
     }
+
+    /// The farthest any repeat lay from the median, as a fraction of it: every repeat was
+    /// within median × (1 ± this). What the tables print as `±`.
+    pub fn deviation(&self) -> f64 {
+        if self.median == 0.0 {
+            0.0
+        } else {
+            (self.max - self.median).max(self.median - self.min) / self.median.abs()
+        }
+    }
+
+    /// `value` (the figure as reported, e.g. a percentile of the pooled rounds) with how far
+    /// the repeats lay from it: `7.36 ±34 %`, or `7.36 (n=1)` when measured once. `value` is
+    /// the median unless the caller reports something else computed from the same rounds.
+    pub fn show(&self, value: f64, digits: usize) -> String {
+        if self.n < 2 {
+            return format!("{value:.digits$} (n=1)");
+        }
+        let around = Summary {
+            median: value,
+            ..*self
+        };
+        format!("{value:.digits$} ±{:.0} %", around.deviation() * 100.0)
+    }
+}
+
+/// Fewer samples than this beyond a percentile and it is the value of a handful of
+/// outliers, not a tail: the next run's p99.9 of 1000 samples is whatever its slowest
+/// sample happens to be.
+pub const MIN_SAMPLES_BEYOND: f64 = 10.0;
+
+/// Whether `count` samples put at least [`MIN_SAMPLES_BEYOND`] of them beyond quantile `q`
+/// (0–1): p99 needs 1000 samples, p99.9 10 000.
+pub fn percentile_meaningful(count: u64, q: f64) -> bool {
+    // 1000 × (1 − 0.99) is 10.000000000000009 or 9.99…; a millionth settles it.
+    count as f64 * (1.0 - q) + 1e-6 >= MIN_SAMPLES_BEYOND
+}
+
+/// The unit of every CPU time in /proc (`USER_HZ`, 100 on every Linux ABI): 10 ms.
+pub const CPU_TICK_S: f64 = 0.01;
+
+/// Fewer CPU ticks than this in what a figure divides and one tick more or less per process
+/// (two node proxies, or three relays) moves it by more than 10 %.
+pub const MIN_CPU_TICKS: f64 = 20.0;
+
+/// Whether `cpu_s` CPU seconds, read as differences of /proc tick counters, are enough
+/// ticks for a figure computed from them to mean something.
+pub fn cpu_meaningful(cpu_s: f64) -> bool {
+    cpu_s / CPU_TICK_S + 1e-6 >= MIN_CPU_TICKS
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
@@ -123,6 +173,41 @@ mod tests {
         m.record_us(5000);
         m.merge(&l);
         assert_eq!(m.percentiles().count, 1001);
+    }
+
+    #[test]
+    fn deviation_is_the_farthest_repeat_from_the_figure() {
+        let s = Summary::of(&[7.19, 7.36, 9.87]).unwrap();
+        // 9.87 is 34 % above the median; 7.19 only 2 % below.
+        assert!((s.deviation() - (9.87 - 7.36) / 7.36).abs() < 1e-9);
+        assert_eq!(s.show(s.median, 2), "7.36 ±34 %");
+        // Two repeats: half the range either way.
+        assert_eq!(
+            Summary::of(&[90.0, 110.0]).unwrap().show(100.0, 0),
+            "100 ±10 %"
+        );
+        // Around another figure from the same rounds (a pooled percentile).
+        assert_eq!(s.show(9.0, 1), "9.0 ±20 %");
+        assert_eq!(Summary::of(&[4.55]).unwrap().show(4.55, 2), "4.55 (n=1)");
+        assert_eq!(Summary::of(&[0.0, 0.0]).unwrap().deviation(), 0.0);
+    }
+
+    #[test]
+    fn tails_need_ten_samples_beyond_them() {
+        assert!(percentile_meaningful(1000, 0.99));
+        assert!(!percentile_meaningful(999, 0.99));
+        assert!(!percentile_meaningful(1000, 0.999));
+        assert!(percentile_meaningful(10_000, 0.999));
+        assert!(percentile_meaningful(20, 0.5));
+        assert!(!percentile_meaningful(300, 0.99));
+    }
+
+    #[test]
+    fn cpu_figures_need_twenty_ticks() {
+        assert!(cpu_meaningful(0.2));
+        assert!(!cpu_meaningful(0.19));
+        // A quick run's 500 requests at 0.08 CPU s per 1000: 4 ticks.
+        assert!(!cpu_meaningful(0.08 * 0.5));
     }
 
     #[test]
