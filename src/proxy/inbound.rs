@@ -119,10 +119,7 @@ pub async fn handle_conn(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: S
                     local,
                     peer_id.clone(),
                 );
-                crate::runtime::engine::spawn(async move {
-                    let _live = live;
-                    f.await
-                });
+                crate::runtime::engine::spawn(crate::runtime::holding::holding(f, live));
             }
             Err(e) => {
                 tracing::debug!(pod = %pod.uid, %peer, "HBONE connection ended: {e}");

@@ -103,10 +103,7 @@ pub async fn serve_streams(
             local,
             peer_id.clone(),
         );
-        engine::spawn(async move {
-            let _live = live;
-            f.await
-        });
+        engine::spawn(crate::runtime::holding::holding(f, live));
     }
 }
 

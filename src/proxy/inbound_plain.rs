@@ -25,10 +25,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<St
     super::accept_loop(pod, l, "plaintext", stop, limit, move |s, peer| {
         let live = ctx.live_guard();
         let f = handle(ctx.clone(), p.clone(), s, peer);
-        async move {
-            let _live = live;
-            f.await
-        }
+        crate::runtime::holding::holding(f, live)
     })
     .await
 }

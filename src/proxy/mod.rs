@@ -440,10 +440,7 @@ pub async fn accept_loop<F, Fut>(
     let run = |s, peer| {
         let slot = limit.take();
         let f = handle(s, peer);
-        crate::runtime::engine::spawn(async move {
-            let _slot = slot;
-            f.await
-        });
+        crate::runtime::engine::spawn(crate::runtime::holding::holding(f, slot));
     };
     let mut paused = false;
     loop {

@@ -192,14 +192,20 @@ pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<St
     let p = pod.clone();
     let limit = ctx.limit.clone();
     super::accept_loop(pod, l, "outbound", stop, limit, move |s, peer| {
-        let live = ctx.live_guard();
-        let f = handle(ctx.clone(), p.clone(), s, peer);
-        async move {
-            let _live = live;
-            f.await
-        }
+        conn_task(&ctx, &p, s, peer)
     })
     .await
+}
+
+/// The task of one captured outbound connection (counted live while it runs): what an idle
+/// tunnel costs the client's node, besides its sockets and its stream on the link.
+pub fn conn_task(
+    ctx: &Rc<ShardCtx>,
+    pod: &Arc<Pod>,
+    s: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> + use<> {
+    crate::runtime::holding::holding(handle(ctx.clone(), pod.clone(), s, peer), ctx.live_guard())
 }
 
 async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {

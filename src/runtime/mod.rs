@@ -12,6 +12,7 @@
 
 pub mod counting;
 pub mod engine;
+pub mod holding;
 pub mod net;
 pub mod sockopt;
 pub mod uring;
