@@ -359,7 +359,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
             let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
             let run = guard.as_mut().ok_or("lab gone")?;
             let conn_dst = targets.conn_echo[r * args.contenders.len() + ci];
-            let res = one_round(run, c, args, &client_ns, &targets, conn_dst);
+            let res = one_round(run, c, args, &client_ns, &targets, conn_dst)
+                .map_err(|e| format!("{e}{}", proxy_log_tails(run)));
             run.stop_proxies();
             drop(guard);
             match res {
@@ -499,7 +500,9 @@ fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String
                     let mut all = args.ringmesh_args.clone();
                     all.extend_from_slice(extra);
                     run.mode = *mode;
-                    run.start_ringmesh(&all)
+                    // Each contender's own log names (`<node>.ringmesh-epoll.log`), so
+                    // an INVALID round's logs are not overwritten by the next contender.
+                    run.start_ringmesh_as(c.name(), &all)
                 }
                 Contender::Peer { name, command } => {
                     let nodes: Vec<String> =
@@ -538,6 +541,27 @@ fn start(run: &mut LabRun, c: &Contender, args: &BenchArgs) -> Result<(), String
                 .map_err(|e| format!("never became ready: {e}"))
         }
     }
+}
+
+/// What an INVALID round's processes logged last at WARN or above (at most 5 lines each),
+/// with where their whole logs are: the round's cause is often there, not in the load's error.
+fn proxy_log_tails(run: &LabRun) -> String {
+    let mut out = String::new();
+    for p in &run.proxies {
+        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        out.push_str(&format!("\n  {} (log {}):", p.node, p.log.display()));
+        if bad.is_empty() {
+            out.push_str(" no warnings");
+        }
+        for l in &bad[bad.len().saturating_sub(5)..] {
+            out.push_str(&format!("\n    {l}"));
+        }
+    }
+    out
 }
 
 /// Waits until every process the lab started has logged `line` (or one exits).

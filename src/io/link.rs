@@ -43,6 +43,21 @@ const RECV_ROUND: usize = 256 * 1024;
 /// Rounds in one poll before the task yields to the shard's other tasks.
 const ROUNDS: usize = 16;
 
+/// The caller's bookkeeping for one tunnel (identities, labels: opaque here), kept for the
+/// tunnel's life and encoded only when it is handed to the next process. Held as the
+/// caller's own value, not as its encoding: every idle tunnel keeps one, and the encoding
+/// (JSON) was ≈ 2 KB a tunnel on each node.
+pub trait TunnelBook {
+    fn encode(&self) -> Vec<u8>;
+}
+
+/// Bookkeeping that is already bytes (a tunnel imported from the process before, tests).
+impl TunnelBook for Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
+        self.clone()
+    }
+}
+
 /// How a tunnel ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TunnelEnd {
@@ -112,9 +127,9 @@ struct Tun {
     reset: Option<TunnelEnd>,
     counters: Rc<Counters>,
     done: Option<tokio::sync::oneshot::Sender<TunnelEnd>>,
-    /// The caller's own bookkeeping for the tunnel (identities, labels: opaque here); it
-    /// travels with the tunnel on a hand-over.
-    meta: Vec<u8>,
+    /// The caller's own bookkeeping for the tunnel ([`TunnelBook`]); it travels with the
+    /// tunnel on a hand-over.
+    meta: Option<Rc<dyn TunnelBook>>,
 }
 
 struct Inner {
@@ -264,7 +279,7 @@ impl Link {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let id = StreamId(t.id);
                 let mut tun = tun(Some(app), counters(id), tx, t.established);
-                tun.meta = t.meta.clone();
+                tun.meta = Some(Rc::new(t.meta.clone()));
                 tun.to_app = (!t.to_app.is_empty())
                     .then(|| Bytes::from(t.to_app.clone()))
                     .into_iter()
@@ -298,9 +313,9 @@ impl Link {
         headers: &[HeaderField],
         app: Stream,
         counters: Rc<Counters>,
-        meta: Vec<u8>,
+        meta: impl TunnelBook + 'static,
     ) -> Result<(StreamId, tokio::sync::oneshot::Receiver<TunnelEnd>), LinkError> {
-        self.try_open(headers, app, counters, meta)
+        self.try_open(headers, app, counters, Rc::new(meta))
             .map_err(|(e, _)| e)
     }
 
@@ -312,7 +327,7 @@ impl Link {
         headers: &[HeaderField],
         app: Stream,
         counters: Rc<Counters>,
-        meta: Vec<u8>,
+        meta: Rc<dyn TunnelBook>,
     ) -> Result<(StreamId, tokio::sync::oneshot::Receiver<TunnelEnd>), (LinkError, Stream)> {
         let mut i = self.0.borrow_mut();
         if let Err(e) = i.check_open() {
@@ -324,7 +339,7 @@ impl Link {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut t = tun(Some(app), counters, tx, false);
-        t.meta = meta;
+        t.meta = Some(meta);
         i.tuns.insert(id.0, t);
         i.wake_task();
         Ok((id, rx))
@@ -352,7 +367,7 @@ impl Link {
         id: StreamId,
         app: Stream,
         counters: Rc<Counters>,
-        meta: Vec<u8>,
+        meta: impl TunnelBook + 'static,
     ) -> Result<tokio::sync::oneshot::Receiver<TunnelEnd>, LinkError> {
         let mut i = self.0.borrow_mut();
         i.check_open()?;
@@ -368,7 +383,7 @@ impl Link {
                 t.counters = counters;
                 t.done = Some(tx);
                 t.established = true;
-                t.meta = meta;
+                t.meta = Some(Rc::new(meta));
             }
             _ => {
                 return Err(LinkError::Closed(format!(
@@ -518,7 +533,7 @@ fn tun_base() -> Tun {
         reset: None,
         counters: Rc::new(Counters::default()),
         done: None,
-        meta: Vec::new(),
+        meta: None,
     }
 }
 
@@ -903,7 +918,7 @@ async fn export(link: &Link, tls: TlsStream) -> Result<Exported, String> {
                     from_app,
                     sent: t.counters.sent.get(),
                     received: t.counters.received.get(),
-                    meta: t.meta.clone(),
+                    meta: t.meta.as_ref().map(|m| m.encode()).unwrap_or_default(),
                 });
                 app_fds.push(fd);
             }

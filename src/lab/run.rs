@@ -496,19 +496,30 @@ impl LabRun {
         self.start_ringmesh_exe(&exe, extra)
     }
 
+    /// Starts `ringmesh node` (this executable) on every node, logging to
+    /// `<node>.<tag>.log` (the bench names each contender's logs apart; `tag` should
+    /// start with `ringmesh`, which is how a node proxy's log is recognised).
+    pub fn start_ringmesh_as(&mut self, tag: &str, extra: &[String]) -> Result<(), LabError> {
+        let exe = std::env::current_exe().map_err(|e| LabError::Topology(e.to_string()))?;
+        self.start_ringmesh_exe_as(&exe, tag, extra)
+    }
+
     /// Starts `EXE node …` on every node (tests pass the ringmesh binary).
     pub fn start_ringmesh_exe(&mut self, exe: &Path, extra: &[String]) -> Result<(), LabError> {
+        self.start_ringmesh_exe_as(exe, "ringmesh", extra)
+    }
+
+    fn start_ringmesh_exe_as(
+        &mut self,
+        exe: &Path,
+        tag: &str,
+        extra: &[String],
+    ) -> Result<(), LabError> {
         let nodes: Vec<String> = self.topo.nodes.iter().map(|n| n.name.clone()).collect();
         for n in nodes {
             let mut args = self.ringmesh_args(&n);
             args.extend_from_slice(extra);
-            self.start_in_node(
-                &n,
-                "ringmesh",
-                exe,
-                &args,
-                &[("RUST_LOG".into(), "info".into())],
-            )?;
+            self.start_in_node(&n, tag, exe, &args, &[("RUST_LOG".into(), "info".into())])?;
         }
         self.start_waypoints_exe(exe, &[])
     }

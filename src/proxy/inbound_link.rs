@@ -93,18 +93,32 @@ pub async fn serve_streams(
             link.refuse(inc.id, 503);
             continue;
         };
-        let live = ctx.live_guard();
-        let f = handle_stream(
-            ctx.clone(),
-            pod,
-            link.clone(),
-            inc,
-            peer,
-            local,
-            peer_id.clone(),
-        );
-        engine::spawn(crate::runtime::holding::holding(f, live));
+        let t = stream_task(&ctx, pod, &link, inc, peer, local, &peer_id);
+        engine::spawn(t);
     }
+}
+
+/// The task of one CONNECT stream (counted live while it runs): what an idle tunnel costs
+/// the server's node, besides its app socket and its state on the link.
+pub fn stream_task(
+    ctx: &Rc<ShardCtx>,
+    pod: Arc<Pod>,
+    link: &Link,
+    inc: Incoming,
+    peer: SocketAddr,
+    local: SocketAddr,
+    peer_id: &Rc<Option<Identity>>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let f = handle_stream(
+        ctx.clone(),
+        pod,
+        link.clone(),
+        inc,
+        peer,
+        local,
+        peer_id.clone(),
+    );
+    crate::runtime::holding::holding(f, ctx.live_guard())
 }
 
 async fn handle_stream(
@@ -118,11 +132,15 @@ async fn handle_stream(
 ) {
     let started = Instant::now();
     let src_id = (*peer_id).as_ref().map(|i| i.to_string());
-    let result = match h2::to_request(&inc.headers) {
+    // The request's fields and what is parsed from them are dropped once admitted: the
+    // task keeps only what its end needs across the tunnel's life.
+    let Incoming { id, headers } = inc;
+    let result = match h2::to_request(&headers) {
         Ok(req) => {
             let host = forwarded_host(&req);
             let authority = req.uri().authority().map(|a| a.as_str().to_string());
-            let r = admit(&ctx, &pod, &req, peer, local, &peer_id).await;
+            // Boxed: policy and the app's connect are not part of every tunnel's task.
+            let r = Box::pin(admit(&ctx, &pod, &req, peer, local, &peer_id)).await;
             (r, host, authority)
         }
         Err(e) => (
@@ -131,6 +149,7 @@ async fn handle_stream(
             None,
         ),
     };
+    drop(headers);
     let (result, service_host, hbone_addr) = result;
     let flags = match &result {
         Ok(_) => "-",
@@ -146,13 +165,13 @@ async fn handle_stream(
         flags,
         service_host.as_deref(),
     );
-    let metrics = ConnMetrics::open(&ctx, lbl.clone());
+    let (metrics, lbl) = ConnMetrics::open_shared(&ctx, lbl);
     let counters = metrics.counters(false);
     let (dst, dst_uid, dst_id, upstream) = match result {
         Ok(ok) => ok,
         Err(reject) => {
             metrics.failed();
-            link.refuse(inc.id, reject.status().as_u16());
+            link.refuse(id, reject.status().as_u16());
             let dst = hbone_addr
                 .as_deref()
                 .and_then(|a| a.parse().ok())
@@ -192,7 +211,7 @@ async fn handle_stream(
             src_identity: src_id.clone(),
         }),
     };
-    let mut end_rx = match link.establish(inc.id, upstream, counters.clone(), meta.encode()) {
+    let mut end_rx = match link.establish(id, upstream, counters.clone(), meta) {
         Ok(rx) => rx,
         Err(e) => {
             tracing::debug!(%peer, "HBONE client went away before 200: {e}");
@@ -208,7 +227,7 @@ async fn handle_stream(
     let end = tokio::select! {
         e = &mut end_rx => e.unwrap_or_else(|_| TunnelEnd::Link("the link task ended".into())),
         _ = reg.kill.notified() => {
-            link.reset(inc.id);
+            link.reset(id);
             TunnelEnd::Link("connection closed due to policy change".into())
         }
     };

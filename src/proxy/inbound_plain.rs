@@ -90,7 +90,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         Err(e) => return fail(e, "CONNECT"),
     };
     let lbl = labels(&ctx, &pod, peer, None, false, "-", None);
-    let metrics = ConnMetrics::open(&ctx, lbl.clone());
+    let (metrics, lbl) = ConnMetrics::open_shared(&ctx, lbl);
     let counters = metrics.counters(false);
     let dst_id = w.identity().to_string();
     // What travels with the relay if it is handed to the next process; `policy` also

@@ -23,7 +23,7 @@ use super::{ConnMetrics, Pod, ShardCtx, log_complete};
 use crate::hbone::H2Settings;
 use crate::identity::Identity;
 use crate::io::Counters;
-use crate::io::link::{self, Exported, Link, LinkState, TunnelEnd};
+use crate::io::link::{self, Exported, Link, LinkState, TunnelBook, TunnelEnd};
 use crate::io::tls::TlsStream;
 use crate::policy::ConnFacts;
 use crate::runtime::engine::{self, Task};
@@ -101,7 +101,9 @@ pub struct TunnelMeta {
     pub hbone_addr: Option<SocketAddr>,
     pub dst_id: Option<String>,
     pub service: Option<String>,
-    pub labels: TcpLabels,
+    /// Shared with the metrics registry (one copy per label set): every idle tunnel keeps
+    /// its bookkeeping, so it must not copy 23 strings each.
+    pub labels: Arc<TcpLabels>,
     /// When the connection began (ms since the Unix epoch), for the access log's duration.
     pub started_unix_ms: u64,
     /// Inbound: what a policy change is checked against.
@@ -113,9 +115,20 @@ impl TunnelMeta {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The link's handle on this bookkeeping: encoded only if the tunnel is handed over.
+    pub fn book(self) -> Rc<dyn TunnelBook> {
+        Rc::new(self)
+    }
+
     /// The app-side port the tunnel goes to (the CONNECT authority's).
     pub fn app_port(&self) -> u16 {
         self.hbone_addr.unwrap_or(self.dst).port()
+    }
+}
+
+impl TunnelBook for TunnelMeta {
+    fn encode(&self) -> Vec<u8> {
+        TunnelMeta::encode(self)
     }
 }
 
@@ -271,7 +284,7 @@ pub fn adopt(
     let mut metrics = HashMap::with_capacity(metas.len());
     let mut counters = HashMap::with_capacity(metas.len());
     for (id, m) in &metas {
-        let cm = ConnMetrics::adopted(ctx, m.labels.clone());
+        let cm = ConnMetrics::adopted(ctx, TcpLabels::clone(&m.labels));
         counters.insert(*id, cm.counters(m.direction == "outbound"));
         metrics.insert(*id, cm);
     }

@@ -13,14 +13,14 @@ fn meta() -> TunnelMeta {
         hbone_addr: Some("198.18.1.2:9000".parse().unwrap()),
         dst_id: Some("spiffe://cluster.local/ns/default/sa/server".into()),
         service: Some("echo.default.svc.cluster.local".into()),
-        labels: TcpLabels::new(
+        labels: Arc::new(TcpLabels::new(
             "destination",
             &Default::default(),
             &Default::default(),
             None,
             true,
             "-",
-        ),
+        )),
         started_unix_ms: unix_ms_ago(Duration::from_secs(90)),
         policy: Some(PolicyMeta {
             dst_uid: "uid-1".into(),

@@ -135,6 +135,12 @@ pub async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
     if let Some(v) = f() {
         return Some(v);
     }
+    // Boxed: the timer is not part of the future of every connection that waited for
+    // nothing.
+    Box::pin(wait_more(f)).await
+}
+
+async fn wait_more<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = std::time::Instant::now() + LATE_STATE_WAIT;
     while std::time::Instant::now() < deadline {
         crate::runtime::engine::sleep(Duration::from_millis(20)).await;
@@ -389,6 +395,13 @@ pub struct ConnMetrics(pub Arc<TcpCounters>, Cell<bool>);
 impl ConnMetrics {
     pub fn open(ctx: &ShardCtx, labels: TcpLabels) -> ConnMetrics {
         ConnMetrics(ctx.metrics.open(labels), Cell::new(true))
+    }
+
+    /// As [`open`](Self::open), with the registry's shared copy of the labels (one per
+    /// label set, which an idle tunnel's bookkeeping points to instead of copying).
+    pub fn open_shared(ctx: &ShardCtx, labels: TcpLabels) -> (ConnMetrics, Arc<TcpLabels>) {
+        let (l, c) = ctx.metrics.open_shared(labels);
+        (ConnMetrics(c, Cell::new(true)), l)
     }
 
     /// The metrics of a connection the previous process opened and handed to this one:

@@ -19,7 +19,7 @@ use super::relays;
 use super::{ConnMetrics, Pod, ShardCtx, StopSignal, connect_in, h2conn, log_complete};
 use crate::hbone::{self, ConnectHeaders};
 use crate::identity::Identity;
-use crate::io::link::TunnelEnd;
+use crate::io::link::{TunnelBook, TunnelEnd};
 use crate::io::relay;
 use crate::io::{self, Counters};
 use crate::runtime::sockopt;
@@ -290,7 +290,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
             mtls,
             if r.is_err() { "CONNECT" } else { "-" },
         );
-        (ConnMetrics::open(&ctx, lbl.clone()), lbl)
+        ConnMetrics::open_shared(&ctx, lbl)
     };
     drop(snap);
     let (metrics, lbl) = metrics;
@@ -311,7 +311,10 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
     };
     let result = match r {
         Err(e) => Err(e.to_string()),
-        Ok(Route::Passthrough { dst }) => passthrough(&ctx, &pod, s, dst, &counters, meta).await,
+        // Boxed: the relay's future is not part of every HBONE tunnel's task.
+        Ok(Route::Passthrough { dst }) => {
+            Box::pin(passthrough(&ctx, &pod, s, dst, &counters, meta)).await
+        }
         Ok(Route::Hbone {
             next_hop,
             authority,
@@ -329,7 +332,7 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
                 &expected,
                 service_host,
                 &counters,
-                meta,
+                meta.book(),
             )
             .await
         }
@@ -389,53 +392,66 @@ async fn hbone_out(
     expected: &[Identity],
     service_host: Option<String>,
     counters: &Rc<Counters>,
-    meta: TunnelMeta,
+    book: Rc<dyn TunnelBook>,
 ) -> Result<bool, String> {
-    let src_id = src.identity();
-    let cert = super::wait_for(|| ctx.certs.load().get(&src_id).cloned())
-        .await
-        .ok_or_else(|| format!("no certificate for {src_id} (the CA has not issued one)"))?;
-    let key = PoolKey {
-        src: src_id,
+    let cert = {
+        let src_id = src.identity();
+        super::wait_for(|| ctx.certs.load().get(&src_id).cloned())
+            .await
+            .ok_or_else(|| format!("no certificate for {src_id} (the CA has not issued one)"))?
+    };
+    let key = || PoolKey {
+        src: src.identity(),
         dst: expected.to_vec(),
         addr: next_hop,
         src_pod: pod.uid.clone(),
     };
-    let headers = ConnectHeaders {
+    let headers = || ConnectHeaders {
         client: peer,
-        service_host,
+        service_host: service_host.clone(),
         baggage: hbone::baggage(src),
         traceparent: hbone::traceparent(rand::random(), rand::random()),
     };
-    let req = hbone::connect_request(authority, &headers);
     let cfg = &ctx.cfg;
     let max = cfg.h2.client_max_streams;
     if cfg.link {
-        let fields = crate::hbone::h2::request_fields(&req);
+        // What an idle tunnel keeps here, across its one long await: the link, the end's
+        // receiver and a handle on its bookkeeping. The pool key, the CONNECT request and
+        // the dial are made and dropped before it (each a scope of its own), and the dial's
+        // future is boxed, so its TLS handshake is not part of every tunnel's task.
         let mut app = s;
         // A stream the peer refused unprocessed (a draining peer's GOAWAY, REFUSED_STREAM)
         // is tried once more, on another connection, as the h2 path's pool does.
         for attempt in 0..2 {
-            let links = ctx.links.clone();
-            let cert = cert.clone();
-            let slot = ctx
-                .pool
-                .link(&key, max, cfg.connect_timeout, |deadline| async move {
-                    let tcp = dial_tcp(ctx, pod, next_hop).await?;
-                    h2conn::dial_link(
-                        tcp,
-                        cert.client.clone(),
-                        expected,
-                        &cfg.h2,
-                        &deadline,
-                        links,
-                    )
-                    .await
-                })
+            let slot = {
+                let links = ctx.links.clone();
+                let cert = cert.clone();
+                let key = key();
+                Box::pin(
+                    ctx.pool
+                        .link(&key, max, cfg.connect_timeout, |deadline| async move {
+                            let tcp = dial_tcp(ctx, pod, next_hop).await?;
+                            h2conn::dial_link(
+                                tcp,
+                                cert.client.clone(),
+                                expected,
+                                &cfg.h2,
+                                &deadline,
+                                links,
+                            )
+                            .await
+                        }),
+                )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+            };
             let (link, _peer, share) = slot.into_parts();
-            let (id, end) = match link.try_open(&fields, app, counters.clone(), meta.encode()) {
+            let opened = {
+                let req = hbone::connect_request(authority, &headers());
+                let fields = crate::hbone::h2::request_fields(&req);
+                link.try_open(&fields, app, counters.clone(), book.clone())
+            };
+            let (id, end) = match opened {
                 Ok(x) => x,
                 Err((e, back)) if attempt == 0 => {
                     tracing::debug!(%next_hop, "pooled HBONE connection refused a new stream ({e}): retrying");
@@ -474,19 +490,31 @@ async fn hbone_out(
             "HBONE stream to {next_hop}: refused unprocessed on two connections in a row"
         ));
     }
-    let stream = ctx
-        .pool
-        .stream(&key, max, cfg.connect_timeout, req, |deadline| async move {
-            let tcp = dial_tcp(ctx, pod, next_hop).await?;
-            let (h2s, records) = (&cfg.h2, cfg.tls_records);
-            h2conn::dial(tcp, cert.client.clone(), expected, h2s, records, &deadline).await
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    io::copy_h2(s, stream.send, stream.recv, counters.clone())
-        .await
-        .map(|()| false)
-        .map_err(|e| e.to_string())
+    // The h2 crate's path (`--h2-codec h2`): boxed, so its copy loop is not part of the
+    // link path's tasks.
+    let req = hbone::connect_request(authority, &headers());
+    Box::pin(async move {
+        let stream = ctx
+            .pool
+            .stream(
+                &key(),
+                max,
+                cfg.connect_timeout,
+                req,
+                |deadline| async move {
+                    let tcp = dial_tcp(ctx, pod, next_hop).await?;
+                    let (h2s, records) = (&cfg.h2, cfg.tls_records);
+                    h2conn::dial(tcp, cert.client.clone(), expected, h2s, records, &deadline).await
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        io::copy_h2(s, stream.send, stream.recv, counters.clone())
+            .await
+            .map(|()| false)
+            .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// The TCP connect of an HBONE dial, from the pod's netns.

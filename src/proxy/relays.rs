@@ -27,6 +27,7 @@ use crate::io::Counters;
 use crate::io::relay::{self, Imported, RelayCtl, RelayEnd, RelayExport, RelayState};
 use crate::policy::ConnFacts;
 use crate::runtime::engine;
+use crate::telemetry::metrics::TcpLabels;
 
 /// The access log's error for a relay closed by a policy change.
 pub const POLICY_CLOSED: &str = "connection closed due to policy change";
@@ -201,7 +202,7 @@ pub fn adopt(
         ));
     }
     let imported = relay::import(state, fds).map_err(|e| e.to_string())?;
-    let metrics = ConnMetrics::adopted(ctx, meta.labels.clone());
+    let metrics = ConnMetrics::adopted(ctx, TcpLabels::clone(&meta.labels));
     let counters = metrics.counters(meta.direction == "outbound");
     // Live, and within the shard's connection bound (the pod's socket was accepted).
     let live = (ctx.live_guard(), ctx.limit.take());

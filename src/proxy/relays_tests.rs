@@ -203,7 +203,7 @@ fn inbound_meta(src: SocketAddr, dst: SocketAddr) -> TunnelMeta {
         hbone_addr: None,
         dst_id: Some("spiffe://cluster.local/ns/default/sa/server".into()),
         service: None,
-        labels: labels(),
+        labels: Arc::new(labels()),
         started_unix_ms: unix_ms_ago(Duration::from_secs(3)),
         policy: Some(PolicyMeta {
             dst_uid: "srv".into(),
@@ -264,7 +264,7 @@ fn start_inbound(
     meta: TunnelMeta,
 ) -> mpsc::Receiver<(Result<bool, String>, u64, u64)> {
     p.spawn(move |ctx| async move {
-        let metrics = ConnMetrics::open(&ctx, meta.labels.clone());
+        let metrics = ConnMetrics::open(&ctx, TcpLabels::clone(&meta.labels));
         let counters = metrics.counters(false);
         let (a, b) = (Stream::from_fd(a).unwrap(), Stream::from_fd(b).unwrap());
         let c = counters.clone();

@@ -413,6 +413,14 @@ impl ShardMetrics {
         c
     }
 
+    /// As [`open`](Self::open), with the registry's shared copy of the label set (what a
+    /// tunnel keeps for its hand-over, instead of its own copy).
+    pub fn open_shared(&self, labels: TcpLabels) -> (Arc<TcpLabels>, Arc<TcpCounters>) {
+        let (l, c) = self.tcp.get_shared(labels);
+        TcpCounters::add(&c.opened, 1);
+        (l, c)
+    }
+
     /// The TCP counters of a label set (created on first use), nothing counted.
     pub fn counters_for(&self, labels: TcpLabels) -> Arc<TcpCounters> {
         self.tcp.get(labels)

@@ -53,15 +53,22 @@ where
     /// The counters of `labels` (created on first use): from this thread's cache, or
     /// registered under the lock the first time this thread asks this registry for them.
     pub fn get(&self, labels: L) -> Arc<C> {
+        self.get_shared(labels).1
+    }
+
+    /// As [`get`](Self::get), also giving the registry's own copy of the label set, for a
+    /// caller that keeps the labels (one copy per label set, not per connection).
+    pub fn get_shared(&self, labels: L) -> (Arc<L>, Arc<C>) {
         let hit = CACHES.try_with(|caches| {
             caches
                 .borrow()
                 .get(&self.id)
                 .and_then(|e| e.map.downcast_ref::<HashMap<Arc<L>, Arc<C>>>())
-                .and_then(|m| m.get(&labels).cloned())
+                .and_then(|m| m.get_key_value(&labels))
+                .map(|(l, c)| (l.clone(), c.clone()))
         });
-        if let Ok(Some(c)) = hit {
-            return c;
+        if let Ok(Some(hit)) = hit {
+            return hit;
         }
         let (labels, c) = self.register(labels);
         // Not cached when the thread is exiting (its cache is gone): that is all.
@@ -73,10 +80,10 @@ where
                 map: Box::new(HashMap::<Arc<L>, Arc<C>>::new()),
             });
             if let Some(m) = e.map.downcast_mut::<HashMap<Arc<L>, Arc<C>>>() {
-                m.insert(labels, c.clone());
+                m.insert(labels.clone(), c.clone());
             }
         });
-        c
+        (labels, c)
     }
 
     /// Calls `f` with every label set and its counters (the scrape), under the lock.
