@@ -199,10 +199,11 @@ fn measure(engine: Engine, use_link: bool) -> isize {
     .unwrap()
 }
 
-/// At most this much heap per idle tunnel (both ends) on the link task. Measured: ≈ 3.4 KB
-/// on epoll and 6.8 KB on uring (the h2 crate: 5.3 KB and 8.5 KB); before each app read
-/// stopped keeping a 64 KiB buffer of its own it was ≈ 133 KB.
-const LINK_BOUND: isize = 16 * 1024;
+/// At most this much heap per idle tunnel (both ends) on the link task. Measured: ≈ 2.2 KB
+/// on epoll and 5.6 KB on uring (the h2 crate: 5.3 KB and 8.5 KB); 3.4 and 6.8 KB while a
+/// quiet link still kept its 64 KiB receive and app-read buffers; ≈ 133 KB before each app
+/// read stopped keeping a 64 KiB buffer of its own.
+const LINK_BOUND: isize = 8 * 1024;
 
 #[test]
 fn an_idle_tunnel_on_the_link_task_holds_a_few_kilobytes() {

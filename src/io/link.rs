@@ -28,10 +28,15 @@ use super::tls::TlsStream;
 use crate::hbone::h2::{self, Conn, Event, HeaderField, Reason, StreamId};
 use crate::runtime::net::Stream;
 
-/// How much one read from an app socket takes.
+/// How much one read from an app socket takes while data streams.
 const APP_READ: usize = 64 * 1024;
-/// Room reserved in the codec's receive buffer for one read from TLS.
+/// Room reserved in the codec's receive buffer for one read from TLS while data streams.
 const TLS_READ: usize = 64 * 1024;
+/// The room of either read while the link is quiet (the last read filled less than half
+/// of what it had): a round of small requests allocates this, not a streaming buffer, and
+/// a quiet link lets go of both buffers when its round ends (ztunnel starts its copy
+/// buffers small too and grows them with traffic).
+const QUIET_READ: usize = 4 * 1024;
 /// Codec output past this stops tunnels reading their apps until it is written to TLS:
 /// without it one turn read a whole flow-control window (4 MiB a stream, 16 MiB the
 /// connection) from the apps before the first byte went out, and the output buffer kept
@@ -152,6 +157,11 @@ struct Inner {
     /// Where app reads land (one buffer per link, reused: a tunnel holds only what it read
     /// and has not yet handed to the codec, not a read-sized buffer of its own).
     scratch: BytesMut,
+    /// Room for the next read from TLS: `QUIET_READ`, or `TLS_READ` while data streams
+    /// (the last read filled at least half of what it had).
+    rx_room: usize,
+    /// The same for app reads (`QUIET_READ` or `APP_READ`).
+    app_room: usize,
     /// A tunnel stopped reading its app because the codec's output was past `OUT_HIGH`.
     out_full: bool,
     /// Where the next round starts pumping tunnels (turns round, so that no tunnel always
@@ -221,6 +231,8 @@ impl Link {
             closing: None,
             peer_closed: None,
             scratch: BytesMut::new(),
+            rx_room: QUIET_READ,
+            app_room: QUIET_READ,
             out_full: false,
             next_pump: 0,
             unprocessed: BTreeMap::new(),
@@ -490,6 +502,13 @@ impl Link {
         self.0.borrow().tuns.len()
     }
 
+    /// Bytes the link's own buffers hold allocated (the codec's receive and output buffers,
+    /// the app read buffer): none once a quiet link's round is over.
+    pub fn buffer_bytes(&self) -> usize {
+        let i = self.0.borrow();
+        i.conn.buffer_capacity() + i.scratch.capacity()
+    }
+
     /// Whether the link can take another tunnel (client role).
     pub fn is_usable(&self) -> bool {
         let i = self.0.borrow();
@@ -631,16 +650,19 @@ fn round(
             more_in = true;
             break;
         }
+        let want = i.rx_room;
         let buf = i.conn.read_buf();
-        if buf.capacity() - buf.len() < TLS_READ / 4 {
-            buf.reserve(TLS_READ);
+        if buf.capacity() - buf.len() < want / 4 {
+            buf.reserve(want);
         }
+        let room = buf.capacity() - buf.len();
         match tokio_util::io::poll_read_buf(Pin::new(&mut *tls), cx, buf) {
             Poll::Pending => break,
             Poll::Ready(Err(e)) => return Round::Over(format!("TLS: {e}")),
             // What arrived before the end still goes to the apps (below).
             Poll::Ready(Ok(0)) => i.peer_closed = Some("the peer closed the connection".into()),
             Poll::Ready(Ok(n)) => {
+                i.rx_room = if n * 2 >= room { TLS_READ } else { QUIET_READ };
                 taken += n;
                 events.clear();
                 if let Err(e) = i.conn.process(events) {
@@ -701,7 +723,19 @@ fn round(
     if more_in || (i.out_full && i.conn.pending_output().len() < OUT_HIGH) {
         Round::Again
     } else {
+        trim_if_quiet(i);
         Round::Wait
+    }
+}
+
+/// At the end of a round on a quiet link (its last reads, from TLS and from apps, were
+/// small): the codec's buffers and the app read buffer are let go of while they hold
+/// nothing, so an idle link keeps none (they were 64 KiB each for the link's life). A
+/// streaming link keeps them from round to round.
+fn trim_if_quiet(i: &mut Inner) {
+    if i.rx_room == QUIET_READ && i.app_room == QUIET_READ {
+        i.conn.trim_buffers();
+        i.scratch = BytesMut::new();
     }
 }
 
@@ -845,9 +879,10 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
                 break;
             }
             let buf = &mut i.scratch;
-            if buf.capacity() < APP_READ / 4 {
-                buf.reserve(APP_READ);
+            if buf.capacity() < i.app_room / 4 {
+                buf.reserve(i.app_room);
             }
+            let room = buf.capacity();
             match tokio_util::io::poll_read_buf(Pin::new(&mut *app), cx, buf) {
                 Poll::Pending => break,
                 Poll::Ready(Err(e)) => {
@@ -855,7 +890,10 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
                     return Some(TunnelEnd::App(e.to_string()));
                 }
                 Poll::Ready(Ok(0)) => t.app_eof = true,
-                Poll::Ready(Ok(_)) => t.from_app = buf.split().freeze(),
+                Poll::Ready(Ok(n)) => {
+                    i.app_room = if n * 2 >= room { APP_READ } else { QUIET_READ };
+                    t.from_app = buf.split().freeze();
+                }
             }
         }
     }

@@ -470,7 +470,85 @@ fn an_exported_link_continues_in_another_executor(engine: Engine) {
     });
 }
 
+/// A link's buffers follow its traffic: streaming grows them to the streaming sizes, and
+/// once the traffic is small again the link holds none while its tunnel stays open (and
+/// the tunnel still carries bytes after that).
+fn a_quiet_link_holds_no_buffers(engine: Engine) {
+    with_client_link(engine, |link| async move {
+        let (ours, app) = app_pair();
+        let ours = Stream::from_fd(ours.into()).unwrap();
+        let (_, end) = link
+            .open(
+                &connect_fields(ECHO),
+                ours,
+                Rc::new(Counters::default()),
+                b"m".to_vec(),
+            )
+            .unwrap();
+        let (phase_tx, phase) = std::sync::mpsc::channel::<&'static str>();
+        let (go_tx, go) = std::sync::mpsc::channel::<()>();
+        let app_thread = std::thread::spawn(move || {
+            let mut app = app;
+            let data = pattern(4 << 20, 7);
+            let mut w = app.try_clone().unwrap();
+            let d = data.clone();
+            let writer = std::thread::spawn(move || w.write_all(&d).unwrap());
+            let mut back = vec![0u8; data.len()];
+            app.read_exact(&mut back).unwrap();
+            writer.join().unwrap();
+            assert!(back == data, "the bulk echo came back whole");
+            // Small round trips: the link is quiet again.
+            for k in 0..3u8 {
+                app.write_all(&[k; 10]).unwrap();
+                let mut b = [0u8; 10];
+                app.read_exact(&mut b).unwrap();
+                assert_eq!(b, [k; 10]);
+            }
+            phase_tx.send("quiet").unwrap();
+            go.recv().unwrap();
+            app.write_all(b"after").unwrap();
+            let mut b = [0u8; 5];
+            app.read_exact(&mut b).unwrap();
+            assert_eq!(&b, b"after");
+            app.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            app.read_to_end(&mut rest).unwrap();
+            rest.is_empty()
+        });
+        let mut most = 0;
+        loop {
+            most = most.max(link.buffer_bytes());
+            if phase.try_recv().is_ok() {
+                break;
+            }
+            engine::sleep(Duration::from_micros(200)).await;
+        }
+        assert!(
+            most >= TLS_READ,
+            "while streaming the link reads with streaming-sized buffers (at most {most} B seen)"
+        );
+        // The last round trip's round may still be finishing.
+        let mut held = link.buffer_bytes();
+        for _ in 0..100 {
+            if held == 0 {
+                break;
+            }
+            engine::sleep(Duration::from_millis(5)).await;
+            held = link.buffer_bytes();
+        }
+        assert_eq!(held, 0, "a quiet link holds no buffer");
+        assert_eq!(link.tunnels(), 1, "the idle tunnel stays open");
+        go_tx.send(()).unwrap();
+        assert_eq!(end.await.unwrap(), TunnelEnd::Done);
+        while !app_thread.is_finished() {
+            engine::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(app_thread.join().unwrap(), "the tunnel ended cleanly");
+    });
+}
+
 on_both_engines!(
+    a_quiet_link_holds_no_buffers,
     several_tunnels_carry_a_megabyte_each_way,
     a_refused_connect_and_a_reset_end_their_tunnels,
     a_server_link_serves_h2_clients_tunnels,

@@ -217,6 +217,23 @@ impl Conn {
         &mut self.rx
     }
 
+    /// Lets go of the receive and output buffers while they hold nothing, so that a quiet
+    /// connection keeps no buffer of its own (the next read or frame allocates again). DATA
+    /// events already given out keep their own view of the receive buffer.
+    pub fn trim_buffers(&mut self) {
+        if self.rx.is_empty() {
+            self.rx = BytesMut::new();
+        }
+        if self.tx.is_empty() {
+            self.tx = BytesMut::new();
+        }
+    }
+
+    /// Bytes the receive and output buffers hold allocated (for tests and debugging).
+    pub fn buffer_capacity(&self) -> usize {
+        self.rx.capacity() + self.tx.capacity()
+    }
+
     /// Received octets not yet processed (a partial frame).
     pub fn buffered_input(&self) -> usize {
         self.rx.len()
