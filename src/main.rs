@@ -75,6 +75,8 @@ fn bench(b: ringmesh::config::flags::BenchFlags) -> Result<i32, String> {
 
 fn main() -> std::process::ExitCode {
     ringmesh::telemetry::init();
+    // mimalloc's purge options, before the shards start (runtime/alloc.rs says why).
+    ringmesh::runtime::alloc::configure();
     // The node's variables are checked before the flags parse them, so a bad value is
     // refused with the variable's name.
     if matches!(

@@ -10,6 +10,7 @@
 //! current-thread runtime); `engine` is what the flows call for tasks and timers, `net` for
 //! sockets, whichever engine runs.
 
+pub mod alloc;
 pub mod counting;
 pub mod engine;
 pub mod holding;
@@ -112,6 +113,7 @@ pub fn spawn_shards<C: 'static>(
                     pin_to(cpu);
                 }
                 let main = async move {
+                    engine::spawn(alloc::tidy());
                     let ctx = Rc::new(init(id));
                     while let Some(cmd) = rx.recv().await {
                         // A command that panics (a bug) must not take the shard and every
