@@ -32,11 +32,19 @@ use crate::runtime::net::Stream;
 const APP_READ: usize = 64 * 1024;
 /// Room reserved in the codec's receive buffer for one read from TLS while data streams.
 const TLS_READ: usize = 64 * 1024;
-/// The room of either read while the link is quiet (the last read filled less than half
-/// of what it had): a round of small requests allocates this, not a streaming buffer, and
-/// a quiet link lets go of both buffers when its round ends (ztunnel starts its copy
-/// buffers small too and grows them with traffic).
+/// The room of either read while the link is quiet (see [`streaming`]): a round of small
+/// requests allocates this, not a streaming buffer, and a quiet link lets go of both
+/// buffers when its round ends (ztunnel starts its copy buffers small too and grows them
+/// with traffic).
 const QUIET_READ: usize = 4 * 1024;
+
+/// Whether a read of `n` bytes into `room` says data streams: it filled half its room, or
+/// took at least a quiet read's worth. (Not "half the room" alone: on the uring engine a
+/// read from TLS returns one record's plaintext, 16 KiB, a quarter of a streaming room, so
+/// a bulk transfer kept falling back to 4 KiB reads.)
+fn streaming(n: usize, room: usize) -> bool {
+    n * 2 >= room || n >= QUIET_READ
+}
 /// Codec output past this stops tunnels reading their apps until it is written to TLS:
 /// without it one turn read a whole flow-control window (4 MiB a stream, 16 MiB the
 /// connection) from the apps before the first byte went out, and the output buffer kept
@@ -662,7 +670,11 @@ fn round(
             // What arrived before the end still goes to the apps (below).
             Poll::Ready(Ok(0)) => i.peer_closed = Some("the peer closed the connection".into()),
             Poll::Ready(Ok(n)) => {
-                i.rx_room = if n * 2 >= room { TLS_READ } else { QUIET_READ };
+                i.rx_room = if streaming(n, room) {
+                    TLS_READ
+                } else {
+                    QUIET_READ
+                };
                 taken += n;
                 events.clear();
                 if let Err(e) = i.conn.process(events) {
@@ -891,7 +903,11 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
                 }
                 Poll::Ready(Ok(0)) => t.app_eof = true,
                 Poll::Ready(Ok(n)) => {
-                    i.app_room = if n * 2 >= room { APP_READ } else { QUIET_READ };
+                    i.app_room = if streaming(n, room) {
+                        APP_READ
+                    } else {
+                        QUIET_READ
+                    };
                     t.from_app = buf.split().freeze();
                 }
             }
