@@ -1,7 +1,7 @@
 //! The product allocator's housekeeping (mimalloc, the default build's global allocator).
 //!
 //! mimalloc gives freed memory back to the OS (purges it) only after a delay, 1 s by
-//! default, and only when the thread that freed it calls into the allocator again. A shard
+//! default (its arenas' multiple of it is 1 in the bundled v3.3), and only when the thread that freed it calls into the allocator again. A shard
 //! that goes quiet after a burst — thousands of tunnels opened, then nothing but PINGs —
 //! never calls again, so what the burst allocated and freed (handshakes, request buffers,
 //! read buffers) stayed in the process's RSS for as long as it stayed quiet. In the lab,
@@ -13,32 +13,30 @@
 //! whose THP mode is `madvise`, only advised memory gets them), so RSS grows and shrinks in
 //! 2 MiB steps — an idle node started at 28 MB instead of 18 MB.
 //!
-//! So: [`configure`] shortens the delay ([`PURGE_DELAY_MS`], and the arenas' multiple of
-//! it, [`ARENA_PURGE_MULT`]) and turns THP off for the process at start, and each shard runs
+//! So: [`configure`] shortens the delay ([`PURGE_DELAY_MS`]) and turns THP off for the
+//! process at start, and each shard runs
 //! [`tidy`], which calls `mi_collect(false)` every [`TIDY_EVERY`]: it frees the shard's empty
 //! pages and purges what has been free for longer than the delay, so a quiet shard's RSS
 //! follows what it holds within a fraction of a second. A busy shard reuses what it frees
 //! well within the delay, so the bulk path keeps its memory (and its page faults stay
-//! away). `MIMALLOC_PURGE_DELAY`, `MIMALLOC_ARENA_PURGE_MULT` or `MIMALLOC_ALLOW_THP` set in
-//! the environment is left alone (`MIMALLOC_ALLOW_THP=1` keeps huge pages). Without the
+//! away). `MIMALLOC_PURGE_DELAY` or `MIMALLOC_ALLOW_THP` set in the environment is left alone
+//! (`MIMALLOC_ALLOW_THP=1` keeps huge pages). Without the
 //! `mimalloc` feature (the system allocator) both are no-ops.
 
 use std::time::Duration;
 
 /// What [`configure`] sets mimalloc's purge delay to, in milliseconds (mimalloc: 1000).
 pub const PURGE_DELAY_MS: i64 = 100;
-/// What it sets the arenas' multiple of that delay to (mimalloc: 10).
-pub const ARENA_PURGE_MULT: i64 = 1;
 /// How often [`tidy`] collects on each shard.
 pub const TIDY_EVERY: Duration = Duration::from_millis(100);
 
-/// mimalloc v3's `mi_option_purge_delay` and `mi_option_arena_purge_mult`, with their
-/// defaults: the `libmimalloc-sys` bindings name v2's options only, so the indices are
-/// v3's `mi_option_e` (mimalloc.h) and are checked against the defaults before use.
+/// mimalloc v3's `mi_option_purge_delay` and `mi_option_allow_thp`, with their defaults
+/// (options.c) and what they are set to: the `libmimalloc-sys` bindings name v2's options
+/// only, so the indices are v3's `mi_option_e` (mimalloc.h), checked against the defaults
+/// before use.
 #[cfg(feature = "mimalloc")]
-const V3_OPTIONS: [(libmimalloc_sys::mi_option_t, &str, i64, i64); 3] = [
+const V3_OPTIONS: [(libmimalloc_sys::mi_option_t, &str, i64, i64); 2] = [
     (15, "MIMALLOC_PURGE_DELAY", 1000, PURGE_DELAY_MS),
-    (24, "MIMALLOC_ARENA_PURGE_MULT", 10, ARENA_PURGE_MULT),
     (ALLOW_THP, "MIMALLOC_ALLOW_THP", 1, 0),
 ];
 /// v3's `mi_option_allow_thp`.
@@ -71,7 +69,9 @@ pub fn configure() {
                 }
             }
         } else {
-            tracing::info!(
+            // Debug, not info: every command calls this, and `lab exec` passes its own
+            // output on (a JSON config dump read through it must stay JSON).
+            tracing::debug!(
                 "mimalloc option {opt} ({var}) is {now}, not the default {default}: left as it is"
             );
         }
