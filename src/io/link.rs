@@ -45,6 +45,7 @@ const QUIET_READ: usize = 4 * 1024;
 fn streaming(n: usize, room: usize) -> bool {
     n * 2 >= room || n >= QUIET_READ
 }
+
 /// Codec output past this stops tunnels reading their apps until it is written to TLS:
 /// without it one turn read a whole flow-control window (4 MiB a stream, 16 MiB the
 /// connection) from the apps before the first byte went out, and the output buffer kept
@@ -166,7 +167,7 @@ struct Inner {
     /// and has not yet handed to the codec, not a read-sized buffer of its own).
     scratch: BytesMut,
     /// Room for the next read from TLS: `QUIET_READ`, or `TLS_READ` while data streams
-    /// (the last read filled at least half of what it had).
+    /// (the last read was [`streaming`]).
     rx_room: usize,
     /// The same for app reads (`QUIET_READ` or `APP_READ`).
     app_room: usize,

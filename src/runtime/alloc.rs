@@ -1,7 +1,7 @@
 //! The product allocator's housekeeping (mimalloc, the default build's global allocator).
 //!
 //! mimalloc gives freed memory back to the OS (purges it) only after a delay, 1 s by
-//! default (its arenas' multiple of it is 1 in the bundled v3.3), and only when the thread that freed it calls into the allocator again. A shard
+//! default, and only when the thread that freed it calls into the allocator again. A shard
 //! that goes quiet after a burst — thousands of tunnels opened, then nothing but PINGs —
 //! never calls again, so what the burst allocated and freed (handshakes, request buffers,
 //! read buffers) stayed in the process's RSS for as long as it stayed quiet. In the lab,
@@ -14,14 +14,13 @@
 //! 2 MiB steps — an idle node started at 28 MB instead of 18 MB.
 //!
 //! So: [`configure`] shortens the delay ([`PURGE_DELAY_MS`]) and turns THP off for the
-//! process at start, and each shard runs
-//! [`tidy`], which calls `mi_collect(false)` every [`TIDY_EVERY`]: it frees the shard's empty
-//! pages and purges what has been free for longer than the delay, so a quiet shard's RSS
-//! follows what it holds within a fraction of a second. A busy shard reuses what it frees
-//! well within the delay, so the bulk path keeps its memory (and its page faults stay
-//! away). `MIMALLOC_PURGE_DELAY` or `MIMALLOC_ALLOW_THP` set in the environment is left alone
-//! (`MIMALLOC_ALLOW_THP=1` keeps huge pages). Without the
-//! `mimalloc` feature (the system allocator) both are no-ops.
+//! process at start, and each shard runs [`tidy`], which calls `mi_collect(false)` every
+//! [`TIDY_EVERY`]: it frees the shard's empty pages and purges what has been free for longer
+//! than the delay, so a quiet shard's RSS follows what it holds within a fraction of a
+//! second. A busy shard reuses what it frees well within the delay, so the bulk path keeps
+//! its memory (and its page faults stay away). `MIMALLOC_PURGE_DELAY` or
+//! `MIMALLOC_ALLOW_THP` set in the environment is left alone (`MIMALLOC_ALLOW_THP=1` keeps
+//! huge pages). Without the `mimalloc` feature (the system allocator) both are no-ops.
 
 use std::time::Duration;
 
