@@ -93,6 +93,53 @@ pub enum TunnelEnd {
     Unprocessed,
 }
 
+/// A tunnel's owner, told once how it ended: what an idle tunnel keeps instead of a task
+/// that waits for its end (a task was ≈ 1 KB a tunnel on each node). The link calls it
+/// outside its own borrow, with the app socket of a stream the peer refused unprocessed
+/// ([`TunnelEnd::Unprocessed`]: to be tried on another connection). Dropped uncalled (the
+/// link went away without ending its tunnels), it is called with `TunnelEnd::Link`.
+pub struct OnEnd(Option<EndFn>);
+
+/// The call an [`OnEnd`] makes.
+type EndFn = Box<dyn FnOnce(TunnelEnd, Option<Stream>)>;
+
+impl OnEnd {
+    pub fn new(f: impl FnOnce(TunnelEnd, Option<Stream>) + 'static) -> OnEnd {
+        OnEnd(Some(Box::new(f)))
+    }
+
+    fn call(mut self, end: TunnelEnd, app: Option<Stream>) {
+        if let Some(f) = self.0.take() {
+            f(end, app);
+        }
+    }
+}
+
+impl Drop for OnEnd {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(
+                TunnelEnd::Link("the HBONE connection went away".into()),
+                None,
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for OnEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnEnd")
+    }
+}
+
+/// Where a tunnel's end goes.
+enum EndTo {
+    /// A channel (`open`, `establish`, `end_channel`): someone awaits it.
+    Chan(tokio::sync::oneshot::Sender<TunnelEnd>),
+    /// A call ([`Link::on_end`]).
+    Call(OnEnd),
+}
+
 /// What an export gives: the state and the sockets (TLS first, then each tunnel's app
 /// socket in the order of `state.tunnels`).
 #[derive(Debug)]
@@ -101,13 +148,13 @@ pub struct Exported {
     pub fds: Vec<std::os::fd::OwnedFd>,
 }
 
-/// A tunnel continued from another process.
+/// A tunnel continued from another process (its end: [`Link::on_end`] or
+/// [`Link::end_channel`]).
 #[derive(Debug)]
 pub struct ImportedTunnel {
     pub id: StreamId,
     /// The bookkeeping given to `open`/`establish` in the process before.
     pub meta: Vec<u8>,
-    pub end: tokio::sync::oneshot::Receiver<TunnelEnd>,
     pub sent_before: u64,
     pub received_before: u64,
 }
@@ -140,7 +187,7 @@ struct Tun {
     /// once that is written (as the h2 crate delivers data received before a reset).
     reset: Option<TunnelEnd>,
     counters: Rc<Counters>,
-    done: Option<tokio::sync::oneshot::Sender<TunnelEnd>>,
+    done: Option<EndTo>,
     /// The caller's own bookkeeping for the tunnel ([`TunnelBook`]); it travels with the
     /// tunnel on a hand-over.
     meta: Option<Rc<dyn TunnelBook>>,
@@ -178,6 +225,8 @@ struct Inner {
     next_pump: usize,
     /// A hand-over asked for the connection: the task stops and exports it here.
     export_to: Option<tokio::sync::oneshot::Sender<Result<Exported, String>>>,
+    /// Ends to be called once the borrow is over ([`Link::settle`]).
+    ended: Vec<(OnEnd, TunnelEnd, Option<Stream>)>,
 }
 
 impl Inner {
@@ -196,9 +245,20 @@ impl Inner {
 
     fn finish(&mut self, id: u32, end: TunnelEnd) {
         if let Some(mut t) = self.tuns.remove(&id)
-            && let Some(tx) = t.done.take()
+            && let Some(to) = t.done.take()
         {
-            let _ = tx.send(end);
+            match to {
+                EndTo::Chan(tx) => {
+                    let _ = tx.send(end);
+                }
+                EndTo::Call(f) => {
+                    let app = match end {
+                        TunnelEnd::Unprocessed => self.unprocessed.remove(&id),
+                        _ => None,
+                    };
+                    self.ended.push((f, end, app));
+                }
+            }
         }
     }
 }
@@ -247,7 +307,22 @@ impl Link {
             unprocessed: BTreeMap::new(),
             paused: false,
             export_to: None,
+            ended: Vec::new(),
         })))
+    }
+
+    /// Calls the ends that tunnels reached while the link was borrowed (an owner's call
+    /// may use anything but this link's borrow).
+    fn settle(&self) {
+        loop {
+            let ended = std::mem::take(&mut self.0.borrow_mut().ended);
+            if ended.is_empty() {
+                return;
+            }
+            for (f, end, app) in ended {
+                f.call(end, app);
+            }
+        }
     }
 
     /// Hand-over: asks the task to stop moving bytes and export the whole connection (its
@@ -269,8 +344,8 @@ impl Link {
 
     /// Continues a connection another process exported: `fds` are its sockets in the order
     /// of [`Exported::fds`] (TLS first, then each tunnel's app socket). Returns the link
-    /// (run its task with [`run`] over the returned TLS stream) and each tunnel with its end
-    /// and what it had carried before. `counters` gives each tunnel's counters here.
+    /// (run its task with [`run`] over the returned TLS stream) and each tunnel with what it
+    /// had carried before; give each its end ([`Link::on_end`]) before the task runs. `counters` gives each tunnel's counters here.
     pub fn import(
         state: &LinkState,
         mut fds: Vec<std::os::fd::OwnedFd>,
@@ -297,9 +372,8 @@ impl Link {
             let mut i = link.0.borrow_mut();
             for (t, fd) in state.tunnels.iter().zip(apps) {
                 let app = Stream::from_fd(fd).map_err(|e| e.to_string())?;
-                let (tx, rx) = tokio::sync::oneshot::channel();
                 let id = StreamId(t.id);
-                let mut tun = tun(Some(app), counters(id), tx, t.established);
+                let mut tun = tun(Some(app), counters(id), None, t.established);
                 tun.meta = Some(Rc::new(t.meta.clone()));
                 tun.to_app = (!t.to_app.is_empty())
                     .then(|| Bytes::from(t.to_app.clone()))
@@ -317,7 +391,6 @@ impl Link {
                 out.push(ImportedTunnel {
                     id,
                     meta: t.meta.clone(),
-                    end: rx,
                     sent_before: t.sent,
                     received_before: t.received,
                 });
@@ -350,6 +423,20 @@ impl Link {
         counters: Rc<Counters>,
         meta: Rc<dyn TunnelBook>,
     ) -> Result<(StreamId, tokio::sync::oneshot::Receiver<TunnelEnd>), (LinkError, Stream)> {
+        let id = self.open_tunnel(headers, app, counters, meta)?;
+        Ok((id, self.end_channel(id)))
+    }
+
+    /// As [`Link::try_open`], with no end yet: give it one ([`Link::on_end`]) before the
+    /// link's task runs again.
+    #[allow(clippy::result_large_err)]
+    pub fn open_tunnel(
+        &self,
+        headers: &[HeaderField],
+        app: Stream,
+        counters: Rc<Counters>,
+        meta: Rc<dyn TunnelBook>,
+    ) -> Result<StreamId, (LinkError, Stream)> {
         let mut i = self.0.borrow_mut();
         if let Err(e) = i.check_open() {
             return Err((e, app));
@@ -358,12 +445,38 @@ impl Link {
             Ok(id) => id,
             Err(e) => return Err((e.into(), app)),
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut t = tun(Some(app), counters, tx, false);
+        let mut t = tun(Some(app), counters, None, false);
         t.meta = Some(meta);
         i.tuns.insert(id.0, t);
         i.wake_task();
-        Ok((id, rx))
+        Ok(id)
+    }
+
+    /// Tunnel `id`'s end goes to `f` (see [`OnEnd`]); a tunnel that is gone already is
+    /// told at once that it ended with the link.
+    pub fn on_end(&self, id: StreamId, f: OnEnd) {
+        let gone = {
+            let mut i = self.0.borrow_mut();
+            match i.tuns.get_mut(&id.0) {
+                Some(t) => {
+                    t.done = Some(EndTo::Call(f));
+                    None
+                }
+                None => Some(f),
+            }
+        };
+        if let Some(f) = gone {
+            f.call(TunnelEnd::Link(format!("{id} is gone")), None);
+        }
+    }
+
+    /// Tunnel `id`'s end, on a channel (a tunnel that is gone: the channel is closed).
+    pub fn end_channel(&self, id: StreamId) -> tokio::sync::oneshot::Receiver<TunnelEnd> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Some(t) = self.0.borrow_mut().tuns.get_mut(&id.0) {
+            t.done = Some(EndTo::Chan(tx));
+        }
+        rx
     }
 
     /// Server: the next stream the peer opens (None once the link is closed).
@@ -390,30 +503,41 @@ impl Link {
         counters: Rc<Counters>,
         meta: impl TunnelBook + 'static,
     ) -> Result<tokio::sync::oneshot::Receiver<TunnelEnd>, LinkError> {
+        self.answer(id, app, counters, Rc::new(meta))?;
+        Ok(self.end_channel(id))
+    }
+
+    /// As [`Link::establish`], with no end yet (give it one with [`Link::on_end`]).
+    pub fn answer(
+        &self,
+        id: StreamId,
+        app: Stream,
+        counters: Rc<Counters>,
+        meta: Rc<dyn TunnelBook>,
+    ) -> Result<(), LinkError> {
         let mut i = self.0.borrow_mut();
         i.check_open()?;
-        i.conn.send_headers(
-            id,
-            &h2::response_fields(200, &http::HeaderMap::new()),
-            false,
-        )?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        match i.tuns.get_mut(&id.0) {
-            Some(t) if t.app.is_none() => {
-                t.app = Some(app);
-                t.counters = counters;
-                t.done = Some(tx);
-                t.established = true;
-                t.meta = Some(Rc::new(meta));
-            }
+        match i.tuns.get(&id.0) {
+            Some(t) if t.app.is_none() => {}
             _ => {
                 return Err(LinkError::Closed(format!(
                     "{id} is gone (reset by the peer) or already answered"
                 )));
             }
         }
+        i.conn.send_headers(
+            id,
+            &h2::response_fields(200, &http::HeaderMap::new()),
+            false,
+        )?;
+        if let Some(t) = i.tuns.get_mut(&id.0) {
+            t.app = Some(app);
+            t.counters = counters;
+            t.established = true;
+            t.meta = Some(meta);
+        }
         i.wake_task();
-        Ok(rx)
+        Ok(())
     }
 
     /// Server: refuses stream `id` with `status` (and END_STREAM).
@@ -434,18 +558,26 @@ impl Link {
     /// Resets tunnel `id` (CANCEL) and ends it: `TunnelEnd::Reset` with `remote: false`
     /// (e.g. a policy change now denies it).
     pub fn reset(&self, id: StreamId) {
-        let mut i = self.0.borrow_mut();
-        if i.tuns.contains_key(&id.0) {
-            i.conn.reset(id, Reason::CANCEL);
-            i.finish(
-                id.0,
-                TunnelEnd::Reset {
-                    code: Reason::CANCEL,
-                    remote: false,
-                },
-            );
+        self.reset_with(
+            id,
+            TunnelEnd::Reset {
+                code: Reason::CANCEL,
+                remote: false,
+            },
+        );
+    }
+
+    /// As [`Link::reset`], ending the tunnel with `end` (the caller's reason).
+    pub fn reset_with(&self, id: StreamId, end: TunnelEnd) {
+        {
+            let mut i = self.0.borrow_mut();
+            if i.tuns.contains_key(&id.0) {
+                i.conn.reset(id, Reason::CANCEL);
+                i.finish(id.0, end);
+            }
+            i.wake_task();
         }
-        i.wake_task();
+        self.settle();
     }
 
     /// Ends the link: its task stops and every tunnel ends with `TunnelEnd::Link(why)`.
@@ -532,16 +664,11 @@ impl Link {
     }
 }
 
-fn tun(
-    app: Option<Stream>,
-    counters: Rc<Counters>,
-    done: tokio::sync::oneshot::Sender<TunnelEnd>,
-    established: bool,
-) -> Tun {
+fn tun(app: Option<Stream>, counters: Rc<Counters>, done: Option<EndTo>, established: bool) -> Tun {
     Tun {
         app,
         counters,
-        done: Some(done),
+        done,
         established,
         ..tun_base()
     }
@@ -569,7 +696,12 @@ fn tun_base() -> Tun {
 /// tunnel left). Every tunnel still open then ends with `TunnelEnd::Link`.
 pub async fn run(link: Link, mut tls: TlsStream) {
     let mut events = Vec::new();
-    let why = poll_fn(|cx| poll_link(&link, &mut tls, &mut events, cx)).await;
+    let why = poll_fn(|cx| {
+        let p = poll_link(&link, &mut tls, &mut events, cx);
+        link.settle();
+        p
+    })
+    .await;
     let export_to = link.0.borrow_mut().export_to.take();
     if let Some(to) = export_to {
         let r = export(&link, tls).await;
@@ -588,6 +720,8 @@ pub async fn run(link: Link, mut tls: TlsStream) {
         if let Some(w) = i.accept_waker.take() {
             w.wake();
         }
+        drop(i);
+        link.settle();
         return;
     }
     {
@@ -602,6 +736,7 @@ pub async fn run(link: Link, mut tls: TlsStream) {
             w.wake();
         }
     }
+    link.settle();
     let _ = poll_fn(|cx| Pin::new(&mut tls).poll_shutdown(cx)).await;
 }
 
@@ -947,8 +1082,12 @@ async fn export(link: &Link, tls: TlsStream) -> Result<Exported, String> {
     for (id, mut t) in tuns {
         if let Some(end) = t.reset.take() {
             // Reset by the peer with data still for the app: it ends here (cut short).
-            if let Some(tx) = t.done.take() {
-                let _ = tx.send(end);
+            match t.done.take() {
+                Some(EndTo::Chan(tx)) => {
+                    let _ = tx.send(end);
+                }
+                Some(EndTo::Call(f)) => f.call(end, None),
+                None => {}
             }
             continue;
         }

@@ -442,11 +442,12 @@ fn an_exported_link_continues_in_another_executor(engine: Engine) {
                 let c = counters.clone();
                 let (link, tls, mut tunnels) =
                     Link::import(&state, fds, move |_| c.clone()).unwrap();
+                let t = tunnels.pop().unwrap();
+                let end = link.end_channel(t.id);
                 engine::spawn(run(link, tls));
                 resume_tx.send(()).unwrap();
-                let t = tunnels.pop().unwrap();
                 assert_eq!(t.meta, b"carried", "the bookkeeping moved with the tunnel");
-                let end = engine::timeout(Duration::from_secs(30), t.end)
+                let end = engine::timeout(Duration::from_secs(30), end)
                     .await
                     .expect("the imported tunnel timed out");
                 (end.unwrap(), t.sent_before + counters.sent.get())

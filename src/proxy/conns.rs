@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use tokio::sync::Notify;
 
+use crate::io::link::{Link, TunnelEnd};
 use crate::policy::{ConnFacts, evaluate};
 use crate::state::Snapshot;
 
@@ -19,7 +20,29 @@ pub struct Registry {
 struct Live {
     dst_uid: String,
     facts: ConnFacts,
-    kill: Rc<Notify>,
+    kill: Kill,
+}
+
+/// How a connection a policy change denies is closed.
+#[derive(Clone)]
+pub enum Kill {
+    /// Its task waits on this.
+    Notify(Rc<Notify>),
+    /// A tunnel on the link task (no task of its own): reset, ended with
+    /// [`POLICY_CLOSED`].
+    Reset(Link, crate::hbone::h2::StreamId),
+}
+
+/// The access log's error for a connection a policy change closed.
+pub const POLICY_CLOSED: &str = "connection closed due to policy change";
+
+impl Kill {
+    fn kill(&self) {
+        match self {
+            Kill::Notify(n) => n.notify_one(),
+            Kill::Reset(link, id) => link.reset_with(*id, TunnelEnd::Link(POLICY_CLOSED.into())),
+        }
+    }
 }
 
 /// Keeps a connection registered; unregisters on drop.
@@ -37,21 +60,53 @@ impl Drop for Registration<'_> {
 
 impl Registry {
     pub fn register(&self, dst_uid: &str, facts: ConnFacts) -> Registration<'_> {
+        let kill = Rc::new(Notify::new());
+        let id = self.add(dst_uid, facts, Kill::Notify(kill.clone()));
+        Registration {
+            reg: self,
+            id,
+            kill,
+        }
+    }
+
+    /// Registers a connection whose owner keeps the returned id and [`remove`](Self::remove)s
+    /// it at its end (a tunnel on the link task).
+    pub fn add(&self, dst_uid: &str, facts: ConnFacts, kill: Kill) -> u64 {
         let id = self.next.get();
         self.next.set(id + 1);
-        let kill = Rc::new(Notify::new());
         self.live.borrow_mut().insert(
             id,
             Live {
                 dst_uid: dst_uid.to_string(),
                 facts,
-                kill: kill.clone(),
+                kill,
             },
         );
-        Registration {
-            reg: self,
-            id,
-            kill,
+        id
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.live.borrow_mut().remove(&id);
+    }
+
+    /// Checks connection `id` against `snap` now (one continued from another process, which
+    /// may not have seen a change this one has): closed if denied, as a later change would.
+    pub fn check_now(&self, id: u64, snap: &Snapshot) {
+        let denied = self
+            .live
+            .borrow()
+            .get(&id)
+            .is_some_and(|l| !allowed(snap, &l.dst_uid, &l.facts));
+        if denied {
+            self.kill(id);
+        }
+    }
+
+    fn kill(&self, id: u64) {
+        // Not under the borrow: a tunnel's end removes its entry.
+        let k = self.live.borrow().get(&id).map(|l| l.kill.clone());
+        if let Some(k) = k {
+            k.kill();
         }
     }
 
@@ -83,15 +138,17 @@ impl Registry {
     /// Evaluates every live connection against `snap`; signals the denied ones to close.
     /// Returns how many were signalled.
     pub fn recheck(&self, snap: &Snapshot) -> usize {
-        let live = self.live.borrow();
-        let mut n = 0;
-        for l in live.values() {
-            if !allowed(snap, &l.dst_uid, &l.facts) {
-                l.kill.notify_one();
-                n += 1;
-            }
+        let denied: Vec<u64> = self
+            .live
+            .borrow()
+            .iter()
+            .filter(|(_, l)| !allowed(snap, &l.dst_uid, &l.facts))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &denied {
+            self.kill(*id);
         }
-        n
+        denied.len()
     }
 }
 

@@ -29,8 +29,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<St
     // Streams count as live connections (`handle_stream`), not the HBONE connection: an
     // idle pooled connection must not hold up a drain.
     let limit = ctx.limit.clone();
-    super::accept_loop(pod, l, "HBONE", stop, limit, move |s, peer| {
-        handle_conn(ctx.clone(), p.clone(), s, peer)
+    super::accept_loop(pod, l, "HBONE", stop, limit, move |s, peer, slot| {
+        crate::runtime::holding::holding(handle_conn(ctx.clone(), p.clone(), s, peer), slot)
     })
     .await
 }

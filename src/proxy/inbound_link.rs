@@ -12,15 +12,17 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::conns::Kill;
 use super::inbound::{admit, forwarded_host, labels, server_cert};
-use super::links::{LinkInfo, PolicyMeta, TunnelMeta, end_error, unix_ms_ago};
-use super::{ConnMetrics, Pod, ShardCtx, log_complete};
+use super::links::{LinkInfo, PolicyMeta, TunnelMeta, unix_ms_ago};
+use super::tunnel::{Holds, TunnelDone};
+use super::{ConnMetrics, LiveGuard, Pod, ShardCtx, log_complete};
 use crate::hbone::Reject;
 use crate::hbone::h2::{self, Config, Conn, Role};
 use crate::identity::Identity;
-use crate::io::link::{Incoming, Link, TunnelEnd};
+use crate::io::link::{Incoming, Link};
 use crate::runtime::engine;
 use crate::runtime::net::Stream as TcpStream;
 
@@ -98,8 +100,9 @@ pub async fn serve_streams(
     }
 }
 
-/// The task of one CONNECT stream (counted live while it runs): what an idle tunnel costs
-/// the server's node, besides its app socket and its state on the link.
+/// The task of one CONNECT stream, counted live while the stream lasts: it authorizes and
+/// connects the app, answers, and ends, leaving the tunnel's end to the link
+/// ([`TunnelDone`]): an idle tunnel has no task.
 pub fn stream_task(
     ctx: &Rc<ShardCtx>,
     pod: Arc<Pod>,
@@ -109,7 +112,7 @@ pub fn stream_task(
     local: SocketAddr,
     peer_id: &Rc<Option<Identity>>,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    let f = handle_stream(
+    handle_stream(
         ctx.clone(),
         pod,
         link.clone(),
@@ -117,10 +120,11 @@ pub fn stream_task(
         peer,
         local,
         peer_id.clone(),
-    );
-    crate::runtime::holding::holding(f, ctx.live_guard())
+        ctx.live_guard(),
+    )
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle_stream(
     ctx: Rc<ShardCtx>,
     pod: Arc<Pod>,
@@ -129,6 +133,7 @@ async fn handle_stream(
     peer: SocketAddr,
     local: SocketAddr,
     peer_id: Rc<Option<Identity>>,
+    live: LiveGuard,
 ) {
     let started = Instant::now();
     let src_id = (*peer_id).as_ref().map(|i| i.to_string());
@@ -203,7 +208,7 @@ async fn handle_stream(
         dst_id: Some(dst_id.clone()),
         service: service_host.clone(),
         labels: lbl,
-        started_unix_ms: unix_ms_ago(Duration::ZERO),
+        started_unix_ms: unix_ms_ago(started.elapsed()),
         policy: Some(PolicyMeta {
             dst_uid: dst_uid.clone(),
             src,
@@ -211,42 +216,33 @@ async fn handle_stream(
             src_identity: src_id.clone(),
         }),
     };
-    let mut end_rx = match link.establish(id, upstream, counters.clone(), meta) {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::debug!(%peer, "HBONE client went away before 200: {e}");
-            return;
-        }
-    };
+    let meta = Rc::new(meta);
+    if let Err(e) = link.answer(id, upstream, counters.clone(), meta.clone()) {
+        tracing::debug!(%peer, "HBONE client went away before 200: {e}");
+        return;
+    }
     let facts = crate::policy::ConnFacts {
         src,
         dst,
         src_identity: (*peer_id).clone(),
     };
-    let reg = ctx.conns.register(&dst_uid, facts);
-    let end = tokio::select! {
-        e = &mut end_rx => e.unwrap_or_else(|_| TunnelEnd::Link("the link task ended".into())),
-        _ = reg.kill.notified() => {
-            link.reset(id);
-            TunnelEnd::Link("connection closed due to policy change".into())
-        }
+    let conn = ctx
+        .conns
+        .add(&dst_uid, facts, Kill::Reset(link.clone(), id));
+    let done = TunnelDone {
+        ctx: ctx.clone(),
+        meta,
+        metrics,
+        counters,
+        before: (0, 0),
+        holds: Holds {
+            live,
+            slot: None,
+            share: None,
+        },
+        conn: Some(conn),
+        outbound: false,
+        retry: None,
     };
-    drop(reg);
-    if end == TunnelEnd::Moved {
-        metrics.moved();
-        return;
-    }
-    log_complete(
-        &ctx,
-        "inbound",
-        peer,
-        src_id.as_deref(),
-        local,
-        Some(dst),
-        Some(&dst_id),
-        service_host.as_deref(),
-        &counters,
-        started,
-        end_error(&end).as_deref(),
-    );
+    link.on_end(id, done.on_end());
 }

@@ -22,8 +22,8 @@ use crate::runtime::sockopt;
 pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<StopSignal>) {
     let p = pod.clone();
     let limit = ctx.limit.clone();
-    super::accept_loop(pod, l, "plaintext", stop, limit, move |s, peer| {
-        let live = ctx.live_guard();
+    super::accept_loop(pod, l, "plaintext", stop, limit, move |s, peer, slot| {
+        let live = (ctx.live_guard(), slot);
         let f = handle(ctx.clone(), p.clone(), s, peer);
         crate::runtime::holding::holding(f, live)
     })

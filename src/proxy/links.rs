@@ -19,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::conns::Kill;
+use super::tunnel::{Holds, TunnelDone};
 use super::{ConnMetrics, Pod, ShardCtx, log_complete};
 use crate::hbone::H2Settings;
 use crate::identity::Identity;
@@ -303,16 +305,7 @@ pub fn adopt(
         // Live; a client-side tunnel's pod socket was accepted, so it is within the shard's
         // connection bound too.
         let slot = (info.role == LinkRole::Client).then(|| ctx.limit.take());
-        let live = (ctx.live_guard(), slot);
-        engine::spawn(adopted_tunnel(
-            ctx.clone(),
-            link.clone(),
-            t,
-            meta,
-            m,
-            c,
-            live,
-        ));
+        adopted_tunnel(ctx, &link, t, meta, m, c, slot);
     }
     ctx.links.run(link.clone(), tls, info.clone(), &ctx.cfg.h2);
     match info.role {
@@ -338,15 +331,16 @@ pub fn adopt(
 }
 
 /// A tunnel continued from another process: counted live, its policy re-checked (inbound),
-/// logged when it ends with the totals of both processes.
-async fn adopted_tunnel(
-    ctx: Rc<ShardCtx>,
-    link: Link,
+/// logged when it ends with the totals of both processes (its end is the link's to call:
+/// no task waits for it).
+fn adopted_tunnel(
+    ctx: &Rc<ShardCtx>,
+    link: &Link,
     t: link::ImportedTunnel,
     meta: TunnelMeta,
     metrics: ConnMetrics,
     counters: Rc<Counters>,
-    _live: (super::LiveGuard, Option<super::limit::Slot>),
+    slot: Option<super::limit::Slot>,
 ) {
     let facts = meta.policy.as_ref().map(|p| {
         (
@@ -358,38 +352,33 @@ async fn adopted_tunnel(
             },
         )
     });
-    // Checked against the policies now too (this process may know a change the previous
-    // one had not seen).
-    let snap = ctx.state.load_full();
-    let reg = facts.map(|(uid, f)| ctx.conns.register_adopted(&uid, f, &snap));
-    let mut end_rx = t.end;
-    let end = match &reg {
-        Some(r) => tokio::select! {
-            e = &mut end_rx => e.ok(),
-            _ = r.kill.notified() => {
-                link.reset(t.id);
-                Some(TunnelEnd::Link("connection closed due to policy change".into()))
-            }
+    let conn = facts.map(|(uid, f)| ctx.conns.add(&uid, f, Kill::Reset(link.clone(), t.id)));
+    let done = TunnelDone {
+        ctx: ctx.clone(),
+        meta: Rc::new(meta),
+        metrics,
+        counters,
+        before: (t.sent_before, t.received_before),
+        holds: Holds {
+            live: ctx.live_guard(),
+            slot,
+            share: None,
         },
-        None => end_rx.await.ok(),
+        conn,
+        outbound: false,
+        retry: None,
     };
-    drop(reg);
-    let end = end.unwrap_or_else(|| TunnelEnd::Link("the link task ended".into()));
-    if end == TunnelEnd::Moved {
-        metrics.moved();
-        return;
+    link.on_end(t.id, done.on_end());
+    // Checked against the policies now too (this process may know a change the previous
+    // one had not seen): once its end is in place, so that a denied tunnel ends logged.
+    if let Some(id) = conn {
+        ctx.conns.check_now(id, &ctx.state.load_full());
     }
-    log_adopted_end(
-        &ctx,
-        &meta,
-        (t.sent_before, t.received_before),
-        &counters,
-        end_error(&end).as_deref(),
-    );
 }
 
-/// Logs the end of a connection continued from another process: its totals are what every
-/// process before this one moved (`before`: sent, received) plus what `counters` counted here.
+/// Logs the end of a tunnel or relay from its bookkeeping: its totals are what every process
+/// before this one moved (`before`: sent, received; zero for one opened here) plus what
+/// `counters` counted here.
 pub(super) fn log_adopted_end(
     ctx: &ShardCtx,
     meta: &TunnelMeta,

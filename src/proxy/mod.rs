@@ -3,7 +3,8 @@
 //!
 //! - `outbound.rs`: 15001, app → (HBONE | plaintext passthrough)
 //! - `inbound.rs`: 15008, HBONE → app, with authorization (h2 crate); `inbound_link.rs`: the
-//!   same on the link task (the default), `links.rs`: links, their hand-over and adoption
+//!   same on the link task (the default), `links.rs`: links, their hand-over and adoption,
+//!   `tunnel.rs`: what a link tunnel keeps while it lasts and does at its end (no task)
 //! - `inbound_plain.rs`: 15006, plaintext → app, with authorization (no identity)
 //! - `relays.rs`: the plaintext relays of both (passthrough, 15006), their hand-over and
 //!   adoption
@@ -23,6 +24,9 @@ pub mod links;
 pub mod outbound;
 pub mod pool;
 pub mod relays;
+#[cfg(test)]
+mod test_shard;
+pub mod tunnel;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -446,14 +450,14 @@ pub async fn accept_loop<F, Fut>(
     limit: Rc<limit::ConnLimit>,
     handle: F,
 ) where
-    F: Fn(net::Stream, SocketAddr) -> Fut,
+    F: Fn(net::Stream, SocketAddr, limit::Slot) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     let mut backoff = Duration::from_millis(20);
+    // The handler holds the connection's share of the bound (`slot`) as long as the
+    // connection lasts, which may be past its task.
     let run = |s, peer| {
-        let slot = limit.take();
-        let f = handle(s, peer);
-        crate::runtime::engine::spawn(crate::runtime::holding::holding(f, slot));
+        crate::runtime::engine::spawn(handle(s, peer, limit.take()));
     };
     let mut paused = false;
     loop {

@@ -13,13 +13,13 @@ use std::time::Instant;
 
 use crate::runtime::net::{Listener as TcpListener, Stream as TcpStream};
 
-use super::links::{TunnelMeta, end_error, unix_ms_ago};
+use super::links::{TunnelMeta, unix_ms_ago};
 use super::pool::PoolKey;
 use super::relays;
-use super::{ConnMetrics, Pod, ShardCtx, StopSignal, connect_in, h2conn, log_complete};
+use super::tunnel::{Holds, Retry, TunnelDone};
+use super::{ConnMetrics, Pod, ShardCtx, StopSignal, connect_in, h2conn, limit, log_complete};
 use crate::hbone::{self, ConnectHeaders};
 use crate::identity::Identity;
-use crate::io::link::{TunnelBook, TunnelEnd};
 use crate::io::relay;
 use crate::io::{self, Counters};
 use crate::runtime::sockopt;
@@ -191,24 +191,31 @@ fn waypoint(
 pub async fn serve(ctx: Rc<ShardCtx>, pod: Arc<Pod>, l: TcpListener, stop: Rc<StopSignal>) {
     let p = pod.clone();
     let limit = ctx.limit.clone();
-    super::accept_loop(pod, l, "outbound", stop, limit, move |s, peer| {
-        conn_task(&ctx, &p, s, peer)
+    super::accept_loop(pod, l, "outbound", stop, limit, move |s, peer, slot| {
+        conn_task(&ctx, &p, s, peer, slot)
     })
     .await
 }
 
-/// The task of one captured outbound connection (counted live while it runs): what an idle
-/// tunnel costs the client's node, besides its sockets and its stream on the link.
+/// The task of one captured outbound connection, counted live and within the shard's bound
+/// (`slot`) while the connection lasts. It ends once an HBONE tunnel on the link task is
+/// open (the link holds the tunnel's end, [`TunnelDone`]): an idle tunnel has no task.
 pub fn conn_task(
     ctx: &Rc<ShardCtx>,
     pod: &Arc<Pod>,
     s: TcpStream,
     peer: SocketAddr,
+    slot: limit::Slot,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    crate::runtime::holding::holding(handle(ctx.clone(), pod.clone(), s, peer), ctx.live_guard())
+    let holds = Holds {
+        live: ctx.live_guard(),
+        slot: Some(slot),
+        share: None,
+    };
+    handle(ctx.clone(), pod.clone(), s, peer, holds)
 }
 
-async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
+async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr, holds: Holds) {
     let started = Instant::now();
     sockopt::tune_app_conn(&s, ctx.cfg.local_congestion.as_deref(), ctx.cfg.keepalive);
     let orig = match sockopt::original_dst(&s) {
@@ -315,13 +322,30 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         Ok(Route::Passthrough { dst }) => {
             Box::pin(passthrough(&ctx, &pod, s, dst, &counters, meta)).await
         }
+        Ok(Route::Hbone { expected, .. }) if ctx.cfg.link => {
+            let done = TunnelDone {
+                ctx: ctx.clone(),
+                meta: Rc::new(meta),
+                metrics,
+                counters,
+                before: (0, 0),
+                holds,
+                conn: None,
+                outbound: true,
+                retry: None,
+            };
+            let route = Retry { pod, src, expected };
+            // Boxed: the dial is not part of the accept loop's task.
+            Box::pin(open_link(done, s, route, 0)).await;
+            return;
+        }
         Ok(Route::Hbone {
             next_hop,
             authority,
             expected,
             service_host,
         }) => {
-            hbone_out(
+            hbone_h2(
                 &ctx,
                 &pod,
                 &src,
@@ -332,11 +356,11 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
                 &expected,
                 service_host,
                 &counters,
-                meta.book(),
             )
             .await
         }
     };
+    drop(holds);
     if result == Ok(true) {
         // Handed to the next process (with its HBONE connection, or as a relay): it logs
         // and counts the end.
@@ -380,8 +404,97 @@ async fn passthrough(
     relays::outcome(end)
 }
 
+/// Opens `done`'s tunnel for `app` on a pooled link to its next hop (dialing one if none has
+/// room) and gives the link the tunnel's end; on failure, ends it with the error. `attempt`
+/// counts tries: a pooled connection that refuses a new stream, or a stream the peer
+/// refused unprocessed (a draining peer's GOAWAY, REFUSED_STREAM: [`retry`]), is tried
+/// once more on another connection, as the h2 path's pool does.
+async fn open_link(mut done: TunnelDone, mut app: TcpStream, route: Retry, mut attempt: u8) {
+    let ctx = done.ctx.clone();
+    let cfg = &ctx.cfg;
+    let meta = done.meta.clone();
+    let next_hop = meta.dst;
+    let cert = {
+        let src_id = route.src.identity();
+        match super::wait_for(|| ctx.certs.load().get(&src_id).cloned()).await {
+            Some(c) => c,
+            None => {
+                let e = format!("no certificate for {src_id} (the CA has not issued one)");
+                return done.finish(Some(e));
+            }
+        }
+    };
+    let key = PoolKey {
+        src: route.src.identity(),
+        dst: route.expected.clone(),
+        addr: next_hop,
+        src_pod: route.pod.uid.clone(),
+    };
+    loop {
+        let slot = {
+            let (links, cert, pod) = (ctx.links.clone(), cert.clone(), &route.pod);
+            let (expected, shard) = (&route.expected, &*ctx);
+            let max = cfg.h2.client_max_streams;
+            let dial = ctx
+                .pool
+                .link(&key, max, cfg.connect_timeout, |deadline| async move {
+                    let tcp = dial_tcp(shard, pod, next_hop).await?;
+                    h2conn::dial_link(
+                        tcp,
+                        cert.client.clone(),
+                        expected,
+                        &cfg.h2,
+                        &deadline,
+                        links,
+                    )
+                    .await
+                });
+            match dial.await {
+                Ok(s) => s,
+                Err(e) => return done.finish(Some(e.to_string())),
+            }
+        };
+        let (link, _peer, share) = slot.into_parts();
+        let opened = {
+            let headers = ConnectHeaders {
+                client: meta.src,
+                service_host: meta.service.clone(),
+                baggage: hbone::baggage(&route.src),
+                traceparent: hbone::traceparent(rand::random(), rand::random()),
+            };
+            let req = hbone::connect_request(meta.hbone_addr.unwrap_or(next_hop), &headers);
+            let fields = crate::hbone::h2::request_fields(&req);
+            link.open_tunnel(&fields, app, done.counters.clone(), meta.clone())
+        };
+        match opened {
+            Ok(id) => {
+                done.holds.share = Some(share);
+                if attempt == 0 {
+                    done.retry = Some(Box::new(route));
+                }
+                link.on_end(id, done.on_end());
+                return;
+            }
+            Err((e, back)) if attempt == 0 => {
+                tracing::debug!(%next_hop, "pooled HBONE connection refused a new stream ({e}): retrying");
+                app = back;
+                attempt += 1;
+            }
+            Err((e, _)) => return done.finish(Some(format!("HBONE stream to {next_hop}: {e}"))),
+        }
+    }
+}
+
+/// Tries `done`'s tunnel, which the peer refused unprocessed, once more (on another
+/// connection: the one that refused it is going away), in a task of its own.
+pub(super) fn retry(done: TunnelDone, route: Retry, app: TcpStream) {
+    crate::runtime::engine::spawn(open_link(done, app, route, 1));
+}
+
+/// HBONE on the h2 crate's path (`--h2-codec h2`): boxed, so its copy loop is not part of
+/// the link path's tasks.
 #[allow(clippy::too_many_arguments)]
-async fn hbone_out(
+async fn hbone_h2(
     ctx: &ShardCtx,
     pod: &Pod,
     src: &Workload,
@@ -392,7 +505,6 @@ async fn hbone_out(
     expected: &[Identity],
     service_host: Option<String>,
     counters: &Rc<Counters>,
-    book: Rc<dyn TunnelBook>,
 ) -> Result<bool, String> {
     let cert = {
         let src_id = src.identity();
@@ -400,113 +512,29 @@ async fn hbone_out(
             .await
             .ok_or_else(|| format!("no certificate for {src_id} (the CA has not issued one)"))?
     };
-    let key = || PoolKey {
+    let key = PoolKey {
         src: src.identity(),
         dst: expected.to_vec(),
         addr: next_hop,
         src_pod: pod.uid.clone(),
     };
-    let headers = || ConnectHeaders {
+    let headers = ConnectHeaders {
         client: peer,
-        service_host: service_host.clone(),
+        service_host,
         baggage: hbone::baggage(src),
         traceparent: hbone::traceparent(rand::random(), rand::random()),
     };
     let cfg = &ctx.cfg;
     let max = cfg.h2.client_max_streams;
-    if cfg.link {
-        // What an idle tunnel keeps here, across its one long await: the link, the end's
-        // receiver and a handle on its bookkeeping. The pool key, the CONNECT request and
-        // the dial are made and dropped before it (each a scope of its own), and the dial's
-        // future is boxed, so its TLS handshake is not part of every tunnel's task.
-        let mut app = s;
-        // A stream the peer refused unprocessed (a draining peer's GOAWAY, REFUSED_STREAM)
-        // is tried once more, on another connection, as the h2 path's pool does.
-        for attempt in 0..2 {
-            let slot = {
-                let links = ctx.links.clone();
-                let cert = cert.clone();
-                let key = key();
-                Box::pin(
-                    ctx.pool
-                        .link(&key, max, cfg.connect_timeout, |deadline| async move {
-                            let tcp = dial_tcp(ctx, pod, next_hop).await?;
-                            h2conn::dial_link(
-                                tcp,
-                                cert.client.clone(),
-                                expected,
-                                &cfg.h2,
-                                &deadline,
-                                links,
-                            )
-                            .await
-                        }),
-                )
-                .await
-                .map_err(|e| e.to_string())?
-            };
-            let (link, _peer, share) = slot.into_parts();
-            let opened = {
-                let req = hbone::connect_request(authority, &headers());
-                let fields = crate::hbone::h2::request_fields(&req);
-                link.try_open(&fields, app, counters.clone(), book.clone())
-            };
-            let (id, end) = match opened {
-                Ok(x) => x,
-                Err((e, back)) if attempt == 0 => {
-                    tracing::debug!(%next_hop, "pooled HBONE connection refused a new stream ({e}): retrying");
-                    app = back;
-                    continue;
-                }
-                Err((e, _)) => return Err(format!("HBONE stream to {next_hop}: {e}")),
-            };
-            let end = end
-                .await
-                .unwrap_or_else(|_| TunnelEnd::Link("the HBONE connection's task ended".into()));
-            drop(share);
-            return match end {
-                TunnelEnd::Done => Ok(false),
-                TunnelEnd::Moved => Ok(true),
-                TunnelEnd::Unprocessed if attempt == 0 => match link.take_unprocessed(id) {
-                    Some(back) => {
-                        tracing::debug!(%next_hop, "HBONE stream refused unprocessed: retrying on another connection");
-                        app = back;
-                        continue;
-                    }
-                    None => Err(format!("HBONE stream to {next_hop}: refused unprocessed")),
-                },
-                TunnelEnd::Refused(status) => Err(format!(
-                    "HBONE CONNECT to {next_hop} answered {}",
-                    http::StatusCode::from_u16(status)
-                        .map_or_else(|_| status.to_string(), |s| s.to_string())
-                )),
-                other => Err(format!(
-                    "HBONE stream to {next_hop}: {}",
-                    end_error(&other).unwrap_or_default()
-                )),
-            };
-        }
-        return Err(format!(
-            "HBONE stream to {next_hop}: refused unprocessed on two connections in a row"
-        ));
-    }
-    // The h2 crate's path (`--h2-codec h2`): boxed, so its copy loop is not part of the
-    // link path's tasks.
-    let req = hbone::connect_request(authority, &headers());
+    let req = hbone::connect_request(authority, &headers);
     Box::pin(async move {
         let stream = ctx
             .pool
-            .stream(
-                &key(),
-                max,
-                cfg.connect_timeout,
-                req,
-                |deadline| async move {
-                    let tcp = dial_tcp(ctx, pod, next_hop).await?;
-                    let (h2s, records) = (&cfg.h2, cfg.tls_records);
-                    h2conn::dial(tcp, cert.client.clone(), expected, h2s, records, &deadline).await
-                },
-            )
+            .stream(&key, max, cfg.connect_timeout, req, |deadline| async move {
+                let tcp = dial_tcp(ctx, pod, next_hop).await?;
+                let (h2s, records) = (&cfg.h2, cfg.tls_records);
+                h2conn::dial(tcp, cert.client.clone(), expected, h2s, records, &deadline).await
+            })
             .await
             .map_err(|e| e.to_string())?;
         io::copy_h2(s, stream.send, stream.recv, counters.clone())
