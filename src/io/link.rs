@@ -166,6 +166,10 @@ pub struct Incoming {
     pub headers: Vec<HeaderField>,
 }
 
+// What every tunnel keeps on its link (besides its app socket's own state): a regression
+// fails the build.
+const _: () = assert!(std::mem::size_of::<Tun>() <= 176);
+
 struct Tun {
     app: Option<Stream>,
     /// Received DATA not yet written to the app (at most the stream's window).
@@ -185,7 +189,7 @@ struct Tun {
     established: bool,
     /// The peer reset the stream after sending data still in `to_app`: the tunnel ends so
     /// once that is written (as the h2 crate delivers data received before a reset).
-    reset: Option<TunnelEnd>,
+    reset: Option<Box<TunnelEnd>>,
     counters: Rc<Counters>,
     done: Option<EndTo>,
     /// The caller's own bookkeeping for the tunnel ([`TunnelBook`]); it travels with the
@@ -941,7 +945,7 @@ fn on_event(i: &mut Inner, ev: Event) {
                     }
                     i.finish(id.0, TunnelEnd::Unprocessed);
                 }
-                Some(t) if t.app.is_some() && !t.to_app.is_empty() => t.reset = Some(end),
+                Some(t) if t.app.is_some() && !t.to_app.is_empty() => t.reset = Some(Box::new(end)),
                 _ => i.finish(id.0, end),
             }
         }
@@ -978,6 +982,10 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
                 bytes::Buf::advance(front, n);
                 if front.is_empty() {
                     t.to_app.pop_front();
+                    if t.to_app.is_empty() {
+                        // An idle tunnel keeps no queue (4 slots, 128 bytes, each).
+                        t.to_app = VecDeque::new();
+                    }
                 }
             }
         }
@@ -985,7 +993,7 @@ fn pump(i: &mut Inner, id: u32, cx: &mut Context<'_>) -> Option<TunnelEnd> {
     if t.to_app.is_empty()
         && let Some(end) = t.reset.take()
     {
-        return Some(end);
+        return Some(*end);
     }
     if t.peer_end && t.to_app.is_empty() && !t.app_shut {
         match Pin::new(&mut *app).poll_shutdown(cx) {
@@ -1084,9 +1092,9 @@ async fn export(link: &Link, tls: TlsStream) -> Result<Exported, String> {
             // Reset by the peer with data still for the app: it ends here (cut short).
             match t.done.take() {
                 Some(EndTo::Chan(tx)) => {
-                    let _ = tx.send(end);
+                    let _ = tx.send(*end);
                 }
-                Some(EndTo::Call(f)) => f.call(end, None),
+                Some(EndTo::Call(f)) => f.call(*end, None),
                 None => {}
             }
             continue;

@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use tokio::sync::Notify;
 
+use super::links::TunnelMeta;
 use crate::io::link::{Link, TunnelEnd};
 use crate::policy::{ConnFacts, evaluate};
 use crate::state::Snapshot;
@@ -18,9 +19,38 @@ pub struct Registry {
 }
 
 struct Live {
-    dst_uid: String,
-    facts: ConnFacts,
+    what: Subject,
     kill: Kill,
+}
+
+/// What a live connection's policy is checked on.
+enum Subject {
+    Conn {
+        dst_uid: String,
+        facts: ConnFacts,
+    },
+    /// A link tunnel: its bookkeeping (`policy`), shared with the tunnel instead of copied
+    /// (every idle tunnel has an entry; the facts are made when a re-check needs them).
+    Tunnel(Rc<TunnelMeta>),
+}
+
+impl Subject {
+    fn allowed(&self, snap: &Snapshot) -> bool {
+        match self {
+            Subject::Conn { dst_uid, facts } => allowed(snap, dst_uid, facts),
+            Subject::Tunnel(m) => match &m.policy {
+                Some(p) => {
+                    let facts = ConnFacts {
+                        src: p.src,
+                        dst: p.dst,
+                        src_identity: p.src_identity.as_deref().and_then(|s| s.parse().ok()),
+                    };
+                    allowed(snap, &p.dst_uid, &facts)
+                }
+                None => true,
+            },
+        }
+    }
 }
 
 /// How a connection a policy change denies is closed.
@@ -72,16 +102,25 @@ impl Registry {
     /// Registers a connection whose owner keeps the returned id and [`remove`](Self::remove)s
     /// it at its end (a tunnel on the link task).
     pub fn add(&self, dst_uid: &str, facts: ConnFacts, kill: Kill) -> u64 {
+        let what = Subject::Conn {
+            dst_uid: dst_uid.to_string(),
+            facts,
+        };
+        self.insert(Live { what, kill })
+    }
+
+    /// As [`add`](Self::add), for a link tunnel checked on its bookkeeping's `policy`
+    /// (None: it has none, nothing to check).
+    pub fn add_tunnel(&self, meta: &Rc<TunnelMeta>, kill: Kill) -> Option<u64> {
+        meta.policy.as_ref()?;
+        let what = Subject::Tunnel(meta.clone());
+        Some(self.insert(Live { what, kill }))
+    }
+
+    fn insert(&self, l: Live) -> u64 {
         let id = self.next.get();
         self.next.set(id + 1);
-        self.live.borrow_mut().insert(
-            id,
-            Live {
-                dst_uid: dst_uid.to_string(),
-                facts,
-                kill,
-            },
-        );
+        self.live.borrow_mut().insert(id, l);
         id
     }
 
@@ -96,7 +135,7 @@ impl Registry {
             .live
             .borrow()
             .get(&id)
-            .is_some_and(|l| !allowed(snap, &l.dst_uid, &l.facts));
+            .is_some_and(|l| !l.what.allowed(snap));
         if denied {
             self.kill(id);
         }
@@ -142,7 +181,7 @@ impl Registry {
             .live
             .borrow()
             .iter()
-            .filter(|(_, l)| !allowed(snap, &l.dst_uid, &l.facts))
+            .filter(|(_, l)| !l.what.allowed(snap))
             .map(|(id, _)| *id)
             .collect();
         for id in &denied {

@@ -221,14 +221,7 @@ async fn handle_stream(
         tracing::debug!(%peer, "HBONE client went away before 200: {e}");
         return;
     }
-    let facts = crate::policy::ConnFacts {
-        src,
-        dst,
-        src_identity: (*peer_id).clone(),
-    };
-    let conn = ctx
-        .conns
-        .add(&dst_uid, facts, Kill::Reset(link.clone(), id));
+    let conn = ctx.conns.add_tunnel(&meta, Kill::Reset(link.clone(), id));
     let done = TunnelDone {
         ctx: ctx.clone(),
         meta,
@@ -240,7 +233,7 @@ async fn handle_stream(
             slot: None,
             share: None,
         },
-        conn: Some(conn),
+        conn,
         outbound: false,
         retry: None,
     };

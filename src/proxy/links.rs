@@ -27,7 +27,6 @@ use crate::identity::Identity;
 use crate::io::Counters;
 use crate::io::link::{self, Exported, Link, LinkState, TunnelBook, TunnelEnd};
 use crate::io::tls::TlsStream;
-use crate::policy::ConnFacts;
 use crate::runtime::engine::{self, Task};
 use crate::telemetry::metrics::TcpLabels;
 
@@ -342,20 +341,11 @@ fn adopted_tunnel(
     counters: Rc<Counters>,
     slot: Option<super::limit::Slot>,
 ) {
-    let facts = meta.policy.as_ref().map(|p| {
-        (
-            p.dst_uid.clone(),
-            ConnFacts {
-                src: p.src,
-                dst: p.dst,
-                src_identity: p.src_identity.as_deref().and_then(|s| s.parse().ok()),
-            },
-        )
-    });
-    let conn = facts.map(|(uid, f)| ctx.conns.add(&uid, f, Kill::Reset(link.clone(), t.id)));
+    let meta = Rc::new(meta);
+    let conn = ctx.conns.add_tunnel(&meta, Kill::Reset(link.clone(), t.id));
     let done = TunnelDone {
         ctx: ctx.clone(),
-        meta: Rc::new(meta),
+        meta,
         metrics,
         counters,
         before: (t.sent_before, t.received_before),

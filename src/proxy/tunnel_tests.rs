@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use super::*;
 use crate::hbone::h2::{Config, Conn, Role, StreamId};
 use crate::io::link::Link;
-use crate::policy::ConnFacts;
 use crate::proxy::conns::Kill;
 use crate::proxy::links::{PolicyMeta, unix_ms_ago};
 use crate::proxy::test_shard::*;
@@ -59,14 +58,9 @@ fn tunnel(ctx: &Rc<ShardCtx>, direction: &str, registered: bool) -> (Link, Strea
     let id = link
         .open_tunnel(&fields, app, counters.clone(), m.clone())
         .unwrap();
-    let conn = registered.then(|| {
-        let facts = ConnFacts {
-            src: m.src,
-            dst: m.hbone_addr.unwrap(),
-            src_identity: None,
-        };
-        ctx.conns.add("srv", facts, Kill::Reset(link.clone(), id))
-    });
+    let conn = registered
+        .then(|| ctx.conns.add_tunnel(&m, Kill::Reset(link.clone(), id)))
+        .flatten();
     let done = TunnelDone {
         ctx: ctx.clone(),
         meta: m,

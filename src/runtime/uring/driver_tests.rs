@@ -514,3 +514,71 @@ fn a_lent_buffer_goes_back_to_the_ring_when_dropped() {
         );
     });
 }
+
+/// Sockets past one chunk of slots go in the next chunk: each keeps its own slot (the
+/// chunks do not move, so a socket's state is where its slot says), a slot freed in the
+/// first chunk is reused first, and a slot never made is no socket.
+#[test]
+fn slots_span_chunks_and_freed_ones_are_reused() {
+    on_driver(|| {
+        let mut peers = Vec::new();
+        let mut idxs = Vec::new();
+        for _ in 0..150 {
+            let (a, pa) = pair();
+            idxs.push(with(|d| d.register(a)));
+            peers.push(pa);
+        }
+        let mut sorted = idxs.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 150, "every socket has a slot of its own");
+        for &i in &idxs {
+            assert_eq!(with(|d| d.sock(i).key.idx()), i);
+        }
+        // Data for the socket in the third chunk arrives in that socket's state only.
+        let far = idxs[140];
+        arm(far);
+        peers[140].write_all(b"far").unwrap();
+        turn_until("3 bytes arrive", |d| d.sock(far).rx_bytes == 3);
+        assert_eq!(with(|d| d.sock(idxs[10]).rx_bytes), 0);
+        let gen5 = with(|d| d.socks.generation(idxs[5]));
+        with(|d| d.release(idxs[5]));
+        let (b, _pb) = pair();
+        assert_eq!(with(|d| d.register(b)), idxs[5], "the freed slot is reused");
+        assert_eq!(with(|d| d.socks.generation(idxs[5])), gen5.next());
+        assert!(with(|d| d.socks.try_get(10_000).is_none()));
+    });
+}
+
+/// A small send from a large buffer (a quiet TLS connection's record, in a 16 KiB buffer)
+/// leaves the idle socket no buffer larger than a small one; a large send keeps its buffer
+/// for the next (a streaming socket does not allocate one per send).
+#[test]
+fn an_idle_socket_after_a_small_send_keeps_no_large_buffer() {
+    on_driver(|| {
+        let (a, mut peer) = pair();
+        let idx = with(|d| d.register(a));
+        let mut send = |n: usize| {
+            let mut b = bytes::BytesMut::with_capacity(16 * 1024);
+            b.extend_from_slice(&vec![3u8; n]);
+            let mut data = Some(b.freeze());
+            with(|d| d.write_bytes(idx, Waker::noop(), &mut data))
+                .unwrap()
+                .unwrap();
+            turn_until("sent", |d| {
+                let s = d.sock(idx);
+                s.tx_cur.is_none() && s.tx_q.is_empty()
+            });
+            let mut got = vec![0u8; n];
+            peer.read_exact(&mut got).unwrap();
+            with(|d| {
+                let s = d.sock(idx);
+                s.tx_buf.capacity() + s.tx_spare.capacity()
+            })
+        };
+        let kept = send(10);
+        assert!(kept <= 4096, "an idle socket kept {kept} bytes of buffer");
+        let kept = send(12 * 1024);
+        assert!(kept >= 12 * 1024, "a streaming socket's buffer was let go");
+        with(|d| d.release(idx));
+    });
+}

@@ -20,6 +20,9 @@ use super::op::Op;
 use super::sock::{set_waker, wake};
 use super::{Driver, count, stats};
 
+/// A send smaller than this leaves an idle socket no buffer larger than this.
+const QUIET_SEND: usize = 4 * 1024;
+
 impl Driver {
     /// Queues `data` (copying it); returns how much was taken (0: the queue is full, the
     /// waker is kept), or the socket's send error.
@@ -224,10 +227,16 @@ impl Driver {
                 s.keep_spare(c, spare_max);
             }
             if s.tx_buf.is_empty() && s.tx_q.is_empty() {
-                // Idle: hold one buffer, not two (memory per idle connection).
+                // Idle: hold one buffer, not two (memory per idle connection), and after a
+                // small send none larger than a small one (a quiet TLS connection's
+                // records come in 16 KiB buffers, kept here for nothing: ≈ 170 bytes an
+                // idle tunnel on each node). A streaming socket's sends are large.
                 let spare = std::mem::take(&mut s.tx_spare);
                 if spare.capacity() > s.tx_buf.capacity() {
                     s.tx_buf = spare;
+                }
+                if n < QUIET_SEND && s.tx_buf.capacity() > QUIET_SEND {
+                    s.tx_buf = BytesMut::new();
                 }
             }
         }
