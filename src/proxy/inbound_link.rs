@@ -198,22 +198,24 @@ async fn handle_stream(
         }
     };
     let src = SocketAddr::new(crate::hbone::normalize(peer.ip()), peer.port());
+    let n = &ctx.names;
+    let src_name = n.opt(src_id.as_deref());
     let meta = TunnelMeta {
-        direction: "inbound".into(),
-        pod: pod.uid.clone(),
+        direction: n.get("inbound"),
+        pod: n.get(&pod.uid),
         src: peer,
-        src_id: src_id.clone(),
+        src_id: src_name.clone(),
         dst: local,
         hbone_addr: Some(dst),
-        dst_id: Some(dst_id.clone()),
-        service: service_host.clone(),
+        dst_id: Some(n.get(&dst_id)),
+        service: n.opt(service_host.as_deref()),
         labels: lbl,
         started_unix_ms: unix_ms_ago(started.elapsed()),
         policy: Some(PolicyMeta {
-            dst_uid: dst_uid.clone(),
+            dst_uid: n.get(&dst_uid),
             src,
             dst,
-            src_identity: src_id.clone(),
+            src_identity: src_name,
         }),
     };
     let meta = Rc::new(meta);

@@ -95,19 +95,20 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
     let dst_id = w.identity().to_string();
     // What travels with the relay if it is handed to the next process; `policy` also
     // registers it for the re-check (the facts it was authorized on).
+    let n = &ctx.names;
     let meta = Rc::new(TunnelMeta {
-        direction: "inbound".into(),
-        pod: pod.uid.clone(),
+        direction: n.get("inbound"),
+        pod: n.get(&pod.uid),
         src: peer,
         src_id: None,
         dst,
         hbone_addr: None,
-        dst_id: Some(dst_id.clone()),
+        dst_id: Some(n.get(&dst_id)),
         service: None,
         labels: lbl,
         started_unix_ms: unix_ms_ago(started.elapsed()),
         policy: Some(PolicyMeta {
-            dst_uid: w.uid.clone(),
+            dst_uid: n.get(&w.uid),
             src: facts.src,
             dst: facts.dst,
             src_identity: None,

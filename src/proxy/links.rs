@@ -84,24 +84,26 @@ impl LinkInfo {
 /// What the policy re-check needs of an inbound tunnel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyMeta {
-    pub dst_uid: String,
+    pub dst_uid: Arc<str>,
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    pub src_identity: Option<String>,
+    pub src_identity: Option<Arc<str>>,
 }
 
 /// One tunnel's bookkeeping, carried with it to the next process (JSON in the link state).
+/// Its strings are the shard's shared copies ([`super::names::Names`]): every idle tunnel
+/// keeps one of these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelMeta {
     /// `outbound` or `inbound` (the access log's `direction`).
-    pub direction: String,
-    pub pod: String,
+    pub direction: Arc<str>,
+    pub pod: Arc<str>,
     pub src: SocketAddr,
-    pub src_id: Option<String>,
+    pub src_id: Option<Arc<str>>,
     pub dst: SocketAddr,
     pub hbone_addr: Option<SocketAddr>,
-    pub dst_id: Option<String>,
-    pub service: Option<String>,
+    pub dst_id: Option<Arc<str>>,
+    pub service: Option<Arc<str>>,
     /// Shared with the metrics registry (one copy per label set): every idle tunnel keeps
     /// its bookkeeping, so it must not copy 23 strings each.
     pub labels: Arc<TcpLabels>,
@@ -112,6 +114,31 @@ pub struct TunnelMeta {
 }
 
 impl TunnelMeta {
+    /// The same bookkeeping on the shard's shared strings (one decoded from a hand-over
+    /// has copies of its own).
+    pub fn shared(self, names: &super::names::Names) -> TunnelMeta {
+        let s = |a: Arc<str>| names.get(&a);
+        let o = |a: Option<Arc<str>>| names.opt(a.as_deref());
+        TunnelMeta {
+            direction: s(self.direction),
+            pod: s(self.pod),
+            src_id: o(self.src_id),
+            dst_id: o(self.dst_id),
+            service: o(self.service),
+            policy: self.policy.map(|p| PolicyMeta {
+                dst_uid: s(p.dst_uid),
+                src_identity: o(p.src_identity),
+                ..p
+            }),
+            ..self
+        }
+    }
+
+    /// Whether it is an outbound tunnel's (else inbound).
+    pub fn is_outbound(&self) -> bool {
+        &*self.direction == "outbound"
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
@@ -280,13 +307,13 @@ pub fn adopt(
                 m.app_port()
             ));
         }
-        metas.insert(t.id, m);
+        metas.insert(t.id, m.shared(&ctx.names));
     }
     let mut metrics = HashMap::with_capacity(metas.len());
     let mut counters = HashMap::with_capacity(metas.len());
     for (id, m) in &metas {
         let cm = ConnMetrics::adopted(ctx, TcpLabels::clone(&m.labels));
-        counters.insert(*id, cm.counters(m.direction == "outbound"));
+        counters.insert(*id, cm.counters(m.is_outbound()));
         metrics.insert(*id, cm);
     }
     let (link, tls, tunnels) = Link::import(&state, fds, |id| {
@@ -381,7 +408,7 @@ pub(super) fn log_adopted_end(
     total
         .received
         .set(before.1.saturating_add(counters.received.get()));
-    let direction = if meta.direction == "outbound" {
+    let direction = if meta.is_outbound() {
         "outbound"
     } else {
         "inbound"

@@ -10,6 +10,7 @@
 //!   adoption
 //! - `pool.rs`: the per-shard HBONE connection pool; `h2conn.rs`: HBONE connections
 //! - `conns.rs`: live inbound connections, re-checked when policies change
+//! - `names.rs`: the strings connections share (uids, identities, hostnames), one copy each
 //!
 //! Everything here runs on one shard's thread: state is `Rc`/`RefCell`, never locked. Config
 //! comes from the published snapshots (`ArcSwap`), read without locks.
@@ -21,6 +22,7 @@ pub mod inbound_link;
 pub mod inbound_plain;
 pub mod limit;
 pub mod links;
+pub mod names;
 pub mod outbound;
 pub mod pool;
 pub mod relays;
@@ -177,6 +179,8 @@ pub struct ShardCtx {
     pub certs: CertHandle,
     pub pool: pool::Pool,
     pub conns: conns::Registry,
+    /// The strings tunnels' bookkeeping shares.
+    pub names: names::Names,
     /// HBONE connections on the link task (both roles), for a hand-over.
     pub links: Rc<links::Links>,
     /// Plaintext TCP relays (passthrough, 15006), for a hand-over.
@@ -207,6 +211,7 @@ impl ShardCtx {
             certs,
             pool: pool::Pool::default(),
             conns: conns::Registry::default(),
+            names: names::Names::default(),
             links: Rc::default(),
             relays: relays::Relays::default(),
             pods: RefCell::default(),

@@ -303,15 +303,16 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
     let (metrics, lbl) = metrics;
     let counters = metrics.counters(true);
     // What travels with the tunnel if it is handed to the next process.
+    let n = &ctx.names;
     let meta = TunnelMeta {
-        direction: "outbound".into(),
-        pod: pod.uid.clone(),
+        direction: n.get("outbound"),
+        pod: n.get(&pod.uid),
         src: peer,
-        src_id: src_id.clone(),
+        src_id: n.opt(src_id.as_deref()),
         dst,
         hbone_addr,
-        dst_id: dst_id.clone(),
-        service: svc_host.clone(),
+        dst_id: n.opt(dst_id.as_deref()),
+        service: n.opt(svc_host.as_deref()),
         labels: lbl,
         started_unix_ms: unix_ms_ago(started.elapsed()),
         policy: None,
@@ -458,7 +459,7 @@ async fn open_link(mut done: TunnelDone, mut app: TcpStream, route: Retry, mut a
         let opened = {
             let headers = ConnectHeaders {
                 client: meta.src,
-                service_host: meta.service.clone(),
+                service_host: meta.service.as_deref().map(str::to_string),
                 baggage: hbone::baggage(&route.src),
                 traceparent: hbone::traceparent(rand::random(), rand::random()),
             };

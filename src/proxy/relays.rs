@@ -188,7 +188,7 @@ pub fn adopt(
     fds: Vec<OwnedFd>,
     fault_port: Option<u16>,
 ) -> Result<(), String> {
-    if !matches!(meta.direction.as_str(), "outbound" | "inbound") {
+    if !matches!(&*meta.direction, "outbound" | "inbound") {
         return Err(format!(
             "a TCP relay of direction {:?} (outbound or inbound expected): the previous node \
              proxy sent bookkeeping this build does not understand",
@@ -203,13 +203,13 @@ pub fn adopt(
     }
     let imported = relay::import(state, fds).map_err(|e| e.to_string())?;
     let metrics = ConnMetrics::adopted(ctx, TcpLabels::clone(&meta.labels));
-    let counters = metrics.counters(meta.direction == "outbound");
+    let counters = metrics.counters(meta.is_outbound());
     // Live, and within the shard's connection bound (the pod's socket was accepted).
     let live = (ctx.live_guard(), ctx.limit.take());
     engine::spawn(adopted_relay(
         ctx.clone(),
         imported,
-        Rc::new(meta.clone()),
+        Rc::new(meta.clone().shared(&ctx.names)),
         metrics,
         counters,
         live,
