@@ -25,10 +25,8 @@ struct Live {
 
 /// What a live connection's policy is checked on.
 enum Subject {
-    Conn {
-        dst_uid: String,
-        facts: ConnFacts,
-    },
+    /// Boxed: the tunnels' entries, most of them, stay small.
+    Conn(Box<(String, ConnFacts)>),
     /// A link tunnel: its bookkeeping (`policy`), shared with the tunnel instead of copied
     /// (every idle tunnel has an entry; the facts are made when a re-check needs them).
     Tunnel(Rc<TunnelMeta>),
@@ -37,7 +35,7 @@ enum Subject {
 impl Subject {
     fn allowed(&self, snap: &Snapshot) -> bool {
         match self {
-            Subject::Conn { dst_uid, facts } => allowed(snap, dst_uid, facts),
+            Subject::Conn(c) => allowed(snap, &c.0, &c.1),
             Subject::Tunnel(m) => match &m.policy {
                 Some(p) => {
                     let facts = ConnFacts {
@@ -102,10 +100,7 @@ impl Registry {
     /// Registers a connection whose owner keeps the returned id and [`remove`](Self::remove)s
     /// it at its end (a tunnel on the link task).
     pub fn add(&self, dst_uid: &str, facts: ConnFacts, kill: Kill) -> u64 {
-        let what = Subject::Conn {
-            dst_uid: dst_uid.to_string(),
-            facts,
-        };
+        let what = Subject::Conn(Box::new((dst_uid.to_string(), facts)));
         self.insert(Live { what, kill })
     }
 

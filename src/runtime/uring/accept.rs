@@ -7,8 +7,9 @@
 //!   once `stop_accept` was called;
 //! - an accepted fd is owned by the slot until `accept`/`take_accepted` hands it out; one
 //!   accepted for a socket whose handle is gone is closed at once;
-//! - a connect's address is held by the slot (`addr`) until the socket is freed, so it
-//!   outlives the operation.
+//! - a connect's address is held by the slot (`addr`) until the connect's completion (the
+//!   kernel is done with it then), so it outlives the operation and no longer (a socket
+//!   address is 128 bytes, and every upstream connection made one).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -55,6 +56,7 @@ impl Driver {
         s.inflight -= 1;
         s.conn_busy = false;
         s.conn_res = Some(res);
+        s.addr = None;
         wake(&mut s.rx_waker);
     }
 

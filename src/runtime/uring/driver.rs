@@ -343,6 +343,7 @@ impl Driver {
         match op {
             Op::Recv => self.on_recv(idx, res, flags),
             Op::RecvPrivate => self.on_private_recv(idx, res),
+            Op::RecvPoll => self.on_recv_poll(idx, res),
             Op::Send => self.on_send(idx, res, flags, false),
             Op::SendZc => self.on_send(idx, res, flags, true),
             Op::Shutdown => self.on_shutdown(idx, res),

@@ -582,3 +582,51 @@ fn an_idle_socket_after_a_small_send_keeps_no_large_buffer() {
         with(|d| d.release(idx));
     });
 }
+
+/// A socket armed while the ring is empty (the kernel answers ENOBUFS at once, data or
+/// not) waits for data holding no buffer of its own, then receives what comes into a
+/// private one. It held a 16 KiB buffer from then until its next data before.
+#[test]
+fn a_socket_armed_on_an_empty_ring_waits_without_a_buffer() {
+    on_driver_with(&SMALL_RING, || {
+        // Another socket takes every ring buffer and keeps them (unread).
+        let (a, mut pa) = pair();
+        let hog = with(|d| d.register(a));
+        arm(hog);
+        feed(&mut pa, 4, |d, k| d.sock(hog).rx.len() as u64 == k + 1);
+        let (b, mut pb) = pair();
+        let idle = with(|d| d.register(b));
+        arm(idle);
+        turn_until("the empty ring's answer", |d| d.sock(idle).rx_polling);
+        with(|d| {
+            let s = d.sock(idle);
+            assert!(
+                s.rx_private.is_none(),
+                "an idle socket holds a private buffer"
+            );
+            assert!(!s.rx_armed);
+            assert_eq!(s.inflight, 1, "the poll is in flight");
+        });
+        pb.write_all(b"late").unwrap();
+        turn_until("the late bytes", |d| d.sock(idle).rx_bytes == 4);
+        with(|d| {
+            assert!(matches!(
+                d.sock(idle).rx.front().map(|c| &c.src),
+                Some(Src::Heap(_))
+            ));
+        });
+        let mut got = Vec::new();
+        let n = with(|d| {
+            d.read(idle, Waker::noop(), |b| {
+                got.extend_from_slice(b);
+                b.len()
+            })
+        });
+        assert_eq!(n.unwrap().unwrap(), 4);
+        assert_eq!(got, b"late");
+        with(|d| {
+            d.release(hog);
+            d.release(idle);
+        });
+    });
+}

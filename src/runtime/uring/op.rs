@@ -58,12 +58,15 @@ pub(super) enum Op {
     Ignore = 9,
     /// POLLIN on the eventfd, where the kernel will not block the read (no slot).
     EventFdPoll = 10,
+    /// POLLIN on a socket that found the ring empty: it receives into a buffer of its own
+    /// once data is there, so that an idle socket holds none.
+    RecvPoll = 11,
 }
 
 impl Op {
     /// Every op (tests walk it).
     #[cfg(test)]
-    pub(super) const ALL: [Op; 10] = [
+    pub(super) const ALL: [Op; 11] = [
         Op::Recv,
         Op::RecvPrivate,
         Op::Send,
@@ -74,6 +77,7 @@ impl Op {
         Op::EventFd,
         Op::Ignore,
         Op::EventFdPoll,
+        Op::RecvPoll,
     ];
 
     fn from_raw(v: u8) -> Option<Op> {
@@ -88,6 +92,7 @@ impl Op {
             8 => Op::EventFd,
             9 => Op::Ignore,
             10 => Op::EventFdPoll,
+            11 => Op::RecvPoll,
             _ => return None,
         })
     }

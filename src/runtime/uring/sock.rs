@@ -62,6 +62,8 @@ pub(super) struct Sock {
     pub(super) rx_armed: bool,
     pub(super) rx_cancelling: bool,
     pub(super) rx_private: Option<Box<[u8]>>,
+    /// A POLLIN is in flight (`Op::RecvPoll`): the ring was empty when data came.
+    pub(super) rx_polling: bool,
     pub(super) rx_eof: bool,
     pub(super) rx_err: Option<i32>,
     pub(super) rx_waker: Option<Waker>,
@@ -276,6 +278,9 @@ impl Driver {
             if s.rx_private.is_some() {
                 cancels.push(s.ud(Op::RecvPrivate));
             }
+            if s.rx_polling {
+                cancels.push(s.ud(Op::RecvPoll));
+            }
             if s.acc_armed {
                 cancels.push(s.ud(Op::Accept));
             }
@@ -355,6 +360,9 @@ impl Driver {
                 if s.rx_private.is_some() {
                     cancels.push(s.ud(Op::RecvPrivate));
                 }
+                if s.rx_polling {
+                    cancels.push(s.ud(Op::RecvPoll));
+                }
                 // A send the peer is not taking would never complete: cancelled; what it
                 // had not sent yet goes back to the queue (`on_send`).
                 if s.tx_cur.is_some() {
@@ -365,7 +373,11 @@ impl Driver {
             if let Some(e) = s.tx_err.or(s.rx_err) {
                 return Some(Err(io::Error::from_raw_os_error(e)));
             }
-            let busy = s.rx_armed || s.rx_private.is_some() || s.tx_cur.is_some() || s.conn_busy;
+            let busy = s.rx_armed
+                || s.rx_private.is_some()
+                || s.rx_polling
+                || s.tx_cur.is_some()
+                || s.conn_busy;
             if busy {
                 set_waker(&mut s.rx_waker, waker);
                 set_waker(&mut s.tx_waker, waker);
