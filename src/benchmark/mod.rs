@@ -314,6 +314,29 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
             .collect(),
         server_b_netns: server_b.netns.clone(),
     };
+    // Every contender opens thousands of connections into server-b's namespace (8000 idle
+    // tunnels, the new-connection phase), and each leaves its 4-tuple in TIME_WAIT there for
+    // 60 s: with the default 28 232 ephemeral ports the fifth contender of a run (or the
+    // sixth, as proxies got faster at new connections) failed its tunnels with
+    // EADDRNOTAVAIL. A range 1.75x as wide (above every port the lab and the proxies
+    // listen on) in every lab namespace, for every contender.
+    for ns in crate::lab::list_netns()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{}-", run.lab.prefix)))
+    {
+        crate::lab::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_local_port_range=16000 65535",
+            ],
+        )
+        .map_err(|e| format!("ephemeral port range in {ns}: {e}"))?;
+    }
     if let Some(p) = &args.tuning {
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         let (settings, global) =
