@@ -2,7 +2,8 @@
 //! loopback app socket: a policy change resets the tunnel through the re-check registry
 //! (whose entry the end removes, from inside the re-check) and the end logs, counts and gives
 //! back the live count and the connection bound; a link that goes away without ending its
-//! tunnels still ends them, logged; a moved tunnel is neither logged nor counted closed.
+//! tunnels still ends them, logged; a moved tunnel is neither logged nor counted closed; a
+//! stream refused unprocessed is tried again from its end.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,8 +47,7 @@ fn tunnel(ctx: &Rc<ShardCtx>, direction: &str, registered: bool) -> (Link, Strea
         Config::hbone(Role::Client, &ctx.cfg.h2),
     ));
     let m = Rc::new(meta(direction));
-    let metrics = ConnMetrics::open(ctx, labels());
-    let counters = metrics.counters(direction == "outbound");
+    let mut done = done(ctx, m.clone());
     let req = http::Request::builder()
         .method("CONNECT")
         .uri("127.0.0.1:9000")
@@ -56,28 +56,34 @@ fn tunnel(ctx: &Rc<ShardCtx>, direction: &str, registered: bool) -> (Link, Strea
     let fields = crate::hbone::h2::request_fields(&req);
     let app = Stream::from_fd(ours).unwrap();
     let id = link
-        .open_tunnel(&fields, app, counters.clone(), m.clone())
+        .open_tunnel(&fields, app, done.counters.clone(), m.clone())
         .unwrap();
-    let conn = registered
+    done.conn = registered
         .then(|| ctx.conns.add_tunnel(&m, Kill::Reset(link.clone(), id)))
         .flatten();
-    let done = TunnelDone {
+    link.on_end(id, done.on_end());
+    (link, id)
+}
+
+/// A tunnel's end on `m`, holding the shard's live count and a connection-bound slot.
+fn done(ctx: &Rc<ShardCtx>, m: Rc<TunnelMeta>) -> TunnelDone {
+    let metrics = ConnMetrics::open(ctx, labels());
+    let outbound = m.is_outbound();
+    TunnelDone {
         ctx: ctx.clone(),
+        counters: metrics.counters(outbound),
         meta: m,
         metrics,
-        counters,
         before: (0, 0),
         holds: Holds {
             live: ctx.live_guard(),
             slot: Some(ctx.limit.take()),
             share: None,
         },
-        conn,
-        outbound: direction == "outbound",
+        conn: None,
+        outbound,
         retry: None,
-    };
-    link.on_end(id, done.on_end());
-    (link, id)
+    }
 }
 
 /// (registered for the re-check, live, within the connection bound).
@@ -148,7 +154,39 @@ fn a_moved_tunnel_is_not_logged_or_counted_closed(engine: Engine) {
     assert!(!p.log.text().contains("inbound"), "{}", p.log.text());
 }
 
+/// A stream the peer refused unprocessed, ended with its app socket back and a first
+/// attempt's route, is tried again from the end's call (a task of its own): here the retry
+/// finds no certificate (the shard has none) and ends the tunnel with that error, logged,
+/// counted failed, everything given back. Without the retry it would end as refused.
+fn a_stream_refused_unprocessed_is_tried_again(engine: Engine) {
+    let p = process(engine);
+    p.call(|ctx| {
+        let (ours, _far) = pair();
+        let mut d = done(ctx, Rc::new(meta("outbound")));
+        let snap = ctx.state.load_full();
+        d.retry = Some(Box::new(Retry {
+            pod: Arc::new(Pod::new("srv", Arc::new(crate::inpod::Netns::current()))),
+            src: snap.workload_by_uid("srv").unwrap().clone(),
+            expected: Vec::new(),
+        }));
+        d.ended(TunnelEnd::Unprocessed, Some(Stream::from_fd(ours).unwrap()));
+    });
+    assert_eq!(held(&p), (0, 1, 1), "the retry holds the tunnel's shares");
+    let t0 = std::time::Instant::now();
+    while held(&p) != (0, 0, 0) {
+        assert!(t0.elapsed() < WAIT, "the retry did not end: {:?}", held(&p));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(closed_failed(&p), (1, 1));
+    let log = p.log.text();
+    assert!(
+        log.contains("no certificate for") && !log.contains("refused unprocessed"),
+        "{log}"
+    );
+}
+
 on_both_engines!(
+    a_stream_refused_unprocessed_is_tried_again,
     a_policy_change_ends_a_tunnel_logged,
     a_link_that_goes_away_ends_its_tunnels_logged,
     a_moved_tunnel_is_not_logged_or_counted_closed,
