@@ -62,7 +62,7 @@ pub enum Kill {
 }
 
 /// The access log's error for a connection a policy change closed.
-pub const POLICY_CLOSED: &str = "connection closed due to policy change";
+pub use super::relays::POLICY_CLOSED;
 
 impl Kill {
     fn kill(&self) {
@@ -97,9 +97,8 @@ impl Registry {
         }
     }
 
-    /// Registers a connection whose owner keeps the returned id and [`remove`](Self::remove)s
-    /// it at its end (a tunnel on the link task).
-    pub fn add(&self, dst_uid: &str, facts: ConnFacts, kill: Kill) -> u64 {
+    /// Registers a connection that `kill` closes (its [`Registration`] removes it).
+    fn add(&self, dst_uid: &str, facts: ConnFacts, kill: Kill) -> u64 {
         let what = Subject::Conn(Box::new((dst_uid.to_string(), facts)));
         self.insert(Live { what, kill })
     }

@@ -202,7 +202,7 @@ async fn handle_stream(
     let copy = io::copy_h2(upstream, send, req.into_body(), counters.clone());
     let err = tokio::select! {
         r = copy => r.err().map(|e| e.to_string()),
-        _ = reg.kill.notified() => Some("connection closed due to policy change".to_string()),
+        _ = reg.kill.notified() => Some(super::relays::POLICY_CLOSED.to_string()),
     };
     drop(reg);
     log_complete(
