@@ -6,8 +6,9 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
-use std::task::Waker;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -583,21 +584,27 @@ fn an_idle_socket_after_a_small_send_keeps_no_large_buffer() {
     });
 }
 
+/// On a [`SMALL_RING`]: one socket takes every ring buffer and keeps them (unread), then a
+/// second is armed and, the ring empty, polls. Their slots and their peers.
+fn polling_on_an_empty_ring() -> (usize, usize, UnixStream, UnixStream) {
+    let (a, mut pa) = pair();
+    let hog = with(|d| d.register(a));
+    arm(hog);
+    feed(&mut pa, 4, |d, k| d.sock(hog).rx.len() as u64 == k + 1);
+    let (b, pb) = pair();
+    let idle = with(|d| d.register(b));
+    arm(idle);
+    turn_until("the empty ring's answer", |d| d.sock(idle).rx_polling);
+    (hog, idle, pa, pb)
+}
+
 /// A socket armed while the ring is empty (the kernel answers ENOBUFS at once, data or
 /// not) waits for data holding no buffer of its own, then receives what comes into a
 /// private one. It held a 16 KiB buffer from then until its next data before.
 #[test]
 fn a_socket_armed_on_an_empty_ring_waits_without_a_buffer() {
     on_driver_with(&SMALL_RING, || {
-        // Another socket takes every ring buffer and keeps them (unread).
-        let (a, mut pa) = pair();
-        let hog = with(|d| d.register(a));
-        arm(hog);
-        feed(&mut pa, 4, |d, k| d.sock(hog).rx.len() as u64 == k + 1);
-        let (b, mut pb) = pair();
-        let idle = with(|d| d.register(b));
-        arm(idle);
-        turn_until("the empty ring's answer", |d| d.sock(idle).rx_polling);
+        let (hog, idle, _pa, mut pb) = polling_on_an_empty_ring();
         with(|d| {
             let s = d.sock(idle);
             assert!(
@@ -624,6 +631,42 @@ fn a_socket_armed_on_an_empty_ring_waits_without_a_buffer() {
         });
         assert_eq!(n.unwrap().unwrap(), 4);
         assert_eq!(got, b"late");
+        with(|d| {
+            d.release(hog);
+            d.release(idle);
+        });
+    });
+}
+
+/// Counts its wakes.
+struct Wakes(AtomicUsize);
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A detach of a socket waiting on an empty ring cancels its poll and is woken when the
+/// poll ends, then hands the socket over. The poll's end woke nobody before: an export of a
+/// relay whose ring had run dry waited forever (seen once in CI).
+#[test]
+fn a_detach_of_a_socket_polling_an_empty_ring_is_woken() {
+    on_driver_with(&SMALL_RING, || {
+        let (hog, idle, _pa, _pb) = polling_on_an_empty_ring();
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        assert!(
+            with(|d| d.detach(idle, &waker)).is_none(),
+            "the poll is in flight"
+        );
+        turn_until("the poll's end", |d| !d.sock(idle).rx_polling);
+        assert!(
+            wakes.0.load(Ordering::Relaxed) > 0,
+            "the detach was not woken when the poll ended"
+        );
+        let (rx, tx) = with(|d| d.detach(idle, &waker)).unwrap().unwrap();
+        assert!(rx.is_empty() && tx.is_empty());
         with(|d| {
             d.release(hog);
             d.release(idle);

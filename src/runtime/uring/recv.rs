@@ -62,16 +62,20 @@ impl Driver {
     }
 
     /// Data (or EOF, or an error) is there: received into a buffer of its own, used at once.
+    /// Otherwise (cancelled, failed, or the socket is detaching) the waiter is woken: a
+    /// detach waits for this poll to end, and a cancelled one ends it.
     pub(super) fn on_recv_poll(&mut self, idx: usize, res: i32) {
         let s = self.sock(idx);
         s.inflight -= 1;
         s.rx_polling = false;
         if res >= 0 && s.alive && !s.detaching && s.rx.is_empty() {
             self.arm_private_recv(idx);
-        } else if res < 0 && res != -libc::ECANCELED {
-            s.rx_err = Some(-res);
-            wake(&mut s.rx_waker);
+            return;
         }
+        if res < 0 && res != -libc::ECANCELED {
+            s.rx_err = Some(-res);
+        }
+        wake(&mut s.rx_waker);
     }
 
     fn arm_private_recv(&mut self, idx: usize) {
