@@ -676,13 +676,14 @@ fn an_idle_relay_moves(engine: Engine) {
     assert_done(end, MIB, MIB);
 }
 
-/// A buffer ring so small that it runs dry (sockets fall back to a private receive, which
-/// an export cancels) and a small send queue (writes wait on it; sends in flight are
-/// cancelled and requeued by the export): exported at five random moments.
+/// A buffer ring so small (two buffers: each socket's receive limit is one) that it runs
+/// dry (sockets fall back to a private receive, which an export cancels) and a small send
+/// queue (writes wait on it; sends in flight are cancelled and requeued by the export):
+/// exported at five random moments.
 #[test]
 fn an_export_with_a_starved_ring_continues_byte_exact() {
     let opts = UringOpts {
-        buf_count: 4,
+        buf_count: 2,
         buf_size: 4096,
         send_queue: 64 * 1024,
         ..UringOpts::default()

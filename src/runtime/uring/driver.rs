@@ -76,6 +76,13 @@ pub struct Driver {
     enter_failures: u32,
     /// A stale or unknown completion was logged (once per shard; the counters count all).
     fault_logged: bool,
+    /// Multishot receives carry a total byte limit (`recv::with_total_limit`); cleared
+    /// when the kernel refuses one (older than the limit).
+    recv_limit: bool,
+    /// Tests: limited receives carry a field this kernel refuses, as an older kernel
+    /// refuses the limit.
+    #[cfg(test)]
+    pub(super) refuse_limit: bool,
 }
 
 thread_local! {
@@ -163,6 +170,9 @@ impl Driver {
             broken: None,
             enter_failures: 0,
             fault_logged: false,
+            recv_limit: true,
+            #[cfg(test)]
+            refuse_limit: false,
         })
     }
 

@@ -673,3 +673,75 @@ fn a_detach_of_a_socket_polling_an_empty_ring_is_woken() {
         });
     });
 }
+
+/// A multishot receive ends by itself at the socket's share of the ring (the kernel's
+/// total limit; its last receive may fill the rest of one buffer), however much the peer
+/// has sent: a pause by cancel came after one wake-up had taken up to 32 buffers. Read
+/// out, the socket is armed again and the stream is whole.
+#[test]
+fn a_receive_takes_no_more_than_its_share_of_the_ring() {
+    let opts = UringOpts {
+        buf_count: 32,
+        buf_size: 1024,
+        ..SMALL_RING
+    };
+    on_driver_with(&opts, || {
+        let share = with(|d| d.rx_high()) + 1024;
+        assert_eq!(share, 5120);
+        let (ours, mut peer) = tcp_pair();
+        let sent: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&sent).unwrap();
+        let idx = with(|d| d.register(ours.into_raw_fd()));
+        arm(idx);
+        turn_until("the receive's end", |d| {
+            let s = d.sock(idx);
+            !s.rx_armed && s.inflight == 0
+        });
+        let held = with(|d| d.sock(idx).rx_bytes);
+        assert!(
+            held <= share,
+            "one receive took {held} bytes, its share is {share}"
+        );
+        let mut got = Vec::new();
+        turn_until("the whole stream", |d| {
+            let _ = d.read(idx, Waker::noop(), |b| {
+                got.extend_from_slice(b);
+                b.len()
+            });
+            let s = d.sock(idx);
+            assert!(s.rx_bytes <= share, "held {} bytes", s.rx_bytes);
+            got.len() == sent.len()
+        });
+        assert!(got == sent, "the stream came out of order or changed");
+        with(|d| d.release(idx));
+    });
+}
+
+/// A kernel that refuses the receive limit (older than it: EINVAL) costs nothing but the
+/// limit: the receive is armed again without it, on this and every later socket, and
+/// the data comes; no error reaches the reader.
+#[test]
+fn a_refused_receive_limit_is_dropped_and_the_data_comes() {
+    on_driver(|| {
+        with(|d| d.refuse_limit = true);
+        let (a, mut pa) = pair();
+        let idx = with(|d| d.register(a));
+        arm(idx);
+        pa.write_all(b"still here").unwrap();
+        turn_until("the bytes", |d| d.sock(idx).rx_bytes == 10);
+        with(|d| {
+            assert!(!d.recv_limit, "the limit is still on");
+            assert!(d.sock(idx).rx_err.is_none());
+            assert!(d.sock(idx).rx_armed, "not armed again");
+        });
+        let (b, mut pb) = pair();
+        let other = with(|d| d.register(b));
+        arm(other);
+        pb.write_all(b"too").unwrap();
+        turn_until("the second socket's bytes", |d| d.sock(other).rx_bytes == 3);
+        with(|d| {
+            d.release(idx);
+            d.release(other);
+        });
+    });
+}

@@ -1,5 +1,6 @@
-//! Receiving: one multishot RECV per socket into the shard's buffer ring, paused (cancelled)
-//! while a socket holds more than its share and re-armed as its reader drains it; while the
+//! Receiving: one multishot RECV per socket into the shard's buffer ring, limited to what is
+//! left of the socket's share (the kernel ends it there; on a kernel without the limit it is
+//! cancelled once the socket holds its share) and re-armed as its reader drains it; while the
 //! ring is empty, a POLLIN and then (data is there) a single RECV into a private buffer, so
 //! that a socket waiting for data holds no buffer; and the reads that take the received
 //! bytes (copied, in place, or lent without a copy).
@@ -16,7 +17,7 @@
 use std::io;
 use std::task::Waker;
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::{cqueue, opcode, squeue, types};
 
 use super::bufring::{BGID, RX_SKEW};
 use super::op::Op;
@@ -27,6 +28,32 @@ use super::{Driver, count, stats};
 const PRIVATE_RECV: usize = 16 * 1024;
 /// Private receive buffers kept for reuse per shard.
 const PRIVATE_POOL: usize = 16;
+
+/// Gives a multishot RECV a total byte limit (`sqe->optlen`; Linux 6.17's
+/// IORING_RECV_MSHOT_LIM): the kernel ends it, without F_MORE, once it has received that
+/// many bytes. A pause by cancel alone comes too late: one wake-up of a multishot receive
+/// takes up to 32 buffers while data is there, before the shard reaps any of them, so a few
+/// bulk streams emptied a 32-buffer ring (`ringmesh_uring_buffer_exhausted`).
+fn with_total_limit(e: squeue::Entry, limit: u32) -> squeue::Entry {
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` over the 64-byte `io_uring_sqe`, plain data;
+    // bytes 44..48 are its `optlen` (union with `file_index`), which `RecvMulti` leaves 0.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+    raw[44..48].copy_from_slice(&limit.to_ne_bytes());
+    // SAFETY: the same bytes back, one field set; any value of it is a valid SQE.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
+/// Tests: sets `addr2`, which a RECV must leave 0 (EINVAL, as an older kernel answers the
+/// limit).
+#[cfg(test)]
+fn refused(e: squeue::Entry) -> squeue::Entry {
+    // SAFETY: as in `with_total_limit`; bytes 8..16 are `addr2`.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+    raw[8..16].copy_from_slice(&1u64.to_ne_bytes());
+    // SAFETY: as in `with_total_limit`.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
 
 impl Driver {
     pub(super) fn arm_recv(&mut self, idx: usize) {
@@ -42,9 +69,20 @@ impl Driver {
         }
         s.rx_armed = true;
         s.inflight += 1;
+        let held = s.rx_bytes;
         let e = opcode::RecvMulti::new(types::Fd(s.fd), BGID)
             .build()
             .user_data(s.ud(Op::Recv));
+        let e = if self.recv_limit {
+            // What is left of the socket's share, at least one buffer's worth.
+            let left = self.rx_high().saturating_sub(held);
+            let e = with_total_limit(e, left.max(self.opts.buf_size as usize) as u32);
+            #[cfg(test)]
+            let e = if self.refuse_limit { refused(e) } else { e };
+            e
+        } else {
+            e
+        };
         self.push(e);
     }
 
@@ -96,7 +134,7 @@ impl Driver {
     }
 
     /// Bytes a socket may hold from the ring before its receive is paused.
-    fn rx_high(&self) -> usize {
+    pub(super) fn rx_high(&self) -> usize {
         (self.opts.buf_size as usize * self.opts.buf_count as usize / 8)
             .max(self.opts.buf_size as usize)
             .min(1 << 20)
@@ -113,6 +151,15 @@ impl Driver {
         let mut cancel = None;
         let mut private = false;
         let mut taken = false;
+        // A kernel older than the total limit refuses the SQE (it reads the field as a
+        // fixed-file index): receives go on without it, on every socket of the shard.
+        let refused_limit = res == -libc::EINVAL && self.recv_limit;
+        if refused_limit {
+            self.recv_limit = false;
+            tracing::debug!(
+                "io_uring: this kernel has no multishot receive limit; receives pause by cancel only"
+            );
+        }
         {
             let s = self.sock(idx);
             if !more {
@@ -134,6 +181,8 @@ impl Driver {
                 }
             } else if res == 0 {
                 s.rx_eof = true;
+            } else if res == -libc::EINVAL && refused_limit {
+                // Armed again below, without the limit.
             } else if res == -libc::ENOBUFS {
                 count(&stats().buffer_exhausted);
                 // The ring is empty. A socket with data queued re-arms once its reader has
@@ -156,6 +205,9 @@ impl Driver {
         }
         if private {
             self.arm_recv_poll(idx);
+        }
+        if refused_limit {
+            self.arm_recv(idx);
         }
     }
 
