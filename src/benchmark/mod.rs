@@ -257,6 +257,8 @@ struct Round {
     machine_cpu_per_gb: Option<f64>,
     machine_busy: Option<f64>,
     cpu_per_1000: Option<f64>,
+    /// Times the node proxies' buffer rings ran dry during the 8-stream phases.
+    ring_exhausted_8: Option<f64>,
 }
 
 fn say(s: &str) {
@@ -625,6 +627,27 @@ fn proxies_user_cpu(run: &LabRun) -> f64 {
         .sum()
 }
 
+/// The node proxies' `ringmesh_uring_buffer_exhausted` counters, summed over the nodes;
+/// None when no node's metrics have it (another proxy, or not a node proxy).
+fn ring_exhaustions(run: &LabRun) -> Option<u64> {
+    let mut total = None;
+    for n in &run.topo.nodes {
+        let Some(name) = run.node_netns(&n.name) else {
+            continue;
+        };
+        let Ok(ns) = Netns::open(&PathBuf::from(format!("/var/run/netns/{name}"))) else {
+            continue;
+        };
+        let at = SocketAddr::from(([127, 0, 0, 1], run.node_port(&n.name, 15020)));
+        if let Ok((200, body)) = labrun::http_get(&ns, at, "/stats/prometheus")
+            && let Some(v) = report::counter(&body, "ringmesh_uring_buffer_exhausted")
+        {
+            total = Some(total.unwrap_or(0) + v);
+        }
+    }
+    total
+}
+
 fn proxies_rss(run: &LabRun) -> f64 {
     run.proxies
         .iter()
@@ -691,8 +714,12 @@ fn one_round(
         std::thread::sleep(Duration::from_millis(300));
     }
     r.bulk_1_same = Some(load::bulk(client, t.same_sink, s.bulk_1_bytes, 1)?);
+    let exhausted0 = ring_exhaustions(run);
     r.bulk_8_cross = Some(load::bulk(client, t.cross_sink, s.bulk_8_bytes_each, 8)?);
     r.bulk_8_same = Some(load::bulk(client, t.same_sink, s.bulk_8_bytes_each, 8)?);
+    r.ring_exhausted_8 = exhausted0
+        .zip(ring_exhaustions(run))
+        .map(|(a, b)| b.saturating_sub(a) as f64);
     r.rr_1b = Some(load::rr_closed(client, t.cross_echo, 1, s.rr_n)?);
     let cpu2 = proxies_cpu(run);
     r.rr_1k = Some(load::rr_closed(client, t.cross_echo, 1024, s.rr_n)?);
@@ -750,6 +777,7 @@ fn summarize(rounds: &[Round], sizes: &Sizes) -> ContenderResult {
     d.machine_cpu_s_per_gb = sum(&|r| r.machine_cpu_per_gb);
     d.machine_busy = sum(&|r| r.machine_busy);
     d.cpu_s_per_1000_req = sum(&|r| r.cpu_per_1000);
+    d.ring_exhausted_8_streams = sum(&|r| r.ring_exhausted_8);
     d.rss_idle_bytes = sum(&|r| r.rss_idle).map(|s| s.median);
     d.rss_with_tunnels_bytes = sum(&|r| r.rss_tunnels).map(|s| s.median);
     d.tunnels = d.rss_with_tunnels_bytes.map(|_| tunnels);

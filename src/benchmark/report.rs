@@ -126,6 +126,9 @@ pub struct Detail {
     /// Fraction of the machine's CPUs busy during that transfer (0–1).
     pub machine_busy: Option<Summary>,
     pub cpu_s_per_1000_req: Option<Summary>,
+    /// Times the node proxies' io_uring buffer rings ran dry (`ringmesh_uring_buffer_exhausted`)
+    /// during the two 8-stream transfers; none for a proxy without that counter.
+    pub ring_exhausted_8_streams: Option<Summary>,
     /// rr p50/p99 minus raw's, per proxy hop (two hops per path).
     pub added_p50_us_per_hop: Option<f64>,
     pub added_p99_us_per_hop: Option<f64>,
@@ -156,7 +159,7 @@ fn scaled(s: Option<Summary>, k: f64) -> Option<Summary> {
     })
 }
 
-const ROWS: [Row; 13] = [
+const ROWS: [Row; 14] = [
     (
         "bulk 1 stream cross node, Gb/s",
         "bulk_1_gbps",
@@ -235,7 +238,38 @@ const ROWS: [Row; 13] = [
         |c| median(c.detail.cpu_s_per_1000_req),
         4,
     ),
+    (
+        "buffer ring ran dry during 8 streams, times",
+        "detail.ring_exhausted_8_streams",
+        |c| median(c.detail.ring_exhausted_8_streams),
+        0,
+    ),
 ];
+
+/// The value of a counter in a Prometheus text exposition (`name` or `name_total`, summed
+/// over its label sets); None when it is not there.
+pub fn counter(text: &str, name: &str) -> Option<u64> {
+    let mut total = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let rest = rest.strip_prefix("_total").unwrap_or(rest);
+        let value = match rest.chars().next() {
+            Some(' ') => rest,
+            Some('{') => rest.split_once('}').map_or("", |(_, v)| v),
+            _ => continue,
+        };
+        if let Some(v) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            total = Some(total.unwrap_or(0) + v as u64);
+        }
+    }
+    total
+}
 
 /// A table cell: the value, how far the rounds lay from it, and why it is not meaningful.
 fn cell(fig: Fig, digits: usize, not_meaningful: Option<&String>) -> String {

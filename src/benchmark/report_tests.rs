@@ -371,3 +371,20 @@ fn json_has_the_issue_shape() {
     // Nothing marked: no key at all.
     assert!(v["contenders"]["ringmesh"].get("not_meaningful").is_none());
 }
+
+/// The bench reads the rings' exhaustions from a node's metrics: a counter's `_total`
+/// sample, summed over label sets; a longer name with the same start, a comment or a
+/// missing counter is not it.
+#[test]
+fn a_counter_is_read_from_prometheus_text() {
+    let text = "# HELP ringmesh_uring_buffer_exhausted Times ...\n\
+                # TYPE ringmesh_uring_buffer_exhausted counter\n\
+                ringmesh_uring_buffer_exhausted_total 12\n\
+                ringmesh_uring_buffer_exhausted_more_total 99\n\
+                other_total{a=\"b\"} 7\n\
+                other_total{a=\"c\"} 3\n";
+    assert_eq!(counter(text, "ringmesh_uring_buffer_exhausted"), Some(12));
+    assert_eq!(counter(text, "other"), Some(10));
+    assert_eq!(counter(text, "absent"), None);
+    assert_eq!(counter("plain 5\n", "plain"), Some(5));
+}
