@@ -806,6 +806,7 @@ fn io_engine(args: &NodeArgs) -> Result<(runtime::Engine, runtime::UringOpts), S
         buf_size: u.uring_buffer_size,
         send_zc_threshold: u.uring_send_zc_threshold,
         send_queue: u.uring_send_queue.max(4096),
+        recv_limit: u.uring_recv_limit,
         taskrun: match u.uring_taskrun {
             UringTaskRun::Coop => runtime::uring::TaskRun::Coop,
             UringTaskRun::Defer => runtime::uring::TaskRun::Defer,

@@ -628,7 +628,7 @@ fn proxies_user_cpu(run: &LabRun) -> f64 {
 }
 
 /// The node proxies' `ringmesh_uring_buffer_exhausted` counters, summed over the nodes;
-/// None when no node's metrics have it (another proxy, or not a node proxy).
+/// None when no node runs ringmesh on io_uring (epoll, another proxy, or no node proxy).
 fn ring_exhaustions(run: &LabRun) -> Option<u64> {
     let mut total = None;
     for n in &run.topo.nodes {
@@ -639,7 +639,9 @@ fn ring_exhaustions(run: &LabRun) -> Option<u64> {
             continue;
         };
         let at = SocketAddr::from(([127, 0, 0, 1], run.node_port(&n.name, 15020)));
+        // The epoll engine has the counter too, always 0: it has no ring.
         if let Ok((200, body)) = labrun::http_get(&ns, at, "/stats/prometheus")
+            && body.contains("ringmesh_io_engine{engine=\"uring\"} 1")
             && let Some(v) = report::counter(&body, "ringmesh_uring_buffer_exhausted")
         {
             total = Some(total.unwrap_or(0) + v);

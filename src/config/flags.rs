@@ -851,6 +851,11 @@ pub struct UringFlags {
     /// Bytes a socket may queue for sending before its writer waits.
     #[arg(long, default_value_t = 262144, env = "RINGMESH_URING_SEND_QUEUE")]
     pub uring_send_queue: usize,
+    /// Limit each multishot receive in the kernel to what is left of the socket's share of
+    /// the buffer ring (Linux 6.17+; an older kernel's refusal turns it off by itself), so
+    /// that a few bulk streams cannot empty the ring. `false`: pause by cancel only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "RINGMESH_URING_RECV_LIMIT")]
+    pub uring_recv_limit: bool,
     /// How the kernel delivers completions: `coop` (posted at the shard's next enter),
     /// `defer` (processed only in the shard's own enters), `interrupt` (as they happen).
     #[arg(long, value_enum, default_value_t = UringTaskRun::Coop, env = "RINGMESH_URING_TASKRUN")]

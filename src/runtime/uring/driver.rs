@@ -170,7 +170,7 @@ impl Driver {
             broken: None,
             enter_failures: 0,
             fault_logged: false,
-            recv_limit: true,
+            recv_limit: opts.recv_limit,
             #[cfg(test)]
             refuse_limit: false,
         })

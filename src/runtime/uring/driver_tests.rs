@@ -161,6 +161,7 @@ const SMALL_RING: UringOpts = UringOpts {
     send_zc_threshold: 0,
     send_queue: 64 * 1024,
     taskrun: super::super::TaskRun::Coop,
+    recv_limit: true,
 };
 
 /// Writes `n` small messages to `peer`, turning the ring after each until `seen` counts it

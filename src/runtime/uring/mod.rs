@@ -47,6 +47,8 @@ pub struct UringOpts {
     pub send_queue: usize,
     /// How completions are delivered to the shard thread.
     pub taskrun: TaskRun,
+    /// Multishot receives carry the kernel's total byte limit (`recv::with_total_limit`).
+    pub recv_limit: bool,
 }
 
 /// io_uring's completion delivery modes (`IORING_SETUP_*TASKRUN`).
@@ -73,6 +75,7 @@ impl Default for UringOpts {
             send_zc_threshold: 0,
             send_queue: 256 * 1024,
             taskrun: TaskRun::default(),
+            recv_limit: true,
         }
     }
 }
