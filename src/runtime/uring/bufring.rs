@@ -252,6 +252,11 @@ impl BufRing {
         bid as usize * self.size + RX_SKEW
     }
 
+    /// Bytes the ring's free buffers hold.
+    pub(super) fn free_bytes(&self) -> usize {
+        (self.count as usize).saturating_sub(self.out) * (self.size - RX_SKEW)
+    }
+
     /// Whether lending a buffer (holding it out of the ring until the flows drop it) leaves
     /// enough for the other sockets: at most three quarters may be out.
     pub(super) fn can_lend(&self) -> bool {

@@ -746,3 +746,43 @@ fn a_refused_receive_limit_is_dropped_and_the_data_comes() {
         });
     });
 }
+
+/// Sockets with data waiting, armed one after another, each take at most half of what the
+/// ring has left: eight of them do not empty a ring of 32 buffers (their full shares, about
+/// five buffers each, ran it dry at the eighth). Every socket still gets a buffer, so
+/// enough of them at once empty any ring: then the private receive takes over.
+#[test]
+fn sockets_armed_one_after_another_leave_the_ring_buffers() {
+    let opts = UringOpts {
+        buf_count: 32,
+        buf_size: 1024,
+        ..SMALL_RING
+    };
+    on_driver_with(&opts, || {
+        let mut socks = Vec::new();
+        for k in 0..8 {
+            let (ours, mut peer) = tcp_pair();
+            peer.write_all(&[k as u8; 16 * 1024]).unwrap();
+            let idx = with(|d| d.register(ours.into_raw_fd()));
+            arm(idx);
+            turn_until("the receive's end", |d| {
+                let s = d.sock(idx);
+                !s.rx_armed && s.inflight == 0
+            });
+            with(|d| {
+                let s = d.sock(idx);
+                assert!(s.rx_bytes > 0, "socket {k} received nothing");
+                assert!(
+                    s.rx.iter().all(|c| matches!(c.src, Src::Ring(_))),
+                    "socket {k} found the ring empty (received privately)"
+                );
+            });
+            socks.push((idx, peer));
+        }
+        with(|d| {
+            for (idx, _) in &socks {
+                d.release(*idx);
+            }
+        });
+    });
+}

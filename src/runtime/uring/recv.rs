@@ -74,8 +74,13 @@ impl Driver {
             .build()
             .user_data(s.ud(Op::Recv));
         let e = if self.recv_limit {
-            // What is left of the socket's share, at least one buffer's worth.
-            let left = self.rx_high().saturating_sub(held);
+            // What is left of the socket's share, and at most half of what the ring has
+            // free (many sockets at once each take half of the rest, never all of it); at
+            // least one buffer's worth.
+            let left = self
+                .rx_high()
+                .saturating_sub(held)
+                .min(self.bufs.free_bytes() / 2);
             let e = with_total_limit(e, left.max(self.opts.buf_size as usize) as u32);
             #[cfg(test)]
             let e = if self.refuse_limit { refused(e) } else { e };
