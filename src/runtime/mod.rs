@@ -16,6 +16,7 @@ pub mod engine;
 pub mod holding;
 pub mod net;
 pub mod sockopt;
+pub mod splice;
 pub mod uring;
 
 pub use engine::Engine;

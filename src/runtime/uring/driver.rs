@@ -4,7 +4,8 @@
 //! - `op`: the [`Op`] enum and the `user_data` encoding (op, slot index, slot generation);
 //! - `bufring`: the provided buffer ring and the buffers lent out of it;
 //! - `sock`: per-socket state, the slab of slots, register / release / detach;
-//! - `recv`, `send`, `accept`: each kind of socket operation, submission and completion.
+//! - `recv`, `send`, `accept`: each kind of socket operation, submission and completion;
+//! - `ready`: readiness for callers that make a syscall of their own (`splice`).
 //!
 //! Invariants:
 //! - socket handles (`net`) hold a slot index; a slot is freed only when its handle is
@@ -31,6 +32,8 @@ mod accept;
 mod bufring;
 #[path = "op.rs"]
 mod op;
+#[path = "ready.rs"]
+mod ready;
 #[path = "recv.rs"]
 mod recv;
 #[path = "send.rs"]
@@ -359,6 +362,8 @@ impl Driver {
             Op::Shutdown => self.on_shutdown(idx, res),
             Op::Connect => self.on_connect(idx, res),
             Op::Accept => self.on_accept(idx, res, flags),
+            Op::ReadyIn => self.on_ready(idx, res, false),
+            Op::ReadyOut => self.on_ready(idx, res, true),
             // Name no slot: handled above.
             Op::EventFd | Op::EventFdPoll | Op::Ignore => {}
         }

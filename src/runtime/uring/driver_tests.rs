@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Wake, Waker};
 use std::time::Duration;
 
+use super::ready::Ready;
 use bytes::Bytes;
 use io_uring::opcode;
 
@@ -784,5 +785,78 @@ fn sockets_armed_one_after_another_leave_the_ring_buffers() {
                 d.release(*idx);
             }
         });
+    });
+}
+
+// ---- readiness for a caller's own syscalls (`ready`, splice) ----
+
+/// A readiness poll counts as in flight until it completes, reports once (then the
+/// direction is idle again), and wakes its waiter: POLLOUT at once on a fresh socket,
+/// POLLIN only once the peer has sent.
+#[test]
+fn a_readiness_poll_reports_once_and_wakes_its_waiter() {
+    on_driver(|| {
+        let (a, mut pa) = pair();
+        let idx = with(|d| d.register(a));
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        assert!(with(|d| d.ready(idx, &waker, true)).is_none(), "armed");
+        assert!(with(|d| d.ready(idx, &waker, false)).is_none(), "armed");
+        assert_eq!(inflight(idx), 2, "one poll per direction");
+        turn_until("POLLOUT", |d| d.sock(idx).ready_out != Ready::Armed);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "the writer was woken");
+        assert!(with(|d| d.ready(idx, &waker, true)).unwrap().is_ok());
+        assert_eq!(
+            with(|d| d.sock(idx).ready_out),
+            Ready::Idle,
+            "reported once"
+        );
+        // Nothing to read yet: the POLLIN waits.
+        with(|d| d.turn(true, Some(Duration::from_millis(50))));
+        assert!(with(|d| d.ready(idx, &waker, false)).is_none());
+        assert_eq!(inflight(idx), 1);
+        pa.write_all(b"x").unwrap();
+        turn_until("POLLIN", |d| d.sock(idx).ready_in != Ready::Armed);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 2, "the reader was woken");
+        assert!(with(|d| d.ready(idx, &waker, false)).unwrap().is_ok());
+        assert_eq!(inflight(idx), 0);
+        with(|d| d.release(idx));
+        turn_until("the slot is freed", |d| d.socks.try_get(idx).is_none());
+    });
+}
+
+/// A detach cancels the socket's readiness polls and waits for their end (an export of a
+/// splicing relay stopped while it waited for data); a release does too, and the slot is
+/// freed only once they have ended.
+#[test]
+fn a_detach_or_release_cancels_readiness_polls() {
+    on_driver(|| {
+        let (a, _pa) = pair();
+        let idx = with(|d| d.register(a));
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        assert!(with(|d| d.ready(idx, &waker, false)).is_none());
+        assert!(
+            with(|d| d.detach(idx, &waker)).is_none(),
+            "the detach waits for the poll"
+        );
+        turn_until("the poll's end", |d| !d.sock(idx).ready_in.in_flight());
+        assert!(wakes.0.load(Ordering::Relaxed) > 0, "the detach was woken");
+        let (rx, tx) = with(|d| d.detach(idx, &waker)).unwrap().unwrap();
+        assert!(rx.is_empty() && tx.is_empty());
+        // Polled again after a detach (as a splicing relay does), then released.
+        assert!(
+            with(|d| d.ready(idx, &waker, false)).unwrap().is_ok(),
+            "the cancelled poll reports ready"
+        );
+        assert!(with(|d| d.ready(idx, &waker, false)).is_none());
+        with(|d| d.release(idx));
+        with(|d| {
+            assert!(
+                d.socks.try_get(idx).is_some(),
+                "kept while the poll is in flight"
+            )
+        });
+        turn_until("the slot is freed", |d| d.socks.try_get(idx).is_none());
     });
 }

@@ -229,6 +229,29 @@ impl Stream {
         Ok((fd, rx, unsent))
     }
 
+    /// Stops the ring's use of the socket so that the caller's own syscalls may take over
+    /// (`runtime::splice`): receive and send cancelled and never re-armed; returns what was
+    /// received and not read, and what was queued and not sent. The socket stays on the
+    /// ring, for readiness (`poll_ready`) and for a later `detach`.
+    pub async fn quiesce(&self) -> io::Result<(Vec<u8>, Vec<u8>)> {
+        let h = &self.0;
+        poll_fn(|cx| match driver::with(|d| d.detach(h.idx, cx.waker())) {
+            None => Poll::Pending,
+            Some(r) => Poll::Ready(r),
+        })
+        .await
+    }
+
+    /// Ready once the socket is readable (`out` false) or writable (`out` true), as a
+    /// one-shot poll on the ring reports it; only for a socket `quiesce`d first.
+    pub fn poll_ready(&self, cx: &mut Context<'_>, out: bool) -> Poll<io::Result<()>> {
+        let h = &self.0;
+        match driver::with(|d| d.ready(h.idx, cx.waker(), out)) {
+            None => Poll::Pending,
+            Some(r) => Poll::Ready(r),
+        }
+    }
+
     /// The two halves of one `split` again (None: they are of different sockets).
     pub fn reunite(r: ReadHalf, w: WriteHalf) -> Option<Stream> {
         Rc::ptr_eq(&r.0, &w.0).then(|| {

@@ -61,12 +61,16 @@ pub(super) enum Op {
     /// POLLIN on a socket that found the ring empty: it receives into a buffer of its own
     /// once data is there, so that an idle socket holds none.
     RecvPoll = 11,
+    /// POLLIN a caller waits for before a syscall of its own on the socket (`ready`).
+    ReadyIn = 12,
+    /// POLLOUT a caller waits for before a syscall of its own on the socket (`ready`).
+    ReadyOut = 13,
 }
 
 impl Op {
     /// Every op (tests walk it).
     #[cfg(test)]
-    pub(super) const ALL: [Op; 11] = [
+    pub(super) const ALL: [Op; 13] = [
         Op::Recv,
         Op::RecvPrivate,
         Op::Send,
@@ -78,6 +82,8 @@ impl Op {
         Op::Ignore,
         Op::EventFdPoll,
         Op::RecvPoll,
+        Op::ReadyIn,
+        Op::ReadyOut,
     ];
 
     fn from_raw(v: u8) -> Option<Op> {
@@ -93,6 +99,8 @@ impl Op {
             9 => Op::Ignore,
             10 => Op::EventFdPoll,
             11 => Op::RecvPoll,
+            12 => Op::ReadyIn,
+            13 => Op::ReadyOut,
             _ => return None,
         })
     }

@@ -29,11 +29,12 @@ const PRIVATE_RECV: usize = 16 * 1024;
 /// Private receive buffers kept for reuse per shard.
 const PRIVATE_POOL: usize = 16;
 
-/// Gives a multishot RECV a total byte limit (`sqe->optlen`; Linux 6.17's
-/// IORING_RECV_MSHOT_LIM): the kernel ends it, without F_MORE, once it has received that
-/// many bytes. A pause by cancel alone comes too late: one wake-up of a multishot receive
-/// takes up to 32 buffers while data is there, before the shard reaps any of them, so a few
-/// bulk streams emptied a 32-buffer ring (`ringmesh_uring_buffer_exhausted`).
+/// Gives a multishot RECV a total byte limit (`sqe->optlen`, IORING_RECV_MSHOT_LIM; Linux
+/// 6.18 has it, the first version that does was not checked): the kernel ends it, without
+/// F_MORE, once it has received that many bytes. A pause by cancel alone comes too late:
+/// one wake-up of a multishot receive takes up to 32 buffers while data is there, before
+/// the shard reaps any of them, so a few bulk streams emptied a 32-buffer ring
+/// (`ringmesh_uring_buffer_exhausted`).
 fn with_total_limit(e: squeue::Entry, limit: u32) -> squeue::Entry {
     const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
     // SAFETY: `squeue::Entry` is `#[repr(C)]` over the 64-byte `io_uring_sqe`, plain data;

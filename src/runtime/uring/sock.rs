@@ -25,6 +25,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::Driver;
 use super::op::{Gen, Op, SlotKey};
+use super::ready::Ready;
 
 /// Where received bytes sit until the reader takes them.
 pub(super) enum Src {
@@ -99,6 +100,9 @@ pub(super) struct Sock {
     pub(super) detaching: bool,
     /// The cancellations `detach` asked for are submitted.
     pub(super) detach_cancelled: bool,
+    // readiness for a caller's own syscalls (`ready`)
+    pub(super) ready_in: Ready,
+    pub(super) ready_out: Ready,
 }
 
 impl Sock {
@@ -303,6 +307,7 @@ impl Driver {
         for c in cancels {
             self.cancel(c);
         }
+        self.cancel_ready(idx);
         for fd in closes {
             self.close_fd(fd);
         }
@@ -377,7 +382,9 @@ impl Driver {
                 || s.rx_private.is_some()
                 || s.rx_polling
                 || s.tx_cur.is_some()
-                || s.conn_busy;
+                || s.conn_busy
+                || s.ready_in.in_flight()
+                || s.ready_out.in_flight();
             if busy {
                 set_waker(&mut s.rx_waker, waker);
                 set_waker(&mut s.tx_waker, waker);
@@ -387,6 +394,9 @@ impl Driver {
         for c in cancels {
             self.cancel(c);
         }
+        // Outside the once-only cancels above: a socket detached once (to splice on it) is
+        // polled afterwards, and detached again when it moves.
+        self.cancel_ready(idx);
         if busy {
             return None;
         }
