@@ -935,6 +935,7 @@ pub fn proxy_config(args: &NodeArgs) -> ProxyConfig {
             }),
         tls_records: args.tls_records,
         link: proxy_link(args),
+        splice: args.splice,
         fault_refuse_adopt: args.fault_refuse_adopt,
         max_connections_per_shard: crate::proxy::limit::per_shard(
             max_connections(args),

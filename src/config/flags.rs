@@ -376,6 +376,13 @@ pub struct NodeArgs {
     #[command(flatten)]
     pub uring: UringFlags,
 
+    /// Plaintext passthrough (outbound to a destination outside the mesh, inbound
+    /// plaintext on 15006) moves bytes with splice(2) through a pipe per direction, never
+    /// through user space. `false`: copies through buffers, as the HBONE path does. A
+    /// connection whose pipe cannot be made (fd limit) copies instead.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "RINGMESH_SPLICE")]
+    pub splice: bool,
+
     /// Root certificate of the built-in CA (PEM). Without it a root is generated at start.
     #[arg(long, env = env::CA_CERT, requires = "ca_key")]
     pub ca_cert: Option<PathBuf>,
@@ -852,8 +859,9 @@ pub struct UringFlags {
     #[arg(long, default_value_t = 262144, env = "RINGMESH_URING_SEND_QUEUE")]
     pub uring_send_queue: usize,
     /// Limit each multishot receive in the kernel to what is left of the socket's share of
-    /// the buffer ring (Linux 6.17+; an older kernel's refusal turns it off by itself), so
-    /// that a few bulk streams cannot empty the ring. `false`: pause by cancel only.
+    /// the buffer ring, and to at most half of what the ring has free, so that a few bulk
+    /// streams cannot empty it (Linux 6.18 has the limit; an older kernel's refusal turns
+    /// it off by itself). `false`: pause by cancel only.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "RINGMESH_URING_RECV_LIMIT")]
     pub uring_recv_limit: bool,
     /// How the kernel delivers completions: `coop` (posted at the shard's next enter),

@@ -165,13 +165,20 @@ impl Default for ReadSize {
 /// buffer at all. An empty buffer means EOF.
 async fn read_fresh(r: &mut ReadHalf, size: &mut ReadSize) -> io::Result<Bytes> {
     let buf = r.read_fresh(size.0).await?;
-    let n = buf.len();
-    if n == size.0 && size.0 < LARGE {
-        size.0 *= 2;
-    } else if n < size.0 / 4 && size.0 > SMALL {
-        size.0 /= 2;
-    }
+    size.adapt(buf.len());
     Ok(buf)
+}
+
+impl ReadSize {
+    /// The next read's size after one that got `n` bytes: doubled when it filled the
+    /// buffer, halved when it got under a quarter.
+    fn adapt(&mut self, n: usize) {
+        if n == self.0 && self.0 < LARGE {
+            self.0 *= 2;
+        } else if n < self.0 / 4 && self.0 > SMALL {
+            self.0 /= 2;
+        }
+    }
 }
 
 fn is_benign(e: &io::Error) -> bool {

@@ -39,6 +39,9 @@ use tokio::sync::oneshot;
 use super::{Counters, ReadSize, is_benign, read_fresh};
 use crate::runtime::net::{ReadHalf, Stream, WriteHalf};
 
+#[path = "relay_splice.rs"]
+mod splice;
+
 const MAGIC: &[u8; 4] = b"RMRL";
 const VERSION: u8 = 1;
 /// Bounds on what one exported direction may carry: far above what a relay holds (a read
@@ -129,6 +132,8 @@ struct CtlInner {
     ended: Cell<bool>,
     /// The two directions' tasks, woken when `stopping` is set.
     wakers: RefCell<[Option<Waker>; 2]>,
+    /// Copy through buffers instead of splicing (`set_splice(false)`).
+    copy: Cell<bool>,
 }
 
 impl std::fmt::Debug for RelayCtl {
@@ -141,8 +146,15 @@ impl std::fmt::Debug for RelayCtl {
 }
 
 impl RelayCtl {
+    /// A relay that splices (`relay_splice`), the node proxy's default.
     pub fn new() -> RelayCtl {
         RelayCtl::default()
+    }
+
+    /// Whether the relay moves bytes with splice(2) (true) or copies them through buffers
+    /// (`--splice false`); read when the relay starts or resumes.
+    pub fn set_splice(&self, on: bool) {
+        self.0.copy.set(!on);
     }
 
     /// Hand-over: asks the relay to stop at a safe point and export both sockets with every
@@ -353,6 +365,9 @@ struct Relay {
 /// The relay task: both directions until both are over or an export is asked for (then
 /// the sockets are detached and handed over); a refused export lets the relay go on.
 async fn relay_until_end(relay: Relay, counters: Rc<Counters>, ctl: RelayCtl) -> RelayEnd {
+    if !ctl.0.copy.get() {
+        return splice::relay_until_end(relay, counters, ctl).await;
+    }
     let Relay {
         a,
         b,
@@ -370,25 +385,11 @@ async fn relay_until_end(relay: Relay, counters: Rc<Counters>, ctl: RelayCtl) ->
             counters.add_received(n)
         });
         let _ = tokio::join!(up, down);
-        if fwd.shut && back.shut {
-            let end = match fwd.failed.take().or(back.failed.take()) {
-                Some(e) => RelayEnd::Failed(e),
-                None => RelayEnd::Done,
-            };
-            ctl.end("the relay has ended");
-            return end;
-        }
-        // A direction stopped: an export was asked for.
-        let Some(to) = ctl.0.export_to.borrow_mut().take() else {
-            ctl.0.stopping.set(false);
-            continue;
+        let to = match after_pumps(&ctl, &mut fwd, &mut back) {
+            After::End(end) => return end,
+            After::Again => continue,
+            After::Export(to) => to,
         };
-        ctl.0.stopping.set(false);
-        if let Some(e) = fwd.failed.as_ref().or(back.failed.as_ref()) {
-            // Cannot move (its socket failed): refused; the other direction drains here.
-            let _ = to.send(Err(format!("a direction of the relay failed: {e}")));
-            continue;
-        }
         let (Some(a), Some(b)) = (Stream::reunite(ar, aw), Stream::reunite(br, bw)) else {
             let e = "relay halves do not belong together (a bug)".to_string();
             let _ = to.send(Err(e.clone()));
@@ -396,17 +397,59 @@ async fn relay_until_end(relay: Relay, counters: Rc<Counters>, ctl: RelayCtl) ->
             return RelayEnd::Failed(e);
         };
         let r = export(a, b, fwd, back, meta).await;
-        ctl.end("the relay has moved");
-        return match r {
-            Ok(x) => match to.send(Ok(x)) {
-                Ok(()) => RelayEnd::Moved,
-                Err(_) => RelayEnd::Failed("the export was not taken: connection closed".into()),
-            },
-            Err(e) => {
-                let _ = to.send(Err(e.clone()));
-                RelayEnd::Failed(format!("hand-over failed: {e}"))
-            }
+        return deliver(&ctl, to, r);
+    }
+}
+
+/// What a relay does once both directions' pumps have returned.
+enum After {
+    /// Both directions are over.
+    End(RelayEnd),
+    /// Pump again (an export was refused, or none was asked for).
+    Again,
+    /// Export to this receiver.
+    Export(oneshot::Sender<Result<RelayExport, String>>),
+}
+
+fn after_pumps(ctl: &RelayCtl, fwd: &mut Dir, back: &mut Dir) -> After {
+    if fwd.shut && back.shut {
+        let end = match fwd.failed.take().or(back.failed.take()) {
+            Some(e) => RelayEnd::Failed(e),
+            None => RelayEnd::Done,
         };
+        ctl.end("the relay has ended");
+        return After::End(end);
+    }
+    // A direction stopped: an export was asked for.
+    let Some(to) = ctl.0.export_to.borrow_mut().take() else {
+        ctl.0.stopping.set(false);
+        return After::Again;
+    };
+    ctl.0.stopping.set(false);
+    if let Some(e) = fwd.failed.as_ref().or(back.failed.as_ref()) {
+        // Cannot move (its socket failed): refused; the other direction drains here.
+        let _ = to.send(Err(format!("a direction of the relay failed: {e}")));
+        return After::Again;
+    }
+    After::Export(to)
+}
+
+/// Hands an export (or why it failed) to whoever asked for it; the relay's end.
+fn deliver(
+    ctl: &RelayCtl,
+    to: oneshot::Sender<Result<RelayExport, String>>,
+    r: Result<RelayExport, String>,
+) -> RelayEnd {
+    ctl.end("the relay has moved");
+    match r {
+        Ok(x) => match to.send(Ok(x)) {
+            Ok(()) => RelayEnd::Moved,
+            Err(_) => RelayEnd::Failed("the export was not taken: connection closed".into()),
+        },
+        Err(e) => {
+            let _ = to.send(Err(e.clone()));
+            RelayEnd::Failed(format!("hand-over failed: {e}"))
+        }
     }
 }
 
@@ -470,6 +513,17 @@ impl Dir {
         }
     }
 
+    /// `n` more bytes were accepted by the writing socket: counted, but for those the
+    /// process before had counted already.
+    fn wrote(&mut self, n: usize, count: &impl Fn(u64)) {
+        let pre = n.min(self.precounted);
+        self.precounted -= pre;
+        if n > pre {
+            count((n - pre) as u64);
+            self.carried += (n - pre) as u64;
+        }
+    }
+
     fn finish(&mut self, failed: Option<String>) {
         self.held = Bytes::new();
         self.precounted = 0;
@@ -493,13 +547,7 @@ async fn pump(
         if !d.held.is_empty() {
             let before = d.held.len();
             let res = or_stop(ctl, slot, write_kept(w, &mut d.held)).await;
-            let n = before - d.held.len();
-            let pre = n.min(d.precounted);
-            d.precounted -= pre;
-            if n > pre {
-                count((n - pre) as u64);
-                d.carried += (n - pre) as u64;
-            }
+            d.wrote(before - d.held.len(), &count);
             match res {
                 None => return,
                 Some(Ok(())) => d.held = Bytes::new(),

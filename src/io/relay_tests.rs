@@ -7,6 +7,7 @@
 //! relay relies on (a dropped read loses nothing; a detach hands over what the ring read
 //! ahead).
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -262,6 +263,32 @@ enum Hop {
     Moved(RelayState, Vec<u8>, Vec<OwnedFd>),
 }
 
+/// How a hop's relay moves bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// splice(2) through pipes (the node proxy's default).
+    Splice,
+    /// Through buffers (`--splice false`).
+    Copy,
+    /// Splicing, but the system refuses every pipe: each direction copies by itself.
+    NoPipes,
+}
+
+thread_local! {
+    /// How the hops this test thread starts move bytes.
+    static MODE: Cell<Mode> = const { Cell::new(Mode::Splice) };
+    /// Per hop, in order (then `MODE` once it is empty).
+    static MODE_PLAN: RefCell<VecDeque<Mode>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// Runs `f` with the relays it starts in `mode`.
+fn in_mode<R>(mode: Mode, f: impl FnOnce() -> R) -> R {
+    MODE.set(mode);
+    let r = f();
+    MODE.set(Mode::Splice);
+    r
+}
+
 /// Runs a relay on a fresh executor of `engine` on a new thread (the next process).
 fn hop(engine: Engine, start: Start, when: When) -> Hopping {
     hop_with(engine, UringOpts::default(), start, when, None)
@@ -299,9 +326,12 @@ fn hop_with(
     linger: Option<Flag>,
 ) -> Hopping {
     let (tx, rx) = std::sync::mpsc::channel();
+    let mode = MODE_PLAN
+        .with_borrow_mut(|p| p.pop_front())
+        .unwrap_or(MODE.get());
     let thread = std::thread::spawn(move || {
         engine::block_on(engine, &opts, async move {
-            let h = engine::timeout(Duration::from_secs(90), run_hop(start, when))
+            let h = engine::timeout(Duration::from_secs(90), run_hop(start, when, mode))
                 .await
                 .unwrap_or_else(|_| panic!("relay hop timed out on {engine}"));
             let _ = tx.send(h);
@@ -316,9 +346,11 @@ fn hop_with(
     Hopping { rx, thread }
 }
 
-async fn run_hop(start: Start, when: When) -> Hop {
+async fn run_hop(start: Start, when: When, mode: Mode) -> Hop {
     let counters = Rc::new(Counters::default());
     let ctl = RelayCtl::new();
+    ctl.set_splice(mode != Mode::Copy);
+    crate::runtime::splice::refuse_pipes_here(mode == Mode::NoPipes);
     let (before_s, before_r, task): (u64, u64, Pin<Box<dyn Future<Output = RelayEnd>>>) =
         match start {
             Start::Fresh(a, b) => {
@@ -691,7 +723,9 @@ fn an_export_with_a_starved_ring_continues_byte_exact() {
     let before = crate::runtime::uring::stats()
         .private_recvs
         .load(Ordering::Relaxed);
-    random_exports(&opts, 5, |_| Engine::Uring, 16 * MIB, 16 * MIB);
+    in_mode(Mode::Copy, || {
+        random_exports(&opts, 5, |_| Engine::Uring, 16 * MIB, 16 * MIB)
+    });
     let after = crate::runtime::uring::stats()
         .private_recvs
         .load(Ordering::Relaxed);
@@ -707,7 +741,74 @@ fn an_export_with_zero_copy_sends_continues_byte_exact() {
         send_queue: 64 * 1024,
         ..UringOpts::default()
     };
-    random_exports(&opts, 5, |_| Engine::Uring, 16 * MIB, 16 * MIB);
+    in_mode(Mode::Copy, || {
+        random_exports(&opts, 5, |_| Engine::Uring, 16 * MIB, 16 * MIB)
+    });
+}
+
+/// The state does not depend on how the bytes move either: hops that splice, copy, and
+/// splice without pipes (each direction copying by itself), on both engines, in turn.
+#[test]
+fn a_relay_moves_between_splicing_and_copying() {
+    let modes = [
+        Mode::Splice,
+        Mode::Copy,
+        Mode::NoPipes,
+        Mode::Copy,
+        Mode::Splice,
+        Mode::NoPipes,
+    ];
+    MODE_PLAN.with_borrow_mut(|p| p.extend(modes));
+    let engine = |k: usize| [Engine::Uring, Engine::Epoll, Engine::Epoll][k % 3];
+    random_exports(&UringOpts::default(), 5, engine, 16 * MIB, 16 * MIB);
+    assert!(
+        MODE_PLAN.with_borrow(|p| p.is_empty()),
+        "every hop took its mode"
+    );
+}
+
+/// A splicing relay moves its bytes with splice(2), none through a buffer of ours: the
+/// process's spliced count grows by at least what this relay carried (other tests splice
+/// at the same time; a relay that silently copied would add nothing).
+fn a_splicing_relay_splices_every_byte(engine: Engine) {
+    let before = crate::runtime::splice::spliced_bytes();
+    relays_both_ways_with_fin_each_way(engine);
+    let moved = crate::runtime::splice::spliced_bytes() - before;
+    let carried = 7 * MIB + 8;
+    assert!(
+        moved >= carried,
+        "{engine}: {moved} bytes spliced, the relay carried {carried}"
+    );
+}
+
+/// The copying relay (`--splice false`) and one whose pipes are refused (the fd limit):
+/// the same tests as the splicing one.
+fn copying_relays_both_ways(engine: Engine) {
+    in_mode(Mode::Copy, || relays_both_ways_with_fin_each_way(engine));
+}
+fn copying_half_closed_side_keeps_receiving(engine: Engine) {
+    in_mode(Mode::Copy, || a_half_closed_side_keeps_receiving(engine));
+}
+fn copying_export_at_random_moments(engine: Engine) {
+    in_mode(Mode::Copy, || {
+        an_export_at_random_moments_continues_byte_exact(engine)
+    });
+}
+fn copying_export_under_back_pressure(engine: Engine) {
+    in_mode(Mode::Copy, || {
+        an_export_under_back_pressure_carries_what_waits(engine)
+    });
+}
+fn copying_export_right_after_a_fin(engine: Engine) {
+    in_mode(Mode::Copy, || an_export_right_after_a_fin(engine));
+}
+fn without_pipes_relays_both_ways(engine: Engine) {
+    in_mode(Mode::NoPipes, || relays_both_ways_with_fin_each_way(engine));
+}
+fn without_pipes_export_under_back_pressure(engine: Engine) {
+    in_mode(Mode::NoPipes, || {
+        an_export_under_back_pressure_carries_what_waits(engine)
+    });
 }
 
 /// The state does not depend on the engine: a relay hops uring → epoll → uring → epoll →
@@ -954,4 +1055,12 @@ on_both_engines!(
     exports_of_an_ended_or_exporting_relay_are_refused,
     a_dropped_read_or_a_detach_loses_no_byte,
     import_refuses_a_wrong_socket_count,
+    a_splicing_relay_splices_every_byte,
+    copying_relays_both_ways,
+    copying_half_closed_side_keeps_receiving,
+    copying_export_at_random_moments,
+    copying_export_under_back_pressure,
+    copying_export_right_after_a_fin,
+    without_pipes_relays_both_ways,
+    without_pipes_export_under_back_pressure,
 );

@@ -115,7 +115,9 @@ async fn handle(ctx: Rc<ShardCtx>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
         }),
     });
     let c = counters.clone();
+    let splice = ctx.cfg.splice;
     let end = relays::carry(&ctx, &meta, false, move |ctl| {
+        ctl.set_splice(splice);
         relay::run(s, up, Vec::new(), c, ctl)
     })
     .await;

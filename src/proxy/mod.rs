@@ -70,6 +70,8 @@ pub struct ProxyConfig {
     pub keepalive: Option<crate::runtime::sockopt::Keepalive>,
     /// HBONE on the link task (`io::link`, hand-over capable) instead of the h2 crate.
     pub link: bool,
+    /// Plaintext relays splice (`runtime::splice`) instead of copying (`--splice`).
+    pub splice: bool,
     /// Fault injection (tests): refuse to adopt connections carrying this port.
     pub fault_refuse_adopt: Option<u16>,
     /// Connections one shard's pod listeners hold open before they stop accepting
@@ -95,6 +97,7 @@ impl Default for ProxyConfig {
             keepalive: Some(crate::runtime::sockopt::Keepalive::default()),
             tls_records: flags::TlsRecords::Direct,
             link: false,
+            splice: true,
             fault_refuse_adopt: None,
             max_connections_per_shard: usize::MAX,
         }

@@ -398,7 +398,9 @@ async fn passthrough(
     let up = connect_in(&pod.netns, dst, ctx.cfg.mark, None, ctx.cfg.connect_timeout).await?;
     let meta = Rc::new(meta);
     let c = counters.clone();
+    let splice = ctx.cfg.splice;
     let end = relays::carry(ctx, &meta, false, move |ctl| {
+        ctl.set_splice(splice);
         relay::run(s, up, Vec::new(), c, ctl)
     })
     .await;

@@ -229,7 +229,12 @@ async fn adopted_relay(
 ) {
     let (sent_before, received_before) = (relay.sent_before(), relay.received_before());
     let c = counters.clone();
-    let end = carry(&ctx, &meta, true, move |ctl| relay::resume(relay, c, ctl)).await;
+    let splice = ctx.cfg.splice;
+    let end = carry(&ctx, &meta, true, move |ctl| {
+        ctl.set_splice(splice);
+        relay::resume(relay, c, ctl)
+    })
+    .await;
     let err = match outcome(end) {
         Ok(true) => {
             metrics.moved();
