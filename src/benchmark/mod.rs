@@ -246,6 +246,8 @@ struct Round {
     bulk_1_cross: Option<f64>,
     bulk_8_same: Option<f64>,
     bulk_8_cross: Option<f64>,
+    passthrough_1: Option<f64>,
+    passthrough_cpu_per_gb: Option<f64>,
     rr_1b: Option<Latency>,
     rr_1k: Option<Latency>,
     rr_fixed: Option<Latency>,
@@ -277,11 +279,15 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     let topo = Topology::parse("embedded bench topology", BENCH).map_err(|e| e.to_string())?;
     let held = labrun::cleanup_on_signal().map_err(|e| e.to_string())?;
     let dir = args.state_dir.join(&topo.name);
-    say("building the lab (2 nodes, client-a + server-a on node-a, server-b on node-b)");
+    say(
+        "building the lab (2 nodes, client-a + server-a on node-a, server-b + plain-b outside the mesh on node-b)",
+    );
     let run = LabRun::up(topo, &dir).map_err(|e| e.to_string())?;
     let pod = |n: &str| run.lab.pod(n).cloned().ok_or(format!("no pod {n}"));
     let (client, server_a, server_b) = (pod("client-a")?, pod("server-a")?, pod("server-b")?);
+    let plain_b = pod("plain-b")?;
     let client_ns = netns(&client.netns_path())?;
+    apps::serve_sink(&netns(&plain_b.netns_path())?, 9000).map_err(|e| e.to_string())?;
     for s in [&server_a, &server_b] {
         let ns = netns(&s.netns_path())?;
         apps::serve_sink(&ns, 9000).map_err(|e| e.to_string())?;
@@ -308,6 +314,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     let at = |p: &crate::lab::LabPod, port: u16| SocketAddr::new(p.ip.into(), port);
     let targets = Targets {
         same_sink: at(&server_a, 9000),
+        plain_sink: at(&plain_b, 9000),
         cross_sink: at(&server_b, 9000),
         cross_echo: at(&server_b, 8080),
         cross_hold: at(&server_b, 9100),
@@ -433,6 +440,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
 
 struct Targets {
     same_sink: SocketAddr,
+    /// plain-b's sink: outside the mesh, reached by plain passthrough.
+    plain_sink: SocketAddr,
     cross_sink: SocketAddr,
     cross_echo: SocketAddr,
     cross_hold: SocketAddr,
@@ -716,6 +725,16 @@ fn one_round(
         std::thread::sleep(Duration::from_millis(300));
     }
     r.bulk_1_same = Some(load::bulk(client, t.same_sink, s.bulk_1_bytes, 1)?);
+    // Plain passthrough: a destination outside the mesh, plaintext TCP through the client's
+    // node proxy only (ringmesh splices it unless --splice false); the plaintext relay copies
+    // it in the client pod. The TLS relay has no passthrough (it sends everything to 15008).
+    if *c != (Contender::Relay { tls: true }) {
+        let cpu_p = proxies_cpu(run);
+        r.passthrough_1 = Some(load::bulk(client, t.plain_sink, s.bulk_1_bytes, 1)?);
+        if proxied {
+            r.passthrough_cpu_per_gb = Some((proxies_cpu(run) - cpu_p) / gb);
+        }
+    }
     let exhausted0 = ring_exhaustions(run);
     r.bulk_8_cross = Some(load::bulk(client, t.cross_sink, s.bulk_8_bytes_each, 8)?);
     r.bulk_8_same = Some(load::bulk(client, t.same_sink, s.bulk_8_bytes_each, 8)?);
@@ -767,6 +786,8 @@ fn summarize(rounds: &[Round], sizes: &Sizes) -> ContenderResult {
     d.bulk_1_cross_gbps = sum(&|r| r.bulk_1_cross);
     d.bulk_8_same_gbps = sum(&|r| r.bulk_8_same);
     d.bulk_8_cross_gbps = sum(&|r| r.bulk_8_cross);
+    d.passthrough_1_gbps = sum(&|r| r.passthrough_1);
+    d.passthrough_cpu_s_per_gb = sum(&|r| r.passthrough_cpu_per_gb);
     d.rr_1b_us = merged(|r| r.rr_1b.as_ref());
     d.rr_1k_us = merged(|r| r.rr_1k.as_ref());
     d.rr_fixed_rate_us = merged(|r| r.rr_fixed.as_ref());

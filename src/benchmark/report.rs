@@ -100,6 +100,10 @@ pub struct Detail {
     pub bulk_1_cross_gbps: Option<Summary>,
     pub bulk_8_same_gbps: Option<Summary>,
     pub bulk_8_cross_gbps: Option<Summary>,
+    /// One stream to a pod outside the mesh (plain passthrough, the client's node proxy
+    /// only), and the proxies' CPU per GB during it.
+    pub passthrough_1_gbps: Option<Summary>,
+    pub passthrough_cpu_s_per_gb: Option<Summary>,
     /// Percentiles of every round's requests pooled.
     pub rr_1b_us: Option<Percentiles>,
     pub rr_1k_us: Option<Percentiles>,
@@ -159,7 +163,7 @@ fn scaled(s: Option<Summary>, k: f64) -> Option<Summary> {
     })
 }
 
-const ROWS: [Row; 14] = [
+const ROWS: [Row; 16] = [
     (
         "bulk 1 stream cross node, Gb/s",
         "bulk_1_gbps",
@@ -182,6 +186,12 @@ const ROWS: [Row; 14] = [
         "bulk 8 streams same node, Gb/s",
         "detail.bulk_8_same_gbps",
         |c| median(c.detail.bulk_8_same_gbps),
+        2,
+    ),
+    (
+        "plain passthrough 1 stream, Gb/s",
+        "detail.passthrough_1_gbps",
+        |c| median(c.detail.passthrough_1_gbps),
         2,
     ),
     (
@@ -231,6 +241,12 @@ const ROWS: [Row; 14] = [
         "detail.machine_busy",
         |c| median(scaled(c.detail.machine_busy, 100.0)),
         0,
+    ),
+    (
+        "proxy CPU s per GB, plain passthrough",
+        "detail.passthrough_cpu_s_per_gb",
+        |c| median(c.detail.passthrough_cpu_s_per_gb),
+        3,
     ),
     (
         "proxy CPU s per 1000 req",
@@ -307,7 +323,7 @@ pub fn not_meaningful(
     let gb = sizes.map_or(0.0, |s| s.bulk_1_bytes as f64 / 1e9);
     let thousands = sizes.map_or(0.0, |s| s.rr_requests as f64 / 1000.0);
     let machine = d.machine_cpu_s_per_gb.map(|s| s.median);
-    let cpu: [(&str, Option<f64>, f64); 5] = [
+    let cpu: [(&str, Option<f64>, f64); 6] = [
         ("cpu_s_per_gb", c.cpu_s_per_gb, gb),
         (
             "detail.user_cpu_s_per_gb",
@@ -319,6 +335,11 @@ pub fn not_meaningful(
         (
             "detail.machine_busy",
             machine.filter(|_| d.machine_busy.is_some()),
+            gb,
+        ),
+        (
+            "detail.passthrough_cpu_s_per_gb",
+            d.passthrough_cpu_s_per_gb.map(|s| s.median),
             gb,
         ),
         (

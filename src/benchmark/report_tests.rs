@@ -88,6 +88,7 @@ fn run(quick: bool) -> BenchReport {
     d.bytes_per_tunnel = over(&[147169.0, 120000.0, 150000.0]);
     d.cpu_s_per_gb = over(&[1.5, 1.4, 1.6]);
     d.cpu_s_per_1000_req = over(&[0.08, 0.07, 0.09]);
+    d.passthrough_cpu_s_per_gb = over(&[0.3, 0.28, 0.33]);
     r.contenders.insert("raw".into(), raw);
     r.contenders.insert("ringmesh".into(), rm);
     r.derive();
@@ -203,6 +204,12 @@ fn quick_marks_what_it_measured_too_little_of() {
         why("detail.cpu_s_per_1000_req")
             .unwrap()
             .contains("4 CPU ticks")
+    );
+    // 0.3 CPU s per GB of plain passthrough, 64 MiB: 2 ticks.
+    assert!(
+        why("detail.passthrough_cpu_s_per_gb")
+            .unwrap()
+            .contains("2 CPU ticks")
     );
     // 1000 requests pooled: p99 has 10 beyond it, p99.9 one.
     assert_eq!(why("rr_p99_us"), None);
