@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Wake, Waker};
 use std::time::Duration;
 
-use super::ready::Ready;
+use super::sock::Ready;
 use bytes::Bytes;
 use io_uring::opcode;
 

@@ -20,28 +20,7 @@ use io_uring::{opcode, types};
 
 use super::Driver;
 use super::op::Op;
-use super::sock::{set_waker, wake};
-
-/// One direction's poll.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) enum Ready {
-    /// None in flight, none reported.
-    #[default]
-    Idle,
-    /// In flight.
-    Armed,
-    /// In flight, and a cancellation of it submitted.
-    Cancelling,
-    /// Completed with this result (a poll mask, or -errno), not reported yet.
-    Fired(i32),
-}
-
-impl Ready {
-    /// In flight (armed or being cancelled).
-    pub(super) fn in_flight(self) -> bool {
-        matches!(self, Ready::Armed | Ready::Cancelling)
-    }
-}
+use super::sock::{Ready, set_waker, wake};
 
 impl Driver {
     /// Whether the socket is readable (`out` false) or writable (`out` true): Some once a

@@ -25,7 +25,6 @@ use bytes::{Bytes, BytesMut};
 
 use super::Driver;
 use super::op::{Gen, Op, SlotKey};
-use super::ready::Ready;
 
 /// Where received bytes sit until the reader takes them.
 pub(super) enum Src {
@@ -437,5 +436,27 @@ pub(super) fn set_waker(slot: &mut Option<Waker>, w: &Waker) {
 pub(super) fn wake(slot: &mut Option<Waker>) {
     if let Some(w) = slot.take() {
         w.wake();
+    }
+}
+
+/// One direction's readiness poll (`super::ready`, for callers that make their own
+/// syscall on the socket).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Ready {
+    /// None in flight, none reported.
+    #[default]
+    Idle,
+    /// In flight.
+    Armed,
+    /// In flight, and a cancellation of it submitted.
+    Cancelling,
+    /// Completed with this result (a poll mask, or -errno), not reported yet.
+    Fired(i32),
+}
+
+impl Ready {
+    /// In flight (armed or being cancelled).
+    pub(super) fn in_flight(self) -> bool {
+        matches!(self, Ready::Armed | Ready::Cancelling)
     }
 }
