@@ -157,7 +157,12 @@ async fn pump(
             *pipe = match Pipe::new() {
                 Ok(p) => PipeSlot::Made(p),
                 Err(e) => {
-                    tracing::warn!("no pipe for a relay ({e}): this direction copies");
+                    let (n, log) = crate::telemetry::metrics::pipe_refused();
+                    if log {
+                        tracing::warn!(
+                            "no pipe for a relay ({e}): this direction copies ({n} so far, ringmesh_splice_pipes_refused_total; logged at most every 10 s)"
+                        );
+                    }
                     PipeSlot::Refused
                 }
             };

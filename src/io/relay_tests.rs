@@ -803,7 +803,16 @@ fn copying_export_right_after_a_fin(engine: Engine) {
     in_mode(Mode::Copy, || an_export_right_after_a_fin(engine));
 }
 fn without_pipes_relays_both_ways(engine: Engine) {
+    let refused =
+        || crate::telemetry::metrics::PIPES_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+    let before = refused();
     in_mode(Mode::NoPipes, || relays_both_ways_with_fin_each_way(engine));
+    // Each direction that had something to move asked for a pipe, was refused and counted.
+    assert!(
+        refused() >= before + 2,
+        "{engine}: ringmesh_splice_pipes_refused went from {before} to {}",
+        refused()
+    );
 }
 fn without_pipes_export_under_back_pressure(engine: Engine) {
     in_mode(Mode::NoPipes, || {

@@ -587,6 +587,19 @@ pub fn conn_limit_paused() -> (u64, bool) {
     count_rate_limited(&CONN_LIMIT_PAUSES, &CONN_LIMIT_PAUSES_LOGGED)
 }
 
+/// Plain-passthrough directions that copied because the system refused them a pipe (the fd
+/// limit, mostly), over the process's life.
+pub static PIPES_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// When a refused pipe was last logged (Unix seconds).
+pub static PIPES_REFUSED_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a relay direction left without a pipe and says whether to log it (at most one
+/// line every 10 s: at the fd limit every new connection would). Returns the total so far.
+pub fn pipe_refused() -> (u64, bool) {
+    count_rate_limited(&PIPES_REFUSED, &PIPES_REFUSED_LOGGED)
+}
+
 /// Adds one to `count`; true when nothing was logged for it in the last 10 s (`logged`
 /// holds when, in Unix seconds, and is claimed by exactly one caller).
 fn count_rate_limited(count: &AtomicU64, logged: &AtomicU64) -> (u64, bool) {
@@ -855,6 +868,13 @@ impl Metrics {
             "ringmesh_connection_limit_pauses",
             "Times a pod listener stopped accepting because its shard held its share of --max-connections open: new connections wait in the kernel's queue (on io_uring, up to 256 per listener in the engine's) until one closes",
             paused,
+        );
+        let refused: Counter = Counter::default();
+        refused.inc_by(PIPES_REFUSED.load(Ordering::Relaxed));
+        reg.register(
+            "ringmesh_splice_pipes_refused",
+            "Plain-passthrough directions that copied through user space because the system refused them a pipe for splice (EMFILE and the like); nothing is lost",
+            refused,
         );
         let live: Gauge = Gauge::default();
         live.set(self.live() as i64);
